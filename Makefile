@@ -1,0 +1,42 @@
+# Everything creates .venv itself. torch is installed first, pinned to the CPU build that lies on this kind of
+# machine; the package's own range (<2.14) then installs nothing more.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH ?= torch==2.13.0
+
+.PHONY: install run test lint migrate soak bench clean worker train evaluate
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: $(STAMP)
+	$(PY) -m bot.db.migrate
+
+run: $(STAMP)
+	$(PY) -m bot
+
+worker: $(STAMP)
+	$(PY) -m generation.worker
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check bot generation tests bench
+
+train: $(STAMP)
+	$(PY) -m generation.train
+
+evaluate: $(STAMP)
+	$(PY) -m generation.evaluate
+
+clean:
+	rm -rf $(VENV) .pytest_cache
