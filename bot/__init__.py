@@ -1,0 +1,1 @@
+"""The Discord side: commands, views, the database and dispatch. Never imports torch."""

@@ -1,0 +1,248 @@
+"""The request/result contract between the bot and the generation workers.
+
+Both sides import this module; it imports neither torch nor discord, so the bot can build and check requests
+without loading any model code. Every type is a frozen dataclass that round-trips through JSON (`to_json` /
+`from_json`); raw bytes (images) are carried as base64 inside the JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+Mode = Literal["txt2img", "variation", "upscale"]
+
+MODES: tuple[str, ...] = ("txt2img", "variation", "upscale")
+#: Scheduler names a request may ask for; the engine maps each to a diffusers scheduler class.
+SCHEDULERS: tuple[str, ...] = ("dpmpp_2m", "euler_a", "euler", "ddim", "pndm")
+DEFAULT_SCHEDULER = "dpmpp_2m"
+
+# General bounds of a request. A loaded model narrows the size further (see `ModelLimits`).
+MIN_SIDE = 64
+MAX_SIDE = 2048
+SIDE_MULTIPLE = 8
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_IMAGES = 8
+MAX_PROMPT_CHARS = 1500
+MAX_SEED = 2**32 - 1
+#: Variation strengths used by the bot's V buttons.
+STRENGTH_SUBTLE = 0.35
+STRENGTH_STRONG = 0.7
+
+
+class RequestError(ValueError):
+    """A request field holds a value that is not allowed. The message names the field, its value and the rule."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str):
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"`{field_name}` is {shown}, but {allowed}.")
+
+
+class GenerationCancelled(Exception):
+    """Raised by the engine when a run was interrupted on request."""
+
+    def __init__(self, step: int = 0, total: int = 0):
+        self.step = step
+        self.total = total
+        super().__init__(f"cancelled at step {step} of {total}")
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(data: str | None) -> bytes | None:
+    return None if data is None else base64.b64decode(data.encode("ascii"))
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one loaded model accepts; the engine checks requests against it."""
+
+    min_side: int = MIN_SIDE
+    max_side: int = 1024
+    multiple: int = SIDE_MULTIPLE
+    default_width: int = 512
+    default_height: int = 512
+    default_steps: int = 25
+    default_guidance: float = 7.5
+
+    def check(self, req: GenerationRequest) -> None:
+        for name in ("width", "height"):
+            v = getattr(req, name)
+            if v % self.multiple:
+                raise RequestError(name, v, f"it has to be a multiple of {self.multiple} for this model")
+            if not self.min_side <= v <= self.max_side:
+                raise RequestError(name, v, f"this model takes sides from {self.min_side} to {self.max_side}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything needed to reproduce a generation. `seed` is the first image's seed; image i uses seed + i."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+    scheduler: str = DEFAULT_SCHEDULER
+    num_images: int = 4
+    mode: Mode = "txt2img"
+    #: PNG/JPEG/WebP bytes of the source image for `variation` and `upscale`.
+    init_image: bytes | None = None
+    #: How far img2img moves from `init_image` (0 keeps it, 1 ignores it).
+    strength: float = STRENGTH_SUBTLE
+    #: Save the denoising timeline (the x0 estimate at each step) as an animated image.
+    timeline: bool = False
+    #: Name of the model the request targets; "" means the worker's default.
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # --- checks -------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise RequestError("prompt", self.prompt, "it has to be text")
+        if not self.prompt.strip() and self.mode == "txt2img":
+            raise RequestError("prompt", self.prompt, "it must not be empty")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise RequestError("prompt", f"<{len(self.prompt)} characters>", f"at most {MAX_PROMPT_CHARS} characters are allowed")
+        if not isinstance(self.negative_prompt, str) or len(self.negative_prompt) > MAX_PROMPT_CHARS:
+            raise RequestError("negative_prompt", self.negative_prompt, f"it has to be text of at most {MAX_PROMPT_CHARS} characters")
+        _int_in("seed", self.seed, 0, MAX_SEED)
+        _int_in("steps", self.steps, 1, MAX_STEPS)
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, int | float) or not 0.0 <= float(self.guidance) <= MAX_GUIDANCE:
+            raise RequestError("guidance", self.guidance, f"it has to be a number from 0 to {MAX_GUIDANCE:g}")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            _int_in(name, v, MIN_SIDE, MAX_SIDE)
+            if v % SIDE_MULTIPLE:
+                raise RequestError(name, v, f"`height` and `width` have to be multiples of {SIDE_MULTIPLE}")
+        if self.scheduler not in SCHEDULERS:
+            raise RequestError("scheduler", self.scheduler, f"it has to be one of {', '.join(SCHEDULERS)}")
+        _int_in("num_images", self.num_images, 1, MAX_IMAGES)
+        if self.mode not in MODES:
+            raise RequestError("mode", self.mode, f"it has to be one of {', '.join(MODES)}")
+        if self.mode != "txt2img" and not self.init_image:
+            raise RequestError("init_image", None, f"mode `{self.mode}` needs a source image")
+        if self.init_image is not None and not isinstance(self.init_image, bytes | bytearray):
+            raise RequestError("init_image", type(self.init_image).__name__, "it has to be image bytes")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, int | float) or not 0.0 < float(self.strength) <= 1.0:
+            raise RequestError("strength", self.strength, "it has to be a number above 0 and at most 1")
+        if not isinstance(self.timeline, bool):
+            raise RequestError("timeline", self.timeline, "it has to be true or false")
+
+    # --- helpers ------------------------------------------------------------------------------------------
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each image, in order (wrapping past 2**32 - 1)."""
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
+
+    def with_(self, **changes: Any) -> GenerationRequest:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["init_image"] = _b64(self.init_image)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenerationRequest:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise RequestError(sorted(unknown)[0], d[sorted(unknown)[0]], "it is not a field of a generation request")
+        d = dict(d)
+        if d.get("init_image") is not None:
+            d["init_image"] = _unb64(d["init_image"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> GenerationRequest:
+        return cls.from_dict(json.loads(data))
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise RequestError(name, value, f"it has to be a whole number from {lo} to {hi}")
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    index: int
+    seed: int
+    png: bytes
+    #: True when the checkpoint's safety checker flagged the image (its pixels are then blacked out).
+    nsfw: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request: GenerationRequest
+    images: tuple[GeneratedImage, ...]
+    #: Animated WebP of the x0 estimates, when the request asked for a timeline.
+    timeline: bytes | None = None
+    #: Seconds per stage: text_encode, denoise, decode, png (and total).
+    timings: dict[str, float] = field(default_factory=dict)
+    model: str = ""
+    device: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request": self.request.to_dict(),
+            "images": [{"index": i.index, "seed": i.seed, "png": _b64(i.png), "nsfw": i.nsfw} for i in self.images],
+            "timeline": _b64(self.timeline),
+            "timings": dict(self.timings),
+            "model": self.model,
+            "device": self.device,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenerationResult:
+        return cls(
+            request=GenerationRequest.from_dict(d["request"]),
+            images=tuple(GeneratedImage(i["index"], i["seed"], _unb64(i["png"]) or b"", bool(i.get("nsfw"))) for i in d["images"]),
+            timeline=_unb64(d.get("timeline")),
+            timings=dict(d.get("timings") or {}),
+            model=d.get("model", ""),
+            device=d.get("device", ""),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> GenerationResult:
+        return cls.from_dict(json.loads(data))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: step k of N, with an optional small preview (PNG/WebP bytes)."""
+
+    step: int
+    total: int
+    preview: bytes | None = None
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if self.total <= 0 else min(1.0, self.step / self.total)
