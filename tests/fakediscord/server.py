@@ -500,7 +500,7 @@ class FakeDiscord:
         body, files = await self._read_body(request)
         self.calls.append(Call(request.method, path, dict(request.query), body, files))
         parts = path.strip("/").split("/")
-        needs_bot_auth = not (parts[0] in ("interactions", "webhooks"))
+        needs_bot_auth = parts[0] not in ("interactions", "webhooks")
         if needs_bot_auth and auth != f"Bot {self.token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
         try:
