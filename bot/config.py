@@ -1,0 +1,97 @@
+"""Settings of the bot, read from the environment and from a `.env` file (pydantic-settings).
+
+Every setting is documented in `.env.example` at the repository root. Environment variables use the field name in
+upper case, without a prefix: `DISCORD_TOKEN`, `DATABASE_URL`, `DATA_DIR`, ...
+
+The token is a `SecretStr`: it shows as `**********` in `repr()`, in logs and in tracebacks; call
+`settings.discord_token.get_secret_value()` at the one place that needs the real value.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from generation.contract import MAX_SIDE, MAX_STEPS
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+SQLITE_PREFIX = "sqlite+aiosqlite:///"
+
+
+class Settings(BaseSettings):
+    """All settings of the bot. Build with `get_settings()` (cached) or `Settings(**overrides)` in tests."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
+
+    #: Bot token from the Discord developer portal. Unset: the bot cannot log in (migrations still run).
+    discord_token: SecretStr | None = None
+    #: Folder for the database, the generated images and other state.
+    data_dir: Path = Path("data")
+    #: SQLAlchemy URL of the database. Unset: `sqlite+aiosqlite:///<data_dir>/bot.db`.
+    database_url: str = ""
+    #: NATS server of the job queue. Unset: the bot starts an embedded nats-server with JetStream under data_dir.
+    nats_url: str | None = None
+    #: Folder (diffusers format) or single checkpoint file of the model the worker loads.
+    model_path: str = "generation/models/default"
+    #: Guild where slash commands are synced instantly while developing. Unset: commands are synced globally.
+    dev_guild_id: int | None = None
+    #: Base URL of Discord's HTTP API (point it at a fake server in tests).
+    discord_api_base: str = "https://discord.com/api/v10"
+    #: Gateway (websocket) URL of Discord.
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+
+    # Quota defaults of a guild that has not configured its own (see bot.services.quota).
+    #: Images a member may generate per rolling day.
+    default_images_per_day: int = Field(40, ge=0)
+    #: Jobs a member may have queued or running at once.
+    default_max_concurrent: int = Field(2, ge=1)
+    #: Most denoising steps a member may ask for.
+    default_max_steps: int = Field(50, ge=1, le=MAX_STEPS)
+    #: Longest image side (pixels) a member may ask for.
+    default_max_side: int = Field(1024, ge=64, le=MAX_SIDE)
+
+    #: Level of the bot's log lines.
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("discord_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _default_database_url(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"{SQLITE_PREFIX}{(self.data_dir / 'bot.db').as_posix()}"
+        return self
+
+    @property
+    def images_dir(self) -> Path:
+        """Where `ImageStore` writes generated images."""
+        return self.data_dir / "images"
+
+    def default_limits(self):  # -> bot.services.quota.Limits (imported lazily to keep this module light)
+        """The quota defaults as a `Limits` value."""
+        from bot.services.quota import Limits
+
+        return Limits(
+            images_per_day=self.default_images_per_day,
+            max_concurrent=self.default_max_concurrent,
+            max_steps=self.default_max_steps,
+            max_side=self.default_max_side,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once). Tests build `Settings(...)` directly instead."""
+    return Settings()

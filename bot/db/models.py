@@ -1,0 +1,289 @@
+"""The database schema (SQLAlchemy 2, typed `Mapped` columns). Table names are singular; times are `*_at`, stored
+as UTC and returned as aware UTC datetimes. Changes to this file need an Alembic revision in `migrations/versions`.
+
+Tables
+------
+guild_setting   one row per guild: NSFW policy, queue paused, quota defaults (NULL = the bot's settings default)
+art_channel     channels of a guild where /imagine is allowed (none listed = everywhere)
+role_quota      per-role quota overrides (NULL field = not overridden by this role)
+user_quota      per-(guild, user) usage of the rolling window, active job count, per-user limit overrides
+job             one generation request: every parameter, state, quota ledger, attempts, timestamps, messages
+image           the files a job produced (path under data/ and sha256)
+ban             members barred from generating in a guild
+blocked_term    terms refused in prompts (stored normalised, see bot.services.moderation)
+audit_log       every moderator action
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores naive UTC (SQLite has no time zones) and hands back aware UTC datetimes.
+
+    Naive datetimes given to it are taken as UTC already. Comparisons in SQL work because every value is written in
+    the same format.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    POSTED = "posted"
+
+
+class ChargeState(enum.StrEnum):
+    """Where a job's quota reservation stands. Moves once: reserved -> committed | refunded."""
+
+    RESERVED = "reserved"
+    COMMITTED = "committed"
+    REFUNDED = "refunded"
+
+
+class NsfwPolicy(enum.StrEnum):
+    #: Images flagged by the safety checker are never shown.
+    BLOCK = "block"
+    #: Flagged images are shown only in Discord's age-restricted channels.
+    AGE_RESTRICTED = "age_restricted"
+    #: Flagged images are shown everywhere /imagine is allowed.
+    ALLOW = "allow"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), int: Integer}
+
+
+# Discord snowflakes are 64-bit; SQLite stores every INTEGER as 64-bit anyway.
+Snowflake = BigInteger
+
+
+class GuildSetting(Base):
+    __tablename__ = "guild_setting"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    nsfw_policy: Mapped[str] = mapped_column(String(20), default=NsfwPolicy.BLOCK.value, server_default=NsfwPolicy.BLOCK.value)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    images_per_day: Mapped[int | None]
+    max_concurrent: Mapped[int | None]
+    max_steps: Mapped[int | None]
+    max_side: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (CheckConstraint("nsfw_policy IN ('block', 'age_restricted', 'allow')", name="nsfw_policy"),)
+
+
+class ArtChannel(Base):
+    __tablename__ = "art_channel"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    channel_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    added_by: Mapped[int] = mapped_column(Snowflake)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RoleQuota(Base):
+    __tablename__ = "role_quota"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    role_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    images_per_day: Mapped[int | None]
+    max_concurrent: Mapped[int | None]
+    max_steps: Mapped[int | None]
+    max_side: Mapped[int | None]
+    updated_by: Mapped[int] = mapped_column(Snowflake)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class UserQuota(Base):
+    """Usage of one member in one guild.
+
+    `used` counts images charged in the window that started at `window_started_at` (NULL: no window open); it may
+    go below zero after a moderator grant. `active` counts jobs holding a reservation (queued or running).
+    The `*_override` columns are per-user limits set by a moderator (NULL = from roles/guild/defaults).
+    """
+
+    __tablename__ = "user_quota"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    used: Mapped[int] = mapped_column(default=0, server_default="0")
+    window_started_at: Mapped[datetime | None]
+    active: Mapped[int] = mapped_column(default=0, server_default="0")
+    images_per_day_override: Mapped[int | None]
+    max_concurrent_override: Mapped[int | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (CheckConstraint("active >= 0", name="active_not_negative"),)
+
+
+class Job(Base):
+    __tablename__ = "job"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int] = mapped_column(Snowflake)
+    channel_id: Mapped[int] = mapped_column(Snowflake)
+    user_id: Mapped[int] = mapped_column(Snowflake)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+
+    # Quota ledger: images charged, the window they were charged to, and whether they were committed or refunded.
+    cost: Mapped[int]
+    charge_state: Mapped[str] = mapped_column(String(16), default=ChargeState.RESERVED.value)
+    charge_window_started_at: Mapped[datetime | None]
+
+    # Every parameter of the generation request (generation.contract.GenerationRequest).
+    mode: Mapped[str] = mapped_column(String(16), default="txt2img")
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int] = mapped_column(BigInteger)
+    steps: Mapped[int]
+    guidance: Mapped[float] = mapped_column(Float)
+    width: Mapped[int]
+    height: Mapped[int]
+    scheduler: Mapped[str] = mapped_column(String(32))
+    num_images: Mapped[int]
+    strength: Mapped[float] = mapped_column(Float)
+    timeline: Mapped[bool] = mapped_column(Boolean, default=False)
+    model: Mapped[str] = mapped_column(String(200), default="")
+    # The init image of a variation/upscale: image `source_image_index` of job `source_job_id`.
+    source_job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))
+    source_image_index: Mapped[int | None]
+
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    cancelled_by: Mapped[int | None] = mapped_column(Snowflake)
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    posted_at: Mapped[datetime | None]
+
+    # The message that shows progress while the job runs, and the message the result was posted as.
+    progress_channel_id: Mapped[int | None] = mapped_column(Snowflake)
+    progress_message_id: Mapped[int | None] = mapped_column(Snowflake)
+    posted_channel_id: Mapped[int | None] = mapped_column(Snowflake)
+    posted_message_id: Mapped[int | None] = mapped_column(Snowflake)
+
+    images: Mapped[list[Image]] = relationship(
+        back_populates="job", order_by="Image.index", cascade="all, delete-orphan", lazy="raise"
+    )
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'posted')", name="status"
+        ),
+        CheckConstraint("charge_state IN ('reserved', 'committed', 'refunded')", name="charge_state"),
+        CheckConstraint("mode IN ('txt2img', 'variation', 'upscale')", name="mode"),
+        CheckConstraint("cost >= 0", name="cost_not_negative"),
+        Index("ix_job_status_id", "status", "id"),
+        Index("ix_job_guild_id_user_id_id", "guild_id", "user_id", "id"),
+    )
+
+
+class Image(Base):
+    __tablename__ = "image"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    index: Mapped[int]
+    seed: Mapped[int] = mapped_column(BigInteger)
+    #: Path relative to the data folder (see bot.services.images.ImageStore).
+    path: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="images", lazy="raise")
+
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+
+class Ban(Base):
+    __tablename__ = "ban"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    banned_by: Mapped[int] = mapped_column(Snowflake)
+    banned_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: NULL = until lifted.
+    until: Mapped[datetime | None]
+
+
+class BlockedTerm(Base):
+    __tablename__ = "blocked_term"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    #: The term normalised (see bot.services.moderation.normalize_term); what matching uses.
+    term: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: The term as the moderator typed it.
+    original: Mapped[str] = mapped_column(String(200))
+    added_by: Mapped[int] = mapped_column(Snowflake)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int] = mapped_column(Snowflake)
+    actor_id: Mapped[int] = mapped_column(Snowflake)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(200))
+    #: JSON object with the action's parameters.
+    details: Mapped[str] = mapped_column(Text, default="{}")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_audit_log_guild_id_at", "guild_id", "at"),)

@@ -1,0 +1,585 @@
+"""Jobs: the state machine of a generation request, the queue order, and the queries around them.
+
+States
+------
+    queued ──▶ running ──▶ succeeded ──▶ posted
+      │  ▲        │
+      │  └────────┤ (requeue: the worker died; the job goes back to the queue)
+      ▼           ▼
+    cancelled   failed          (cancelled/failed also straight from queued)
+
+`TRANSITIONS` lists, for each target state, the states a job may come from. Every transition is ONE conditional
+`UPDATE job SET status = :to … WHERE id = :id AND status IN (:allowed) RETURNING …`, so two callers racing for the
+same job can not both win; the loser gets `IllegalTransition` naming the job, the state it is in and the target.
+`running → running` is allowed: JetStream may redeliver a job to another worker, which starts it again.
+`mark_posted` is the exception that does not raise on a repeat: it returns False, so posting happens exactly once.
+
+Money (quota) moves with the state in the same transaction: `create` reserves, `succeed` commits, `fail` and
+`cancel` refund (exactly once, see bot.services.quota). A cancelled or failed job is therefore never charged.
+
+Fair order
+----------
+The GPU serves members round-robin, not first-come-first-served. Each member's pending jobs (queued, not yet
+dispatched) are numbered 1, 2, 3… in the order they were made, and the number is shifted by the jobs the member
+already has in flight (running or dispatched). Jobs are taken by that "round", oldest first within a round:
+
+    A: a1 a2 a3 … a20 (made first)   B: b1 (made last)   →   a1, b1, a2, a3, …
+
+so one member's twenty jobs hold everyone else back by at most one job each. Members are told apart by user id
+across guilds (one GPU serves them all); jobs of paused guilds are skipped by `next_for_dispatch`.
+`queue()` shows the whole line: running jobs, then dispatched ones, then the pending ones in fair order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db.engine import run_read, run_write
+from bot.db.models import ChargeState, GuildSetting, Image, Job, JobStatus
+from bot.errors import IllegalTransition, InvalidRequest, JobNotFound, NotJobOwner, SourceImageNotFound
+from bot.services.quota import QuotaService
+from generation.contract import GenerationRequest, RequestError
+
+JOB = Job.__table__
+
+Q, R, S, F, C, P = (
+    JobStatus.QUEUED,
+    JobStatus.RUNNING,
+    JobStatus.SUCCEEDED,
+    JobStatus.FAILED,
+    JobStatus.CANCELLED,
+    JobStatus.POSTED,
+)
+
+#: For each target state, the states a job may come from.
+TRANSITIONS: dict[JobStatus, tuple[JobStatus, ...]] = {
+    R: (Q, R),
+    Q: (Q, R),
+    S: (R,),
+    F: (Q, R),
+    C: (Q, R),
+    P: (S,),
+}
+#: States in which a job still holds a quota reservation and may reach a worker.
+ACTIVE_STATES: tuple[JobStatus, ...] = (Q, R)
+#: States after which nothing more happens to a job.
+FINAL_STATES: tuple[JobStatus, ...] = (F, C, P)
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ImageView:
+    job_id: int
+    index: int
+    seed: int
+    #: Relative to the data folder; `ImageStore.absolute(path)` gives the file.
+    path: str
+    sha256: str
+    nsfw: bool
+
+
+class NewImage(NamedTuple):
+    """One produced image for `JobService.succeed`; plain tuples (index, seed, path, sha256[, nsfw]) work too."""
+
+    index: int
+    seed: int
+    path: str
+    sha256: str
+    nsfw: bool = False
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as stored. Every generation parameter is here; `to_request()` rebuilds the GenerationRequest."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    status: JobStatus
+    cost: int
+    charge_state: ChargeState
+    mode: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    scheduler: str
+    num_images: int
+    strength: float
+    timeline: bool
+    model: str
+    source_job_id: int | None
+    source_image_index: int | None
+    attempts: int
+    worker: str | None
+    error: str | None
+    cancelled_by: int | None
+    created_at: datetime
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    posted_at: datetime | None
+    progress_channel_id: int | None
+    progress_message_id: int | None
+    posted_channel_id: int | None
+    posted_message_id: int | None
+    images: tuple[ImageView, ...] = ()
+
+    @property
+    def is_active(self) -> bool:
+        """Queued or running."""
+        return self.status in ACTIVE_STATES
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def has_images(self) -> bool:
+        """Succeeded (posted or not): its images can be upscaled or varied."""
+        return self.status in (S, P)
+
+    def to_request(self, init_image: bytes | None = None) -> GenerationRequest:
+        """The generation request of this job. Variations/upscales need the source image's bytes."""
+        return GenerationRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            seed=self.seed,
+            steps=self.steps,
+            guidance=self.guidance,
+            width=self.width,
+            height=self.height,
+            scheduler=self.scheduler,
+            num_images=self.num_images,
+            mode=self.mode,  # type: ignore[arg-type]
+            init_image=init_image,
+            strength=self.strength,
+            timeline=self.timeline,
+            model=self.model,
+        )
+
+
+_JOB_FIELDS = [f.name for f in fields(JobView) if f.name != "images"]
+
+
+def _image_view(img: Image) -> ImageView:
+    return ImageView(job_id=img.job_id, index=img.index, seed=img.seed, path=img.path, sha256=img.sha256, nsfw=img.nsfw)
+
+
+def _job_view(job: Job, images: Iterable[Image] = ()) -> JobView:
+    values: dict[str, Any] = {name: getattr(job, name) for name in _JOB_FIELDS}
+    values["status"] = JobStatus(values["status"])
+    values["charge_state"] = ChargeState(values["charge_state"])
+    return JobView(**values, images=tuple(_image_view(i) for i in sorted(images, key=lambda i: i.index)))
+
+
+def _as_new_image(item: NewImage | Sequence[Any]) -> NewImage:
+    return item if isinstance(item, NewImage) else NewImage(*item)
+
+
+class JobService:
+    """Creates jobs (reserving quota), moves them through their states, and answers queue questions."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        quota: QuotaService,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ):
+        self.sessions = sessions
+        self.quota = quota
+        self.clock = clock or quota.clock
+
+    # --- creation ----------------------------------------------------------------------------------------------
+    async def create(
+        self,
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        role_ids: Iterable[int],
+        *,
+        prompt: str,
+        negative_prompt: str = "",
+        seed: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        scheduler: str | None = None,
+        num_images: int | None = None,
+        mode: str = "txt2img",
+        strength: float | None = None,
+        timeline: bool = False,
+        model: str = "",
+        source_job_id: int | None = None,
+        source_image_index: int | None = None,
+        cost: int | None = None,
+    ) -> JobView:
+        """Check the request, reserve its images and insert the job — one transaction. Returns the queued job.
+
+        Parameters left as None take `GenerationRequest`'s defaults; `seed=None` draws a random seed.
+        Variations and upscales name their init image as (`source_job_id`, `source_image_index`), an image of a
+        succeeded job. `cost` (images charged) defaults to `num_images`.
+
+        Raises: InvalidRequest (a parameter out of range), LimitExceeded (steps/side above the member's roles),
+        SourceImageNotFound, QuotaExceeded / TooManyActiveJobs (nothing charged).
+        """
+        from generation.contract import random_seed
+
+        given = {
+            "negative_prompt": negative_prompt,
+            "steps": steps,
+            "guidance": guidance,
+            "width": width,
+            "height": height,
+            "scheduler": scheduler,
+            "num_images": num_images,
+            "strength": strength,
+        }
+        params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        params.update(prompt=prompt, seed=random_seed() if seed is None else seed, mode=mode, timeline=timeline, model=model)
+        if mode != "txt2img" and (source_job_id is None or source_image_index is None):
+            raise InvalidRequest(f"Mode `{mode}` needs a source image (a job id and an image index).", "init_image")
+        try:
+            # The contract checks every bound; a placeholder stands in for the init image, loaded at dispatch.
+            req = GenerationRequest(**params, init_image=b"\0" if mode != "txt2img" else None)
+        except RequestError as exc:
+            raise InvalidRequest(str(exc), exc.field) from exc
+        charge = req.num_images if cost is None else cost
+        if isinstance(charge, bool) or not isinstance(charge, int) or charge < 0:
+            raise InvalidRequest(f"`cost` is {charge!r}, but it has to be a whole number of 0 or more.", "cost")
+        role_ids = list(role_ids)
+
+        async def work(s: AsyncSession) -> JobView:
+            if mode != "txt2img":
+                await self._check_source(s, guild_id, source_job_id, source_image_index)  # type: ignore[arg-type]
+            limits = await self.quota.limits_in(s, guild_id, user_id, role_ids)
+            limits.check_request(steps=req.steps, width=req.width, height=req.height)
+            window = await self.quota.reserve_in(s, guild_id, user_id, charge, limits)
+            job = Job(
+                guild_id=guild_id,
+                channel_id=channel_id,
+                user_id=user_id,
+                status=Q.value,
+                cost=charge,
+                charge_state=ChargeState.RESERVED.value,
+                charge_window_started_at=window,
+                mode=req.mode,
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                seed=req.seed,
+                steps=req.steps,
+                guidance=float(req.guidance),
+                width=req.width,
+                height=req.height,
+                scheduler=req.scheduler,
+                num_images=req.num_images,
+                strength=float(req.strength),
+                timeline=req.timeline,
+                model=req.model,
+                source_job_id=source_job_id if mode != "txt2img" else None,
+                source_image_index=source_image_index if mode != "txt2img" else None,
+                attempts=0,
+                created_at=self.clock(),
+            )
+            s.add(job)
+            await s.flush()
+            return _job_view(job)
+
+        return await run_write(self.sessions, work)
+
+    async def _check_source(self, s: AsyncSession, guild_id: int, job_id: int, index: int) -> None:
+        found = (
+            await s.execute(
+                select(Image.id)
+                .join(Job, Job.id == Image.job_id)
+                .where(
+                    Image.job_id == job_id,
+                    Image.index == index,
+                    Job.guild_id == guild_id,
+                    Job.status.in_([S.value, P.value]),
+                )
+            )
+        ).first()
+        if found is None:
+            raise SourceImageNotFound(job_id, index)
+
+    # --- transitions -------------------------------------------------------------------------------------------
+    async def _transition(self, s: AsyncSession, job_id: int, to: JobStatus, **values: Any) -> None:
+        allowed = TRANSITIONS[to]
+        done = (
+            await s.execute(
+                update(JOB)
+                .where(JOB.c.id == job_id, JOB.c.status.in_([a.value for a in allowed]))
+                .values(status=to.value, **values)
+                .returning(JOB.c.id)
+            )
+        ).first()
+        if done is None:
+            current = (await s.execute(select(JOB.c.status).where(JOB.c.id == job_id))).scalar_one_or_none()
+            if current is None:
+                raise JobNotFound(job_id)
+            raise IllegalTransition(job_id, current, to.value, tuple(a.value for a in allowed))
+
+    async def _view_in(self, s: AsyncSession, job_id: int) -> JobView:
+        job = await s.get(Job, job_id, populate_existing=True)
+        if job is None:
+            raise JobNotFound(job_id)
+        images = (await s.scalars(select(Image).where(Image.job_id == job_id))).all()
+        return _job_view(job, images)
+
+    async def start(self, job_id: int, worker: str | None = None) -> JobView:
+        """queued (or running, on redelivery) → running; records the worker and the start time."""
+
+        async def work(s: AsyncSession) -> JobView:
+            await self._transition(s, job_id, R, worker=worker, started_at=self.clock())
+            return await self._view_in(s, job_id)
+
+        return await run_write(self.sessions, work)
+
+    async def succeed(self, job_id: int, images: Sequence[NewImage | Sequence[Any]]) -> JobView:
+        """running → succeeded; stores the images (index, seed, path, sha256[, nsfw]) and commits the charge."""
+        new = [_as_new_image(i) for i in images]
+
+        async def work(s: AsyncSession) -> JobView:
+            now = self.clock()
+            await self._transition(s, job_id, S, finished_at=now, error=None)
+            for img in new:
+                s.add(Image(job_id=job_id, index=img.index, seed=img.seed, path=img.path, sha256=img.sha256, nsfw=bool(img.nsfw), created_at=now))
+            await s.flush()
+            await self.quota.settle_in(s, job_id, ChargeState.COMMITTED)
+            return await self._view_in(s, job_id)
+
+        return await run_write(self.sessions, work)
+
+    async def fail(self, job_id: int, error: str) -> JobView:
+        """queued/running → failed with `error` (shown to the member); refunds the charge exactly once."""
+
+        async def work(s: AsyncSession) -> JobView:
+            await self._transition(s, job_id, F, error=(error or "unknown error")[:MAX_ERROR_CHARS], finished_at=self.clock())
+            await self.quota.settle_in(s, job_id, ChargeState.REFUNDED)
+            return await self._view_in(s, job_id)
+
+        return await run_write(self.sessions, work)
+
+    async def cancel(self, job_id: int, by: int, *, owner_id: int | None = None) -> JobView:
+        """queued/running → cancelled by user `by`; refunds exactly once. With `owner_id`, only that member's job
+        may be cancelled (NotJobOwner otherwise) — pass it for members, leave it out for moderators."""
+
+        async def work(s: AsyncSession) -> JobView:
+            if owner_id is not None:
+                uid = (await s.execute(select(JOB.c.user_id).where(JOB.c.id == job_id))).scalar_one_or_none()
+                if uid is None:
+                    raise JobNotFound(job_id)
+                if uid != owner_id:
+                    raise NotJobOwner(job_id)
+            await self._transition(s, job_id, C, cancelled_by=by, finished_at=self.clock())
+            await self.quota.settle_in(s, job_id, ChargeState.REFUNDED)
+            return await self._view_in(s, job_id)
+
+        return await run_write(self.sessions, work)
+
+    async def requeue(self, job_id: int, reason: str | None = None) -> JobView:
+        """running (or dispatched) → queued and not dispatched, e.g. its worker died. The reservation stays."""
+
+        async def work(s: AsyncSession) -> JobView:
+            await self._transition(s, job_id, Q, dispatched_at=None, started_at=None, worker=None, error=reason)
+            return await self._view_in(s, job_id)
+
+        return await run_write(self.sessions, work)
+
+    async def mark_posted(self, job_id: int, channel_id: int, message_id: int) -> bool:
+        """succeeded → posted, remembering the message. True the first time, False if it was already posted;
+        IllegalTransition from any other state."""
+
+        async def work(s: AsyncSession) -> bool:
+            try:
+                await self._transition(
+                    s, job_id, P, posted_at=self.clock(), posted_channel_id=channel_id, posted_message_id=message_id
+                )
+            except IllegalTransition as exc:
+                if exc.from_status == P.value:
+                    return False
+                raise
+            return True
+
+        return await run_write(self.sessions, work)
+
+    async def mark_dispatched(self, job_id: int) -> bool:
+        """Note that a queued job was handed to the work queue; True only the first time."""
+
+        async def work(s: AsyncSession) -> bool:
+            row = (
+                await s.execute(
+                    update(JOB)
+                    .where(JOB.c.id == job_id, JOB.c.status == Q.value, JOB.c.dispatched_at.is_(None))
+                    .values(dispatched_at=self.clock())
+                    .returning(JOB.c.id)
+                )
+            ).first()
+            return row is not None
+
+        return await run_write(self.sessions, work)
+
+    async def record_attempt(self, job_id: int) -> int:
+        """Count one more attempt at running the job; returns the new count."""
+
+        async def work(s: AsyncSession) -> int:
+            n = (
+                await s.execute(
+                    update(JOB).where(JOB.c.id == job_id).values(attempts=JOB.c.attempts + 1).returning(JOB.c.attempts)
+                )
+            ).scalar_one_or_none()
+            if n is None:
+                raise JobNotFound(job_id)
+            return n
+
+        return await run_write(self.sessions, work)
+
+    async def set_progress_message(self, job_id: int, channel_id: int, message_id: int) -> None:
+        """Remember the message that shows the job's progress (edited while it runs)."""
+
+        async def work(s: AsyncSession) -> None:
+            r = await s.execute(
+                update(JOB).where(JOB.c.id == job_id).values(progress_channel_id=channel_id, progress_message_id=message_id)
+            )
+            if not r.rowcount:
+                raise JobNotFound(job_id)
+
+        await run_write(self.sessions, work)
+
+    # --- queries -----------------------------------------------------------------------------------------------
+    async def get(self, job_id: int) -> JobView:
+        """The job with its images; JobNotFound if there is none."""
+        return await run_read(self.sessions, lambda s: self._view_in(s, job_id))
+
+    async def find(self, job_id: int) -> JobView | None:
+        """Like `get`, but None when there is no such job."""
+        try:
+            return await self.get(job_id)
+        except JobNotFound:
+            return None
+
+    async def get_image(self, job_id: int, index: int) -> ImageView:
+        """Image `index` of job `job_id`; SourceImageNotFound if it does not exist."""
+
+        async def work(s: AsyncSession) -> ImageView:
+            img = (await s.scalars(select(Image).where(Image.job_id == job_id, Image.index == index))).first()
+            if img is None:
+                raise SourceImageNotFound(job_id, index)
+            return _image_view(img)
+
+        return await run_read(self.sessions, work)
+
+    async def _views(self, s: AsyncSession, jobs: Sequence[Job], with_images: bool = True) -> list[JobView]:
+        by_job: dict[int, list[Image]] = {j.id: [] for j in jobs}
+        if with_images and jobs:
+            for img in (await s.scalars(select(Image).where(Image.job_id.in_(list(by_job))))).all():
+                by_job[img.job_id].append(img)
+        return [_job_view(j, by_job[j.id]) for j in jobs]
+
+    async def history(self, guild_id: int, user_id: int, limit: int = 10, *, before_id: int | None = None) -> list[JobView]:
+        """The member's jobs in a guild, newest first (page with `before_id`)."""
+
+        async def work(s: AsyncSession) -> list[JobView]:
+            q = select(Job).where(Job.guild_id == guild_id, Job.user_id == user_id)
+            if before_id is not None:
+                q = q.where(Job.id < before_id)
+            jobs = (await s.scalars(q.order_by(Job.id.desc()).limit(limit))).all()
+            return await self._views(s, jobs)
+
+        return await run_read(self.sessions, work)
+
+    def _pending_in_fair_order(self, *, skip_paused: bool):
+        """(job id, round) of queued, undispatched jobs; see "Fair order" in the module docstring."""
+        in_flight = (
+            select(JOB.c.user_id, func.count().label("n"))
+            .where(or_(JOB.c.status == R.value, and_(JOB.c.status == Q.value, JOB.c.dispatched_at.is_not(None))))
+            .group_by(JOB.c.user_id)
+            .subquery("in_flight")
+        )
+        round_ = func.coalesce(in_flight.c.n, 0) + func.row_number().over(partition_by=JOB.c.user_id, order_by=JOB.c.id)
+        q = (
+            select(JOB.c.id, round_.label("round"))
+            .select_from(JOB.outerjoin(in_flight, in_flight.c.user_id == JOB.c.user_id))
+            .where(JOB.c.status == Q.value, JOB.c.dispatched_at.is_(None))
+        )
+        if skip_paused:
+            paused = select(GuildSetting.guild_id).where(GuildSetting.paused.is_(True))
+            q = q.where(JOB.c.guild_id.not_in(paused))
+        return q.subquery("pending")
+
+    async def next_for_dispatch(self, limit: int = 1) -> list[JobView]:
+        """The next `limit` queued jobs not yet dispatched, round-robin across members; paused guilds skipped.
+        Does not change anything: call `mark_dispatched` for each job actually handed to the work queue."""
+
+        async def work(s: AsyncSession) -> list[JobView]:
+            pending = self._pending_in_fair_order(skip_paused=True)
+            q = select(Job).join(pending, pending.c.id == Job.id).order_by(pending.c.round, Job.id).limit(limit)
+            return await self._views(s, (await s.scalars(q)).all(), with_images=False)
+
+        return await run_read(self.sessions, work)
+
+    async def queue(self, guild_id: int | None = None) -> list[JobView]:
+        """The whole line, first to be served first: running jobs (by start), dispatched jobs (by dispatch time),
+        then pending jobs in fair order. With `guild_id`, only that guild's jobs (still in the global order)."""
+
+        async def work(s: AsyncSession) -> list[JobView]:
+            def scoped(q):
+                return q if guild_id is None else q.where(Job.guild_id == guild_id)
+
+            running = (await s.scalars(scoped(select(Job).where(Job.status == R.value)).order_by(Job.started_at, Job.id))).all()
+            dispatched = (
+                await s.scalars(
+                    scoped(select(Job).where(Job.status == Q.value, Job.dispatched_at.is_not(None))).order_by(
+                        Job.dispatched_at, Job.id
+                    )
+                )
+            ).all()
+            pending_sq = self._pending_in_fair_order(skip_paused=False)
+            pending = (
+                await s.scalars(scoped(select(Job).join(pending_sq, pending_sq.c.id == Job.id)).order_by(pending_sq.c.round, Job.id))
+            ).all()
+            return await self._views(s, [*running, *dispatched, *pending], with_images=False)
+
+        return await run_read(self.sessions, work)
+
+    async def position(self, job_id: int) -> int | None:
+        """How many jobs are ahead of this one in `queue()` (0 = next or running); None if it is not queued."""
+        line = await self.queue()
+        for i, job in enumerate(line):
+            if job.id == job_id:
+                return 0 if job.status is R else i - sum(1 for j in line if j.status is R)
+        return None
+
+    async def unfinished(self) -> list[JobView]:
+        """Jobs to reconcile at start, oldest first: queued, running, and succeeded but not yet posted."""
+
+        async def work(s: AsyncSession) -> list[JobView]:
+            jobs = (await s.scalars(select(Job).where(Job.status.in_([Q.value, R.value, S.value])).order_by(Job.id))).all()
+            return await self._views(s, jobs)
+
+        return await run_read(self.sessions, work)
+
+    async def active_count(self, guild_id: int, user_id: int) -> int:
+        """The member's queued and running jobs in a guild."""
+
+        async def work(s: AsyncSession) -> int:
+            q = select(func.count()).select_from(JOB).where(
+                JOB.c.guild_id == guild_id, JOB.c.user_id == user_id, JOB.c.status.in_([Q.value, R.value])
+            )
+            return (await s.execute(q)).scalar_one()
+
+        return await run_read(self.sessions, work)
