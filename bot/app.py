@@ -1,0 +1,97 @@
+"""The discord.py application: `ImagineBot`, and `sync_commands` for syncing slash commands on purpose.
+
+Resources (database, services, queue dispatcher) are opened by the caller (`bot/__main__.py`, or a test) and handed
+in as `deps`; the bot only uses them. `setup_hook` registers the dynamic job buttons and loads the extensions; it
+never syncs commands, so a reconnect costs no API calls. Syncing is its own command: `python -m bot sync`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.exts import EXTENSIONS
+from bot.ui.buttons import JobButton
+
+log = logging.getLogger("bot.app")
+
+DISCORD_API_BASE = "https://discord.com/api/v10"
+DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
+
+
+def point_at_discord(api_base: str | None, gateway_url: str | None) -> None:
+    """Send HTTP and gateway traffic to `api_base` / `gateway_url` (a Discord-compatible server), or Discord's own.
+
+    discord.py keeps both as class attributes, so this is process-wide; webhooks and interaction responses use the
+    same HTTP base.
+    """
+    discord.http.Route.BASE = (api_base or DISCORD_API_BASE).rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url or DISCORD_GATEWAY_URL)
+
+
+def make_intents() -> discord.Intents:
+    """Slash commands only: no message content, no members list."""
+    intents = discord.Intents.default()
+    intents.message_content = False
+    intents.members = False
+    intents.presences = False
+    intents.typing = False
+    return intents
+
+
+class ImagineBot(commands.Bot):
+    """The bot. `deps` carries the services the extensions use (see `bot/__main__.py` for what is in it)."""
+
+    def __init__(self, deps: Any, *, extensions: tuple[str, ...] = EXTENSIONS, **options: Any):
+        options.setdefault("intents", make_intents())
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        options.setdefault("help_command", None)
+        super().__init__(command_prefix=commands.when_mentioned, **options)
+        self.deps = deps
+        self.extensions_to_load = extensions
+        #: Set by the buttons extension: the object that handles a click on a JobButton.
+        self.job_actions: Any = None
+        #: Set by the imagine extension: the object that shows a job's progress and posts its result.
+        self.presenter: Any = None
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(JobButton)
+        for name in self.extensions_to_load:
+            await self.load_extension(name)
+        log.info("loaded %d extensions; commands are synced only by `python -m bot sync`", len(self.extensions_to_load))
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (%s) to %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+
+async def sync_commands(bot: commands.Bot, guild_id: int | None) -> list[discord.app_commands.AppCommand]:
+    """Sync the command tree: to one guild (instant, for development) or globally (guild_id None)."""
+    if guild_id is not None:
+        guild = discord.Object(id=guild_id)
+        bot.tree.copy_global_to(guild=guild)
+        synced = await bot.tree.sync(guild=guild)
+        log.info("synced %d commands to guild %s", len(synced), guild_id)
+    else:
+        synced = await bot.tree.sync()
+        log.info("synced %d global commands (they may take a while to show up everywhere)", len(synced))
+    return synced
+
+
+class Deps:
+    """What the extensions use: `settings`, `dispatcher`, and every service of `bot.services.Services`
+    (`jobs`, `quota`, `moderation`, `audit`, `images`, `sessions`) by attribute."""
+
+    def __init__(self, settings: Any, services: Any, dispatcher: Any):
+        self.settings = settings
+        self.services = services
+        self.dispatcher = dispatcher
+
+    def __getattr__(self, name: str) -> Any:
+        services = self.__dict__.get("services")
+        if services is None:
+            raise AttributeError(name)
+        return getattr(services, name)

@@ -1,0 +1,93 @@
+"""Starting a job from an interaction: the checks, the reservation, the queued message, the hand-off to the queue.
+
+/imagine and the buttons that make new jobs (U, V, 🔄, ✏️) all go through `start_job`, so every new job is checked
+the same way: art channel, ban, blocked terms, then `JobService.create` (limits and quota, one transaction; a
+refusal charges nothing).
+
+Discord wants an answer within 3 seconds. The checks and the reservation normally take milliseconds, so a refusal
+can be a plain ephemeral reply; when they are slow, the interaction is deferred at 2 seconds ("thinking…") and the
+answer follows (a refusal then replaces the thinking message with an ephemeral one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import discord
+
+from bot.errors import BlockedPrompt
+from bot.exts.common import deps, guild_id_of, role_ids_of
+from bot.ui.buttons import progress_view
+from bot.ui.embeds import failed_embed, queued_embed
+
+log = logging.getLogger("bot.jobs")
+
+T = TypeVar("T")
+
+#: Seconds to wait for the checks before deferring (Discord allows 3).
+DEFER_AFTER = 2.0
+PUBLIC_DEFER = "public_defer"
+
+
+async def answer_in_time(interaction: discord.Interaction, work: Awaitable[T], *, ephemeral: bool = False) -> T:
+    """Run `work`; if it is not done within DEFER_AFTER seconds, defer the interaction meanwhile."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=DEFER_AFTER)
+    if not done and not interaction.response.is_done():
+        await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+        if not ephemeral:
+            interaction.extras[PUBLIC_DEFER] = True
+    return await task
+
+
+async def check_member_may_generate(interaction: discord.Interaction, prompt: str) -> None:
+    """Art channel, ban and blocked terms; raises the domain error that says what is wrong."""
+    d = deps(interaction)
+    guild_id = guild_id_of(interaction)
+    channel_id = interaction.channel_id
+    # A thread counts as its parent channel.
+    channel = interaction.channel
+    if isinstance(channel, discord.Thread) and channel.parent_id:
+        channel_id = channel.parent_id
+    await d.moderation.check_channel(guild_id, channel_id)
+    await d.moderation.check_not_banned(guild_id, interaction.user.id)
+    term = await d.moderation.check_prompt(guild_id, prompt)
+    if term:
+        raise BlockedPrompt(term)
+
+
+async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
+    """Check, reserve and queue a job for the member of `interaction`; answer with its queued message."""
+    d = deps(interaction)
+    guild_id = guild_id_of(interaction)
+
+    async def prepare():
+        await check_member_may_generate(interaction, params.get("prompt", ""))
+        return await d.jobs.create(guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), **params)
+
+    job = await answer_in_time(interaction, prepare())
+    log.info(
+        "job %s created: user %s guild %s mode %s %dx%d steps %s images %s",
+        job.id, job.user_id, job.guild_id, job.mode, job.width, job.height, job.steps, job.num_images,
+    )
+    paused = await d.moderation.is_paused(guild_id)
+    position = await d.jobs.position(job.id)
+    embed = queued_embed(job, None if position is None else position + 1, paused=paused)
+    view = progress_view(job.id)
+    if interaction.response.is_done():
+        message = await interaction.edit_original_response(embed=embed, view=view)
+        interaction.extras.pop(PUBLIC_DEFER, None)
+    else:
+        callback = await interaction.response.send_message(embed=embed, view=view)
+        message = callback.resource if isinstance(callback.resource, discord.Message) else await interaction.original_response()
+    await d.jobs.set_progress_message(job.id, message.channel.id, message.id)
+    try:
+        await d.dispatcher.publish(job)
+    except Exception:
+        log.exception("job %s could not be handed to the queue", job.id)
+        failed = await d.jobs.fail(job.id, "The image queue could not be reached.")
+        await message.edit(embed=failed_embed(failed, "the image queue could not be reached; please try again later"), view=None)
+    return job

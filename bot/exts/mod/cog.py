@@ -1,0 +1,218 @@
+"""/mod: quotas, bans, blocked terms, art channels, NSFW policy, the queue, pause/resume, statistics.
+
+Every command is hidden from members by `default_permissions(manage_guild=True)` and checked again here
+(`interaction_check`), because a server's admins can change who sees a command. A refused attempt is audited; every
+action is audited by the service that performs it (or here, for the few the services do not log themselves).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.db.models import NsfwPolicy
+from bot.errors import JobNotFound
+from bot.exts.common import audit, deps, guild_id_of, is_moderator, require_moderator
+from bot.ui.embeds import lines_embed, ts
+from bot.ui.text import safe_text
+
+log = logging.getLogger("bot.mod")
+
+POLICY_TEXT = {
+    "block": "images flagged by the safety checker are never shown",
+    "age_restricted": "flagged images are shown only in age-restricted channels",
+    "allow": "flagged images are shown everywhere",
+}
+
+
+async def reply(interaction: discord.Interaction, text: str, *, embed: discord.Embed | None = None) -> None:
+    await interaction.response.send_message(text, embed=embed, ephemeral=True)
+
+
+@app_commands.default_permissions(manage_guild=True)
+@app_commands.guild_only()
+class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tools for the image bot"):
+    def __init__(self, bot: commands.Bot):
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
+        if is_moderator(interaction):
+            return True
+        command = interaction.command.qualified_name if interaction.command else "mod"
+        log.warning("user %s tried /%s without moderator rights", interaction.user.id, command)
+        if interaction.guild_id is not None:
+            await audit(interaction, "mod.denied", f"user:{interaction.user.id}", {"command": command})
+        require_moderator(interaction)  # raises NotModerator, answered by the error handler
+        return False
+
+    # --- quota ---------------------------------------------------------------------------------------------------
+    quota = app_commands.Group(name="quota", description="Members' image quotas")
+
+    @quota.command(name="set", description="Set a member's daily images and parallel jobs (empty: back to default)")
+    @app_commands.describe(member="The member", images_per_day="Images per day", max_concurrent="Jobs at once")
+    async def quota_set(
+        self,
+        interaction: discord.Interaction,
+        member: discord.Member,
+        images_per_day: app_commands.Range[int, 0, 100000] | None = None,
+        max_concurrent: app_commands.Range[int, 1, 100] | None = None,
+    ) -> None:
+        require_moderator(interaction)
+        await deps(interaction).quota.set_limit(
+            guild_id_of(interaction), member.id, interaction.user.id, images_per_day=images_per_day, max_concurrent=max_concurrent
+        )
+        shown = lambda v: "default" if v is None else str(v)  # noqa: E731
+        await reply(interaction, f"{member.mention}: {shown(images_per_day)} images per day, {shown(max_concurrent)} jobs at once.")
+
+    @quota.command(name="grant", description="Give a member extra images for today")
+    async def quota_grant(self, interaction: discord.Interaction, member: discord.Member, images: app_commands.Range[int, 1, 10000]) -> None:
+        require_moderator(interaction)
+        await deps(interaction).quota.grant(guild_id_of(interaction), member.id, images, interaction.user.id)
+        await reply(interaction, f"Granted {images} extra image(s) to {member.mention} for today.")
+
+    @quota.command(name="reset", description="Give a member their whole daily allowance back now")
+    async def quota_reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
+        require_moderator(interaction)
+        await deps(interaction).quota.reset(guild_id_of(interaction), member.id, interaction.user.id)
+        await reply(interaction, f"{member.mention}'s usage was reset.")
+
+    # --- bans ------------------------------------------------------------------------------------------------------
+    @app_commands.command(name="ban", description="Stop a member from generating images")
+    @app_commands.describe(member="The member", reason="Shown to them", days="Lift the ban after this many days (empty: never)")
+    async def ban(
+        self,
+        interaction: discord.Interaction,
+        member: discord.Member,
+        reason: app_commands.Range[str, 1, 300] | None = None,
+        days: app_commands.Range[int, 1, 3650] | None = None,
+    ) -> None:
+        require_moderator(interaction)
+        until = datetime.now(UTC) + timedelta(days=days) if days else None
+        await deps(interaction).moderation.ban(guild_id_of(interaction), member.id, interaction.user.id, reason=reason, until=until)
+        await reply(interaction, f"{member.mention} can no longer generate images" + (f" until {ts(until, 'f')}" if until else "") + ".")
+
+    @app_commands.command(name="unban", description="Let a banned member generate images again")
+    async def unban(self, interaction: discord.Interaction, member: discord.Member) -> None:
+        require_moderator(interaction)
+        lifted = await deps(interaction).moderation.unban(guild_id_of(interaction), member.id, interaction.user.id)
+        await reply(interaction, f"{member.mention} may generate images again." if lifted else f"{member.mention} was not banned.")
+
+    # --- blocked terms ---------------------------------------------------------------------------------------------
+    terms = app_commands.Group(name="terms", description="Terms refused in prompts")
+
+    @terms.command(name="add", description="Refuse prompts containing a term (any case or spacing; * for partial words)")
+    async def terms_add(self, interaction: discord.Interaction, term: app_commands.Range[str, 1, 100]) -> None:
+        require_moderator(interaction)
+        norm = await deps(interaction).moderation.add_blocked_term(guild_id_of(interaction), term, interaction.user.id)
+        await reply(interaction, f"Blocked `{safe_text(norm, 120)}`.")
+
+    @terms.command(name="remove", description="Allow a blocked term again")
+    async def terms_remove(self, interaction: discord.Interaction, term: app_commands.Range[str, 1, 100]) -> None:
+        require_moderator(interaction)
+        removed = await deps(interaction).moderation.remove_blocked_term(guild_id_of(interaction), term, interaction.user.id)
+        await reply(interaction, f"Unblocked `{safe_text(term, 120)}`." if removed else f"`{safe_text(term, 120)}` was not blocked.")
+
+    @terms_remove.autocomplete("term")
+    async def _term_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if not is_moderator(interaction):
+            return []
+        terms = await deps(interaction).moderation.blocked_terms(guild_id_of(interaction))
+        return [app_commands.Choice(name=t.original[:100], value=t.original[:100]) for t in terms if current.lower() in t.original.lower()][:25]
+
+    @terms.command(name="list", description="The blocked terms")
+    async def terms_list(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        terms = await deps(interaction).moderation.blocked_terms(guild_id_of(interaction))
+        lines = [f"`{safe_text(t.original, 100)}` (matches `{safe_text(t.term, 100)}`)" for t in terms]
+        await reply(interaction, "", embed=lines_embed("Blocked terms", lines, empty="No blocked terms."))
+
+    # --- art channels ----------------------------------------------------------------------------------------------
+    channels = app_commands.Group(name="channels", description="Channels where /imagine is allowed")
+
+    @channels.command(name="add", description="Allow /imagine in a channel")
+    async def channels_add(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        require_moderator(interaction)
+        added = await deps(interaction).moderation.add_art_channel(guild_id_of(interaction), channel.id, interaction.user.id)
+        await reply(interaction, f"/imagine is now allowed in {channel.mention}." if added else f"{channel.mention} was already an art channel.")
+
+    @channels.command(name="remove", description="Stop allowing /imagine in a channel")
+    async def channels_remove(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        require_moderator(interaction)
+        removed = await deps(interaction).moderation.remove_art_channel(guild_id_of(interaction), channel.id, interaction.user.id)
+        await reply(interaction, f"{channel.mention} is no longer an art channel." if removed else f"{channel.mention} was not an art channel.")
+
+    @channels.command(name="list", description="The art channels (none listed: everywhere)")
+    async def channels_list(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        ids = await deps(interaction).moderation.art_channels(guild_id_of(interaction))
+        await reply(interaction, "", embed=lines_embed("Art channels", [f"<#{c}>" for c in ids], empty="None: /imagine works in every channel."))
+
+    # --- NSFW --------------------------------------------------------------------------------------------------------
+    @app_commands.command(name="nsfw", description="What happens to images the safety checker flags")
+    @app_commands.choices(policy=[app_commands.Choice(name=f"{p}: {t}"[:100], value=p) for p, t in POLICY_TEXT.items()])
+    async def nsfw(self, interaction: discord.Interaction, policy: str) -> None:
+        require_moderator(interaction)
+        await deps(interaction).moderation.set_nsfw_policy(guild_id_of(interaction), NsfwPolicy(policy), interaction.user.id)
+        await reply(interaction, f"NSFW policy: **{policy}** — {POLICY_TEXT[policy]}.")
+
+    # --- queue -------------------------------------------------------------------------------------------------------
+    queue = app_commands.Group(name="queue", description="The job queue of this server")
+
+    @queue.command(name="list", description="Jobs waiting or running, first served first")
+    async def queue_list(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        jobs = await deps(interaction).jobs.queue(guild_id_of(interaction))
+        lines = [
+            f"**#{j.id}** {j.status} · <@{j.user_id}> · {ts(j.created_at)} — {safe_text(j.prompt, 80, single_line=True)}" for j in jobs[:30]
+        ]
+        if len(jobs) > 30:
+            lines.append(f"… and {len(jobs) - 30} more")
+        paused = await deps(interaction).moderation.is_paused(guild_id_of(interaction))
+        title = "Queue" + (" (paused)" if paused else "")
+        await reply(interaction, "", embed=lines_embed(title, lines, empty="The queue is empty."))
+
+    @queue.command(name="cancel", description="Cancel a queued or running job (nothing is charged)")
+    async def queue_cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        require_moderator(interaction)
+        d = deps(interaction)
+        found = await d.jobs.find(job)
+        if found is None or found.guild_id != guild_id_of(interaction):
+            raise JobNotFound(job)
+        await d.jobs.cancel(job, interaction.user.id)
+        await audit(interaction, "job.cancel", f"job:{job}", {"owner": found.user_id})
+        try:
+            await d.dispatcher.cancel(job)
+        except Exception:
+            log.warning("job %s: could not tell the workers about the cancel", job, exc_info=True)
+        presenter = getattr(self.bot, "presenter", None)
+        if presenter is not None:
+            await presenter.job_cancelled(job)
+        await reply(interaction, f"Job #{job} was cancelled; its owner was not charged.")
+
+    @app_commands.command(name="pause", description="Stop starting new jobs in this server (queued jobs wait)")
+    async def pause(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        changed = await deps(interaction).moderation.pause(guild_id_of(interaction), interaction.user.id)
+        await reply(interaction, "The queue is paused." if changed else "The queue was already paused.")
+
+    @app_commands.command(name="resume", description="Start jobs again")
+    async def resume(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        changed = await deps(interaction).moderation.resume(guild_id_of(interaction), interaction.user.id)
+        kick = getattr(deps(interaction).dispatcher, "kick", None)
+        if changed and kick is not None:
+            await kick()
+        await reply(interaction, "The queue runs again." if changed else "The queue was not paused.")
+
+    @app_commands.command(name="stats", description="Jobs, images and members of the last day")
+    async def stats(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        s = await deps(interaction).moderation.stats(guild_id_of(interaction))
+        lines = [f"**{k}**: {v}" for k, v in s.jobs_by_status.items() if v]
+        lines.append(f"Images in the last 24 h: **{s.images_today}** by **{s.members_today}** member(s)")
+        await reply(interaction, "", embed=lines_embed("Image bot statistics", lines))

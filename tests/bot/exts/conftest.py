@@ -1,0 +1,135 @@
+"""Interaction tests: the real bot (real discord.py, real services over a migrated SQLite file) in simcord's
+in-memory Discord. The queue is a recording stand-in; tests play the worker by storing outcomes themselves and
+calling the presenter, as the dispatcher would.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import discord
+import pytest
+import simcord
+from PIL import Image
+
+from bot.app import Deps, ImagineBot
+from bot.config import Settings
+from bot.db.engine import create_engine
+from bot.db.migrate import upgrade_sync
+from bot.services import build_services
+
+
+@dataclass
+class RecordingDispatcher:
+    """Stands in for the NATS dispatcher: remembers what the bot asked of the queue."""
+
+    published: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    fail_publish: bool = False
+
+    async def publish(self, job) -> None:
+        if self.fail_publish:
+            raise ConnectionError("queue down")
+        self.published.append(job.id)
+
+    async def cancel(self, job_id: int) -> None:
+        self.cancelled.append(job_id)
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory) -> Path:
+    """One database migrated with the real Alembic revisions; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "bot.db"
+    upgrade_sync(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+def png(color=(200, 30, 30), size=(64, 64)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+class World:
+    """A running bot in simcord with one guild, an art channel, a member and a moderator."""
+
+    def __init__(self, tmp_path: Path, template: Path):
+        self.tmp = tmp_path
+        data = tmp_path / "data"
+        data.mkdir()
+        shutil.copy(template, data / "bot.db")
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "imaginebot.json").write_text(
+            '{"description": "Flat shapes on simple backgrounds.", "knows": {"shapes": ["circle", "square"], "colors": ["red", "blue"]},'
+            ' "default_width": 64, "default_height": 64, "default_steps": 4}'
+        )
+        self.settings = Settings(_env_file=None, data_dir=data, model_path=str(model), discord_token=None)
+        self.engine = create_engine(self.settings.database_url)
+        self.services = build_services(self.settings, self.engine)
+        self.dispatcher = RecordingDispatcher()
+        self.env: simcord.Env | None = None
+
+    def make_bot(self) -> ImagineBot:
+        return ImagineBot(Deps(self.settings, self.services, self.dispatcher))
+
+    @property
+    def bot(self) -> ImagineBot:
+        return self.env.bot  # type: ignore[union-attr,return-value]
+
+    async def start(self) -> None:
+        self.env = simcord.Env(self.make_bot())
+        await self.env.start()
+        self.guild = self.env.create_guild("Art Club")
+        self.art = self.guild.create_text_channel("art")
+        self.other = self.guild.create_text_channel("general")
+        self.alice = self.guild.add_member(self.env.create_user("alice"))
+        self.bob = self.guild.add_member(self.env.create_user("bob"))
+        mod_role = self.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+        self.mod = self.guild.add_member(self.env.create_user("mod"), roles=[mod_role])
+        await self.bot.tree.sync()
+        await self.services.moderation.add_art_channel(self.guild.id, self.art.id, by=self.mod.id)
+
+    async def restart(self) -> None:
+        """A fresh bot process: new ImagineBot, nothing kept in memory, same database."""
+        await self.env.restart_bot(self.make_bot())  # type: ignore[union-attr]
+        await self.bot.tree.sync()
+
+    async def close(self) -> None:
+        if self.env is not None:
+            await self.env.shutdown()
+        await self.engine.dispose()
+
+    # --- playing the worker ------------------------------------------------------------------------------------
+    async def finish(self, job_id: int, colors=((200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 220))) -> discord.Message | None:
+        """Run job `job_id` to success the way the dispatcher does: store images, succeed, then present."""
+        job = await self.services.jobs.get(job_id)
+        await self.services.jobs.start(job_id, worker="test")
+        new = []
+        for i in range(job.num_images):
+            stored = self.services.images.save(job_id, i, png(colors[i % len(colors)], (job.width, job.height)))
+            new.append((i, job.seed + i, stored.path, stored.sha256))
+        await self.services.jobs.succeed(job_id, new)
+        message = await self.bot.presenter.job_succeeded(job_id)
+        await self.env.settle()
+        return message
+
+    def last(self, channel=None) -> discord.Message:
+        return (channel or self.art).last_message
+
+    async def latest_job(self):
+        jobs = await self.services.jobs.queue()
+        return jobs[-1]
+
+
+@pytest.fixture
+async def world(tmp_path, migrated_db):
+    w = World(tmp_path, migrated_db)
+    await w.start()
+    try:
+        yield w
+    finally:
+        await w.close()
