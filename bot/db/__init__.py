@@ -1,8 +1,8 @@
 """Database layer: async SQLAlchemy engine over SQLite, the schema, and Alembic migrations.
 
-    engine = create_engine(settings.database_url)
-    await migrate(settings.database_url)          # alembic upgrade head, also run at bot start
-    sessions = make_sessionmaker(engine)
+engine = create_engine(settings.database_url)
+await migrate(settings.database_url)          # alembic upgrade head, also run at bot start
+sessions = make_sessionmaker(engine)
 """
 
 from bot.db.engine import create_engine, is_busy_error, make_sessionmaker, run_read, run_write

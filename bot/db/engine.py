@@ -37,7 +37,12 @@ WRITE_RETRIES = 8
 
 def _ensure_sqlite_folder(url: str) -> None:
     u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+    if (
+        u.get_backend_name() == "sqlite"
+        and u.database
+        and u.database != ":memory:"
+        and not u.database.startswith("file:")
+    ):
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
 
 

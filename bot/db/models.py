@@ -111,7 +111,9 @@ class GuildSetting(Base):
     __tablename__ = "guild_setting"
 
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
-    nsfw_policy: Mapped[str] = mapped_column(String(20), default=NsfwPolicy.BLOCK.value, server_default=NsfwPolicy.BLOCK.value)
+    nsfw_policy: Mapped[str] = mapped_column(
+        String(20), default=NsfwPolicy.BLOCK.value, server_default=NsfwPolicy.BLOCK.value
+    )
     paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     images_per_day: Mapped[int | None]
     max_concurrent: Mapped[int | None]
@@ -221,9 +223,7 @@ class Job(Base):
     )
 
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'posted')", name="status"
-        ),
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'posted')", name="status"),
         CheckConstraint("charge_state IN ('reserved', 'committed', 'refunded')", name="charge_state"),
         CheckConstraint("mode IN ('txt2img', 'variation', 'upscale')", name="mode"),
         CheckConstraint("cost >= 0", name="cost_not_negative"),

@@ -38,9 +38,7 @@ class Services:
     images: ImageStore
 
 
-def build_services(
-    settings: Settings, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow
-) -> Services:
+def build_services(settings: Settings, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> Services:
     """Wire the services over an existing engine (the database must already be migrated)."""
     sessions = make_sessionmaker(engine)
     quota = QuotaService(sessions, settings.default_limits(), clock=clock)

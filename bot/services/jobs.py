@@ -249,7 +249,9 @@ class JobService:
             "strength": strength,
         }
         params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-        params.update(prompt=prompt, seed=random_seed() if seed is None else seed, mode=mode, timeline=timeline, model=model)
+        params.update(
+            prompt=prompt, seed=random_seed() if seed is None else seed, mode=mode, timeline=timeline, model=model
+        )
         if mode != "txt2img" and (source_job_id is None or source_image_index is None):
             raise InvalidRequest(f"Mode `{mode}` needs a source image (a job id and an image index).", "init_image")
         try:
@@ -357,7 +359,17 @@ class JobService:
             now = self.clock()
             await self._transition(s, job_id, S, finished_at=now, error=None)
             for img in new:
-                s.add(Image(job_id=job_id, index=img.index, seed=img.seed, path=img.path, sha256=img.sha256, nsfw=bool(img.nsfw), created_at=now))
+                s.add(
+                    Image(
+                        job_id=job_id,
+                        index=img.index,
+                        seed=img.seed,
+                        path=img.path,
+                        sha256=img.sha256,
+                        nsfw=bool(img.nsfw),
+                        created_at=now,
+                    )
+                )
             await s.flush()
             await self.quota.settle_in(s, job_id, ChargeState.COMMITTED)
             return await self._view_in(s, job_id)
@@ -368,7 +380,9 @@ class JobService:
         """queued/running → failed with `error` (shown to the member); refunds the charge exactly once."""
 
         async def work(s: AsyncSession) -> JobView:
-            await self._transition(s, job_id, F, error=(error or "unknown error")[:MAX_ERROR_CHARS], finished_at=self.clock())
+            await self._transition(
+                s, job_id, F, error=(error or "unknown error")[:MAX_ERROR_CHARS], finished_at=self.clock()
+            )
             await self.quota.settle_in(s, job_id, ChargeState.REFUNDED)
             return await self._view_in(s, job_id)
 
@@ -453,7 +467,9 @@ class JobService:
 
         async def work(s: AsyncSession) -> None:
             r = await s.execute(
-                update(JOB).where(JOB.c.id == job_id).values(progress_channel_id=channel_id, progress_message_id=message_id)
+                update(JOB)
+                .where(JOB.c.id == job_id)
+                .values(progress_channel_id=channel_id, progress_message_id=message_id)
             )
             if not r.rowcount:
                 raise JobNotFound(job_id)
@@ -490,7 +506,9 @@ class JobService:
                 by_job[img.job_id].append(img)
         return [_job_view(j, by_job[j.id]) for j in jobs]
 
-    async def history(self, guild_id: int, user_id: int, limit: int = 10, *, before_id: int | None = None) -> list[JobView]:
+    async def history(
+        self, guild_id: int, user_id: int, limit: int = 10, *, before_id: int | None = None
+    ) -> list[JobView]:
         """The member's jobs in a guild, newest first (page with `before_id`)."""
 
         async def work(s: AsyncSession) -> list[JobView]:
@@ -540,7 +558,9 @@ class JobService:
             def scoped(q):
                 return q if guild_id is None else q.where(Job.guild_id == guild_id)
 
-            running = (await s.scalars(scoped(select(Job).where(Job.status == R.value)).order_by(Job.started_at, Job.id))).all()
+            running = (
+                await s.scalars(scoped(select(Job).where(Job.status == R.value)).order_by(Job.started_at, Job.id))
+            ).all()
             dispatched = (
                 await s.scalars(
                     scoped(select(Job).where(Job.status == Q.value, Job.dispatched_at.is_not(None))).order_by(
@@ -550,7 +570,9 @@ class JobService:
             ).all()
             pending_sq = self._pending_in_fair_order(skip_paused=False)
             pending = (
-                await s.scalars(scoped(select(Job).join(pending_sq, pending_sq.c.id == Job.id)).order_by(pending_sq.c.round, Job.id))
+                await s.scalars(
+                    scoped(select(Job).join(pending_sq, pending_sq.c.id == Job.id)).order_by(pending_sq.c.round, Job.id)
+                )
             ).all()
             return await self._views(s, [*running, *dispatched, *pending], with_images=False)
 
@@ -568,7 +590,9 @@ class JobService:
         """Jobs to reconcile at start, oldest first: queued, running, and succeeded but not yet posted."""
 
         async def work(s: AsyncSession) -> list[JobView]:
-            jobs = (await s.scalars(select(Job).where(Job.status.in_([Q.value, R.value, S.value])).order_by(Job.id))).all()
+            jobs = (
+                await s.scalars(select(Job).where(Job.status.in_([Q.value, R.value, S.value])).order_by(Job.id))
+            ).all()
             return await self._views(s, jobs)
 
         return await run_read(self.sessions, work)
@@ -577,8 +601,10 @@ class JobService:
         """The member's queued and running jobs in a guild."""
 
         async def work(s: AsyncSession) -> int:
-            q = select(func.count()).select_from(JOB).where(
-                JOB.c.guild_id == guild_id, JOB.c.user_id == user_id, JOB.c.status.in_([Q.value, R.value])
+            q = (
+                select(func.count())
+                .select_from(JOB)
+                .where(JOB.c.guild_id == guild_id, JOB.c.user_id == user_id, JOB.c.status.in_([Q.value, R.value]))
             )
             return (await s.execute(q)).scalar_one()
 

@@ -48,7 +48,10 @@ MAX_TERM_CHARS = 100
 
 # --- prompt normalisation ----------------------------------------------------------------------------------------
 _INVISIBLE = dict.fromkeys(
-    map(ord, "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff"),
+    map(
+        ord,
+        "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff",
+    ),
     None,
 )
 
@@ -167,7 +170,9 @@ def _check_limit(name: str, value: Any) -> None:
         "max_side": (MIN_SIDE, MAX_SIDE),
     }[name]
     if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
-        raise InvalidSetting(name, value, f"it has to be a whole number from {bounds[0]} to {bounds[1]} (or empty to clear it)")
+        raise InvalidSetting(
+            name, value, f"it has to be a whole number from {bounds[0]} to {bounds[1]} (or empty to clear it)"
+        )
 
 
 def _limit_changes(**given: Any) -> dict[str, Any]:
@@ -202,7 +207,11 @@ class ModerationService:
 
         async def work(s: AsyncSession) -> GuildSettingsView:
             g = await s.get(GuildSetting, guild_id)
-            channels = (await s.scalars(select(ArtChannel.channel_id).where(ArtChannel.guild_id == guild_id).order_by(ArtChannel.channel_id))).all()
+            channels = (
+                await s.scalars(
+                    select(ArtChannel.channel_id).where(ArtChannel.guild_id == guild_id).order_by(ArtChannel.channel_id)
+                )
+            ).all()
             return GuildSettingsView(
                 guild_id=guild_id,
                 nsfw_policy=NsfwPolicy(g.nsfw_policy) if g else NsfwPolicy.BLOCK,
@@ -221,14 +230,20 @@ class ModerationService:
         try:
             policy = NsfwPolicy(policy)
         except ValueError:
-            raise InvalidSetting("nsfw_policy", policy, f"it has to be one of {', '.join(p.value for p in NsfwPolicy)}") from None
+            raise InvalidSetting(
+                "nsfw_policy", policy, f"it has to be one of {', '.join(p.value for p in NsfwPolicy)}"
+            ) from None
 
         async def work(s: AsyncSession) -> None:
             await self._ensure_guild(s, guild_id)
             await s.execute(
-                update(GuildSetting).where(GuildSetting.guild_id == guild_id).values(nsfw_policy=policy.value, updated_at=self.clock())
+                update(GuildSetting)
+                .where(GuildSetting.guild_id == guild_id)
+                .values(nsfw_policy=policy.value, updated_at=self.clock())
             )
-            await write_audit(s, guild_id, by, "guild.nsfw_policy", f"guild:{guild_id}", {"policy": policy.value}, self.clock())
+            await write_audit(
+                s, guild_id, by, "guild.nsfw_policy", f"guild:{guild_id}", {"policy": policy.value}, self.clock()
+            )
 
         await run_write(self.sessions, work)
 
@@ -251,7 +266,9 @@ class ModerationService:
 
         async def work(s: AsyncSession) -> None:
             await self._ensure_guild(s, guild_id)
-            await s.execute(update(GuildSetting).where(GuildSetting.guild_id == guild_id).values(**changes, updated_at=self.clock()))
+            await s.execute(
+                update(GuildSetting).where(GuildSetting.guild_id == guild_id).values(**changes, updated_at=self.clock())
+            )
             await write_audit(s, guild_id, by, "guild.quota_defaults", f"guild:{guild_id}", changes, self.clock())
 
         await run_write(self.sessions, work)
@@ -277,7 +294,9 @@ class ModerationService:
         """Stop allowing /imagine in a channel; False if it was not an art channel."""
 
         async def work(s: AsyncSession) -> bool:
-            r = await s.execute(delete(ArtChannel).where(ArtChannel.guild_id == guild_id, ArtChannel.channel_id == channel_id))
+            r = await s.execute(
+                delete(ArtChannel).where(ArtChannel.guild_id == guild_id, ArtChannel.channel_id == channel_id)
+            )
             if not r.rowcount:
                 return False
             await write_audit(s, guild_id, by, "art_channel.remove", f"channel:{channel_id}", {}, self.clock())
@@ -325,7 +344,9 @@ class ModerationService:
             await s.execute(
                 sqlite_insert(RoleQuota)
                 .values(guild_id=guild_id, role_id=role_id, updated_by=by, updated_at=now, **changes)
-                .on_conflict_do_update(index_elements=["guild_id", "role_id"], set_={**changes, "updated_by": by, "updated_at": now})
+                .on_conflict_do_update(
+                    index_elements=["guild_id", "role_id"], set_={**changes, "updated_by": by, "updated_at": now}
+                )
             )
             await write_audit(s, guild_id, by, "role_quota.set", f"role:{role_id}", changes, now)
             row = await s.get(RoleQuota, (guild_id, role_id), populate_existing=True)
@@ -347,13 +368,17 @@ class ModerationService:
 
     async def role_limits(self, guild_id: int) -> list[RoleLimits]:
         async def work(s: AsyncSession) -> list[RoleLimits]:
-            rows = (await s.scalars(select(RoleQuota).where(RoleQuota.guild_id == guild_id).order_by(RoleQuota.role_id))).all()
+            rows = (
+                await s.scalars(select(RoleQuota).where(RoleQuota.guild_id == guild_id).order_by(RoleQuota.role_id))
+            ).all()
             return [RoleLimits(r.guild_id, r.role_id, *(getattr(r, f) for f in LIMIT_FIELDS)) for r in rows]
 
         return await run_read(self.sessions, work)
 
     # --- bans ----------------------------------------------------------------------------------------------------
-    async def ban(self, guild_id: int, user_id: int, by: int, *, reason: str | None = None, until: datetime | None = None) -> None:
+    async def ban(
+        self, guild_id: int, user_id: int, by: int, *, reason: str | None = None, until: datetime | None = None
+    ) -> None:
         """Bar a member from generating (until `until`, or until unbanned). Banning again updates reason/until."""
         now = self.clock()
         if until is not None and until <= now:
@@ -422,7 +447,9 @@ class ModerationService:
         """Block a term in prompts; returns its normalised form (what is matched)."""
         norm = normalize_term(term or "")
         if not norm.strip("*") or len(term) > MAX_TERM_CHARS:
-            raise InvalidSetting("term", term, f"it needs at least one letter or digit and at most {MAX_TERM_CHARS} characters")
+            raise InvalidSetting(
+                "term", term, f"it needs at least one letter or digit and at most {MAX_TERM_CHARS} characters"
+            )
 
         async def work(s: AsyncSession) -> str:
             r = await s.execute(
@@ -431,7 +458,9 @@ class ModerationService:
                 .on_conflict_do_nothing(index_elements=["guild_id", "term"])
             )
             if r.rowcount:
-                await write_audit(s, guild_id, by, "blocked_term.add", f"term:{norm}", {"original": term.strip()}, self.clock())
+                await write_audit(
+                    s, guild_id, by, "blocked_term.add", f"term:{norm}", {"original": term.strip()}, self.clock()
+                )
             return norm
 
         return await run_write(self.sessions, work)
@@ -451,7 +480,9 @@ class ModerationService:
 
     async def blocked_terms(self, guild_id: int) -> list[BlockedTermView]:
         async def work(s: AsyncSession) -> list[BlockedTermView]:
-            rows = (await s.scalars(select(BlockedTerm).where(BlockedTerm.guild_id == guild_id).order_by(BlockedTerm.term))).all()
+            rows = (
+                await s.scalars(select(BlockedTerm).where(BlockedTerm.guild_id == guild_id).order_by(BlockedTerm.term))
+            ).all()
             return [BlockedTermView(r.term, r.original, r.added_by, r.added_at) for r in rows]
 
         return await run_read(self.sessions, work)
@@ -461,7 +492,9 @@ class ModerationService:
         spacing-insensitive; see the module docstring."""
 
         async def work(s: AsyncSession) -> str | None:
-            rows = (await s.execute(select(BlockedTerm.term, BlockedTerm.original).where(BlockedTerm.guild_id == guild_id))).all()
+            rows = (
+                await s.execute(select(BlockedTerm.term, BlockedTerm.original).where(BlockedTerm.guild_id == guild_id))
+            ).all()
             if not rows:
                 return None
             originals = {r.term: r.original for r in rows}
@@ -481,7 +514,9 @@ class ModerationService:
             )
             if not r.rowcount:
                 return False
-            await write_audit(s, guild_id, by, "queue.pause" if paused else "queue.resume", f"guild:{guild_id}", {}, self.clock())
+            await write_audit(
+                s, guild_id, by, "queue.pause" if paused else "queue.resume", f"guild:{guild_id}", {}, self.clock()
+            )
             return True
 
         return await run_write(self.sessions, work)
@@ -509,15 +544,24 @@ class ModerationService:
         async def work(s: AsyncSession) -> GuildStats:
             since = self.clock() - timedelta(days=1)
             by_status = {st.value: 0 for st in JobStatus}
-            for status, n in (await s.execute(select(Job.status, func.count()).where(Job.guild_id == guild_id).group_by(Job.status))).all():
+            for status, n in (
+                await s.execute(select(Job.status, func.count()).where(Job.guild_id == guild_id).group_by(Job.status))
+            ).all():
                 by_status[status] = n
             images = (
                 await s.execute(
-                    select(func.count()).select_from(Image).join(Job, Job.id == Image.job_id).where(Job.guild_id == guild_id, Image.created_at >= since)
+                    select(func.count())
+                    .select_from(Image)
+                    .join(Job, Job.id == Image.job_id)
+                    .where(Job.guild_id == guild_id, Image.created_at >= since)
                 )
             ).scalar_one()
             members = (
-                await s.execute(select(func.count(func.distinct(Job.user_id))).where(Job.guild_id == guild_id, Job.created_at >= since))
+                await s.execute(
+                    select(func.count(func.distinct(Job.user_id))).where(
+                        Job.guild_id == guild_id, Job.created_at >= since
+                    )
+                )
             ).scalar_one()
             return GuildStats(guild_id, by_status, images, members)
 

@@ -339,7 +339,9 @@ class QuotaService:
                     .returning(UQ.c.used)
                 )
             ).scalar_one()
-            await write_audit(s, guild_id, by, "quota.grant", f"user:{user_id}", {"images": images, "reason": reason}, now)
+            await write_audit(
+                s, guild_id, by, "quota.grant", f"user:{user_id}", {"images": images, "reason": reason}, now
+            )
             return used
 
         return await run_write(self.sessions, work)

@@ -1,0 +1,92 @@
+"""Alembic migrations against a fresh SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from bot.db import create_engine, current_revision, downgrade, migrate, upgrade
+from bot.db.migrate import head_revision
+from bot.db.models import Base
+from tests.bot.conftest import sqlite_url
+
+ROOT = Path(__file__).resolve().parents[3]
+TABLES = {
+    "guild_setting",
+    "art_channel",
+    "role_quota",
+    "user_quota",
+    "job",
+    "image",
+    "ban",
+    "blocked_term",
+    "audit_log",
+}
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+async def test_fresh_database_migrates_up_down_and_up_again(tmp_path):
+    """A fresh database goes to head, back to base (no tables left) and to head again."""
+    path = tmp_path / "fresh.db"
+    url = sqlite_url(path)
+    await migrate(url)
+    assert await current_revision(url) == head_revision()
+    assert TABLES <= _tables(path)
+    await downgrade(url, "base")
+    assert await current_revision(url) is None
+    assert _tables(path) <= {"alembic_version"}
+    await upgrade(url)
+    assert await current_revision(url) == head_revision()
+    assert TABLES <= _tables(path)
+
+
+async def test_head_matches_the_models(tmp_path):
+    """The migrated schema has nothing the models lack and lacks nothing they have (no forgotten revision)."""
+    url = sqlite_url(tmp_path / "cmp.db")
+    await migrate(url)
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+    finally:
+        await engine.dispose()
+    assert diff == []
+
+
+def test_alembic_command_line_takes_the_url_from_settings(tmp_path):
+    """`alembic upgrade head` from the repository root migrates the database named by DATABASE_URL."""
+    path = tmp_path / "cli.db"
+    env = {"DATABASE_URL": sqlite_url(path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert TABLES <= _tables(path)
+
+
+def test_migrate_module_upgrades_the_configured_database(tmp_path):
+    """`python -m bot.db.migrate` upgrades the database of the settings (the Makefile's `make migrate`)."""
+    path = tmp_path / "mod.db"
+    env = {"DATABASE_URL": sqlite_url(path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.db.migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert TABLES <= _tables(path)

@@ -1,0 +1,53 @@
+"""Settings: defaults, environment, and the secret token."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from bot.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_database_url_defaults_to_a_file_under_the_data_dir(monkeypatch):
+    """Without DATABASE_URL the database is data_dir/bot.db."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert Settings(_env_file=None).database_url == "sqlite+aiosqlite:///data/bot.db"
+    assert Settings(_env_file=None, data_dir="/srv/bot").database_url == "sqlite+aiosqlite:////srv/bot/bot.db"
+
+
+def test_token_never_shows_in_repr_or_logs(monkeypatch, caplog):
+    """The token is read from the environment but printed as stars."""
+    monkeypatch.setenv("DISCORD_TOKEN", "super-secret-token")
+    settings = Settings(_env_file=None)
+    assert settings.discord_token.get_secret_value() == "super-secret-token"
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("test").info("settings: %s %r", settings, settings)
+    assert "super-secret-token" not in repr(settings) + str(settings) + caplog.text
+
+
+def test_empty_values_in_env_file_fall_back_to_defaults(tmp_path, monkeypatch):
+    """A copied .env.example (empty keys) loads with the defaults."""
+    for key in ("DISCORD_TOKEN", "DEV_GUILD_ID", "NATS_URL", "DATABASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    settings = Settings(_env_file=ROOT / ".env.example")
+    assert (settings.discord_token, settings.dev_guild_id, settings.nats_url) == (None, None, None)
+    assert settings.default_limits().images_per_day == 40
+
+
+def test_env_example_documents_every_setting():
+    """Every field of Settings has a key in .env.example."""
+    text = (ROOT / ".env.example").read_text()
+    keys = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
+    assert keys == {name.upper() for name in Settings.model_fields}
+
+
+def test_importing_the_bot_domain_does_not_import_torch():
+    """bot.config, bot.db and bot.services load without torch or diffusers."""
+    code = "import sys, bot.config, bot.db, bot.services, bot.errors; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
