@@ -88,7 +88,7 @@ class Account(commands.Cog):
             pngs = await asyncio.to_thread(lambda: [d.images.read(i.path) for i in found.images if not i.nsfw])
             if pngs:
                 grid = await asyncio.to_thread(compose_grid, pngs)
-                fitted = await asyncio.to_thread(fit_to_limit, grid, f"job{found.id}.png", interaction.attachment_size_limit)
+                fitted = await asyncio.to_thread(fit_to_limit, grid, f"job{found.id}.png", interaction.filesize_limit)
                 files.append(discord.File(fp=io.BytesIO(fitted.data), filename=fitted.filename))
                 embed.set_image(url=f"attachment://{fitted.filename}")
         if found.posted_channel_id and found.posted_message_id:

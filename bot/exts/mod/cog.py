@@ -47,8 +47,8 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         log.warning("user %s tried /%s without moderator rights", interaction.user.id, command)
         if interaction.guild_id is not None:
             await audit(interaction, "mod.denied", f"user:{interaction.user.id}", {"command": command})
-        require_moderator(interaction)  # raises NotModerator, answered by the error handler
-        return False
+        # An AppCommandError reaches the tree's error handler, which answers "only moderators…".
+        raise app_commands.MissingPermissions(["manage_guild"])
 
     # --- quota ---------------------------------------------------------------------------------------------------
     quota = app_commands.Group(name="quota", description="Members' image quotas")

@@ -48,3 +48,112 @@ async def test_result_is_posted_only_once(world):
     assert again is None
     grids = [m for m in world.art.history() if m.components and m.attachments]
     assert len(grids) == 1
+
+
+async def test_banned_member_is_refused_without_charge(world):
+    """A banned member gets an ephemeral refusal with the reason; nothing is reserved."""
+    await world.services.moderation.ban(world.guild.id, world.alice.id, world.mod.id, reason="spam")
+    result = await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    assert result.ephemeral and "banned" in result.response.content and "spam" in result.response.content
+    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 0
+
+
+async def test_blocked_term_is_refused_in_any_case_or_spacing(world):
+    """A prompt with a blocked term spelled with other case and spacing is refused, naming the term."""
+    await world.services.moderation.add_blocked_term(world.guild.id, "gore", world.mod.id)
+    result = await world.alice.slash(world.art, "imagine", prompt="lots of G O R E please")
+    assert result.ephemeral and "gore" in result.response.content
+    assert world.dispatcher.published == []
+
+
+async def test_exhausted_quota_is_refused_and_nothing_is_charged(world):
+    """With 2 images left, asking for 4 is refused with the reset time and usage stays as it was."""
+    await world.services.quota.set_limit(world.guild.id, world.alice.id, world.mod.id, images_per_day=6)
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    result = await world.alice.slash(world.art, "imagine", prompt="a blue circle")
+    assert result.ephemeral and "2 of your 6" in result.response.content
+    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 4
+    assert len(world.dispatcher.published) == 1
+
+
+async def test_aspect_and_size_together_are_refused(world):
+    """Giving both aspect and size is a friendly error."""
+    result = await world.alice.slash(world.art, "imagine", prompt="x", aspect="16:9", size="64x64")
+    assert result.ephemeral and "either `aspect` or `size`" in result.response.content
+
+
+async def test_size_option_sets_width_and_height(world):
+    """size:128x64 gives a 128×64 job; aspect:16:9 keeps about the model's pixel count."""
+    await world.alice.slash(world.art, "imagine", prompt="x", size="128x64", count=1)
+    sized = await world.latest_job()
+    await world.alice.slash(world.art, "imagine", prompt="y", aspect="16:9", count=1)
+    wide = await world.latest_job()
+    assert (sized.width, sized.height) == (128, 64) and wide.width > wide.height
+
+
+async def test_bad_size_names_the_rule(world):
+    """A size that is not a multiple of 8 is refused with the rule."""
+    result = await world.alice.slash(world.art, "imagine", prompt="x", size="100x64")
+    assert result.ephemeral and "multiple of 8" in result.response.content
+
+
+async def test_size_autocomplete_offers_sizes(world):
+    """Typing in size offers WIDTHxHEIGHT choices starting with what was typed."""
+    choices = await world.alice.autocomplete(world.art, "imagine", "size", "64")
+    assert choices and all(c["value"].startswith("64") for c in choices)
+
+
+async def test_everyone_in_a_prompt_pings_nobody(world):
+    """A prompt with @everyone is echoed neutralised, and every message is sent with mentions switched off."""
+    await world.alice.slash(world.art, "imagine", prompt="@everyone <@&123456789012345678> hi")
+    job = await world.latest_job()
+    posted = await world.finish(job.id)
+    assert "@everyone" not in posted.embeds[0].title
+    sent = [e for e in world.env.http_requests if e.method in ("POST", "PATCH") and isinstance(e.json, dict) and "allowed_mentions" in e.json]
+    assert sent and all(e.json["allowed_mentions"].get("parse") == [] for e in sent)
+    assert not posted.mention_everyone and not posted.role_mentions
+
+
+async def test_publish_failure_fails_the_job_and_refunds(world):
+    """When the queue cannot be reached the job fails, the member is told, and nothing is charged."""
+    world.dispatcher.fail_publish = True
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job() if await world.services.jobs.queue() else None
+    assert job is None
+    status = await world.services.quota.status(world.guild.id, world.alice.id, [])
+    assert status.used == 0 and "could not be reached" in world.last().embeds[0].description
+
+
+async def test_progress_edits_the_queued_message_with_a_bar_and_preview(world):
+    """A progress report turns the queued message into a progress bar with the preview image."""
+    from tests.bot.exts.conftest import png
+
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    await world.services.jobs.start(job.id, worker="test")
+    await world.bot.presenter.job_progress(job.id, 2, 4, png())
+    await world.env.settle()
+    message = world.last()
+    assert "▰" in message.embeds[0].description and "2/4" in message.embeds[0].description
+    assert message.attachments[0].filename == "preview.png"
+
+
+async def test_failed_job_shows_the_reason(world):
+    """A job the worker failed shows the reason on its message and says nothing was charged."""
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    await world.services.jobs.fail(job.id, "out of memory")
+    await world.bot.presenter.job_finished(job.id)
+    await world.env.settle()
+    assert "out of memory" in world.last().embeds[0].description
+
+
+async def test_oversized_grid_is_reencoded_to_fit_the_upload_limit(world, monkeypatch):
+    """When the grid is bigger than the guild's upload limit it is posted as a smaller WebP."""
+    import discord
+
+    monkeypatch.setattr(discord.Guild, "filesize_limit", property(lambda self: 500))
+    await world.alice.slash(world.art, "imagine", prompt="a red circle", size="256x256")
+    job = await world.latest_job()
+    posted = await world.finish(job.id, colors=[(i * 40 % 255, i * 90 % 255, 50) for i in range(4)])
+    assert posted.attachments[0].filename.endswith(".webp") and posted.attachments[0].size <= 500

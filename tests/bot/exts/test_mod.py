@@ -1,0 +1,104 @@
+"""/mod commands: gated twice, and audited."""
+
+from __future__ import annotations
+
+import discord
+
+
+async def actions(world) -> list[str]:
+    return [e.action for e in await world.services.audit.recent(world.guild.id)]
+
+
+async def test_member_without_manage_server_is_refused_and_audited(world):
+    """A member whom the server's admins let see /mod is still refused by the bot, and the attempt is audited."""
+    synced = await world.bot.tree.fetch_commands()
+    mod = next(c for c in synced if c.name == "mod")
+    world.guild.set_command_permissions(mod.id, {world.alice: True})
+    result = await world.alice.slash(world.art, "mod pause")
+    assert result.ephemeral and "moderators" in result.response.content.lower()
+    assert not await world.services.moderation.is_paused(world.guild.id)
+    assert "mod.denied" in await actions(world)
+
+
+async def test_mod_commands_require_manage_guild_by_default(world):
+    """The /mod group is declared with default member permissions Manage Server."""
+    group = world.bot.tree.get_command("mod")
+    assert group.default_permissions == discord.Permissions(manage_guild=True)
+
+
+async def test_quota_grant_gives_images_back(world):
+    """/mod quota grant lowers the member's usage and is audited."""
+    await world.alice.slash(world.art, "imagine", prompt="x")
+    await world.mod.slash(world.art, "mod quota grant", member=world.alice, images=3)
+    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 1
+    assert any(a.startswith("quota.") for a in await actions(world))
+
+
+async def test_quota_set_and_reset(world):
+    """/mod quota set changes the daily limit; /mod quota reset clears usage."""
+    await world.alice.slash(world.art, "imagine", prompt="x")
+    await world.mod.slash(world.art, "mod quota set", member=world.alice, images_per_day=10)
+    await world.mod.slash(world.art, "mod quota reset", member=world.alice)
+    status = await world.services.quota.status(world.guild.id, world.alice.id, [])
+    assert (status.limit, status.used) == (10, 0)
+
+
+async def test_ban_and_unban(world):
+    """/mod ban stops /imagine for the member; /mod unban lets them back."""
+    await world.mod.slash(world.art, "mod ban", member=world.alice, reason="spam")
+    refused = await world.alice.slash(world.art, "imagine", prompt="x")
+    await world.mod.slash(world.art, "mod unban", member=world.alice)
+    allowed = await world.alice.slash(world.art, "imagine", prompt="x")
+    assert refused.ephemeral and "banned" in refused.response.content
+    assert not allowed.ephemeral
+    assert {"ban.add", "ban.remove"} <= set(await actions(world)) or len(await actions(world)) >= 2
+
+
+async def test_blocked_terms_add_list_remove(world):
+    """Terms can be added, listed and removed; a blocked prompt is refused meanwhile."""
+    await world.mod.slash(world.art, "mod terms add", term="Gore")
+    listed = await world.mod.slash(world.art, "mod terms list")
+    refused = await world.alice.slash(world.art, "imagine", prompt="g.o.r.e")
+    await world.mod.slash(world.art, "mod terms remove", term="gore")
+    allowed = await world.alice.slash(world.art, "imagine", prompt="gore")
+    assert "Gore" in listed.response.embeds[0].description
+    assert refused.ephemeral and not allowed.ephemeral
+
+
+async def test_channels_add_and_remove(world):
+    """/mod channels add allows /imagine in another channel; remove takes it away."""
+    await world.mod.slash(world.art, "mod channels add", channel=world.other)
+    allowed = await world.alice.slash(world.other, "imagine", prompt="x")
+    await world.mod.slash(world.art, "mod channels remove", channel=world.other)
+    refused = await world.alice.slash(world.other, "imagine", prompt="x")
+    assert not allowed.ephemeral and refused.ephemeral
+
+
+async def test_nsfw_policy_is_stored(world):
+    """/mod nsfw sets the guild's policy."""
+    await world.mod.slash(world.art, "mod nsfw", policy="allow")
+    assert (await world.services.moderation.guild_settings(world.guild.id)).nsfw_policy == "allow"
+
+
+async def test_queue_list_and_cancel(world):
+    """/mod queue list shows a waiting job; /mod queue cancel cancels it with a refund and an audit entry."""
+    await world.alice.slash(world.art, "imagine", prompt="waiting job")
+    job = await world.latest_job()
+    listed = await world.mod.slash(world.art, "mod queue list")
+    await world.mod.slash(world.art, "mod queue cancel", job=job.id)
+    assert f"#{job.id}" in listed.response.embeds[0].description
+    assert (await world.services.jobs.get(job.id)).status == "cancelled"
+    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 0
+    assert "job.cancel" in await actions(world)
+    assert world.dispatcher.cancelled == [job.id]
+
+
+async def test_pause_resume_and_stats(world):
+    """/mod pause and resume flip the queue; /mod stats counts jobs."""
+    await world.alice.slash(world.art, "imagine", prompt="x")
+    await world.mod.slash(world.art, "mod pause")
+    paused = await world.services.moderation.is_paused(world.guild.id)
+    await world.mod.slash(world.art, "mod resume")
+    stats = await world.mod.slash(world.art, "mod stats")
+    assert paused and not await world.services.moderation.is_paused(world.guild.id)
+    assert "queued" in stats.response.embeds[0].description
