@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     model_path: str = "generation/models/default"
     #: Guild where slash commands are synced instantly while developing. Unset: commands are synced globally.
     dev_guild_id: int | None = None
+    #: Role whose members may use the moderator commands (besides members with Manage Server). Unset: none.
+    mod_role_id: int | None = None
     #: Base URL of Discord's HTTP API (point it at a fake server in tests).
     discord_api_base: str = "https://discord.com/api/v10"
     #: Gateway (websocket) URL of Discord.

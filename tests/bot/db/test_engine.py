@@ -81,3 +81,26 @@ async def test_create_engine_makes_the_folder_of_a_sqlite_file(tmp_path):
     finally:
         await engine.dispose()
     assert (tmp_path / "deep" / "er" / "bot.db").exists()
+
+
+async def test_write_transactions_begin_immediate_and_reads_deferred(engine):
+    """run_write takes the write lock up front (BEGIN IMMEDIATE); run_read does not."""
+    from sqlalchemy import event
+
+    from bot.db import run_read
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        if statement.startswith("BEGIN"):
+            seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    sessions = make_sessionmaker(engine)
+
+    async def work(s):
+        await s.execute(text("SELECT 1"))
+
+    await run_write(sessions, work)
+    await run_read(sessions, work)
+    assert seen == ["BEGIN IMMEDIATE", "BEGIN DEFERRED"]

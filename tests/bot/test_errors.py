@@ -1,0 +1,39 @@
+"""Domain errors: user-facing messages name the value and what is allowed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bot.errors import BotError, IllegalTransition, QuotaExceeded, TooManyActiveJobs, UserBanned
+
+
+def test_quota_exceeded_above_the_daily_limit_says_so():
+    """Asking for more than a whole day's allowance says how many fit in a day, not to wait."""
+    err = QuotaExceeded(requested=50, used=0, limit=40, resets_at=None)
+    assert (
+        err.user_message
+        == "You asked for 50 image(s) but have 40 of your 40 daily images left. At most 40 image(s) fit in one day."
+    )
+
+
+def test_quota_exceeded_shows_the_reset_as_a_discord_timestamp():
+    """The reset time is rendered with Discord's <t:…> markup."""
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert f"<t:{int(at.timestamp())}:R>" in QuotaExceeded(4, 38, 40, at).user_message
+
+
+def test_too_many_active_jobs_names_both_numbers():
+    """The member learns how many jobs they have and how many are allowed."""
+    assert "You already have 2 job(s) queued or running; at most 2 at a time" in TooManyActiveJobs(2, 2).user_message
+
+
+def test_illegal_transition_lists_allowed_sources():
+    """The message names the job, both states and which states may lead to the target."""
+    err = IllegalTransition(7, "queued", "posted", ("succeeded",))
+    assert str(err) == "Job #7 cannot go from `queued` to `posted`; only a job that is succeeded can become posted."
+
+
+def test_every_domain_error_is_a_bot_error():
+    """The error handler can catch them all as BotError."""
+    assert isinstance(UserBanned("spam"), BotError)
+    assert UserBanned("spam").user_message == "You are banned from generating images in this server. Reason: spam."
