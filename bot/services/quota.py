@@ -284,11 +284,16 @@ class QuotaService:
         return True
 
     async def commit(self, job_id: int) -> bool:
-        """Keep the job's charge for good (on success); True only the first time."""
+        """Keep the job's charge for good; True only the first time.
+
+        `commit` and `refund` are ledger primitives: `JobService.succeed/fail/cancel` already call them in the same
+        transaction as the state change. Call them directly only to settle a job by hand (recovery, a moderator
+        refunding a finished job); refunding a job that is still queued lets it run free of charge.
+        """
         return await run_write(self.sessions, lambda s: self.settle_in(s, job_id, ChargeState.COMMITTED))
 
     async def refund(self, job_id: int) -> bool:
-        """Give the job's images and slot back (failure, cancel); True only the first time, False afterwards."""
+        """Give the job's images and slot back; True only the first time, False afterwards (see `commit`)."""
         return await run_write(self.sessions, lambda s: self.settle_in(s, job_id, ChargeState.REFUNDED))
 
     async def recount_active(self) -> int:

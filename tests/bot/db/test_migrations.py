@@ -90,3 +90,34 @@ def test_migrate_module_upgrades_the_configured_database(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert TABLES <= _tables(path)
+
+
+async def test_every_revision_downgrades_and_upgrades_again(tmp_path):
+    """Each revision, one step at a time: up, down to its parent, up again."""
+    from alembic.script import ScriptDirectory
+
+    from bot.db.migrate import alembic_config
+
+    url = sqlite_url(tmp_path / "steps.db")
+    revisions = list(reversed(list(ScriptDirectory.from_config(alembic_config(url)).walk_revisions())))
+    assert revisions, "no revisions found"
+    for rev in revisions:
+        await upgrade(url, rev.revision)
+        await downgrade(url, rev.down_revision or "base")
+        assert await current_revision(url) == rev.down_revision
+        await upgrade(url, rev.revision)
+        assert await current_revision(url) == rev.revision
+
+
+async def test_downgrade_of_a_database_with_data_leaves_nothing_behind(services):
+    """A migrated database holding jobs downgrades to base cleanly (no leftover tables or indexes)."""
+    await services.jobs.create(1, 2, 3, [], prompt="x", num_images=1)
+    url = str(services.engine.url)
+    await services.engine.dispose()
+    await downgrade(url, "base")
+    path = services.engine.url.database
+    with sqlite3.connect(path) as conn:
+        leftovers = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND name != 'alembic_version'"
+        ).fetchall()
+    assert leftovers == []

@@ -287,3 +287,56 @@ async def test_recount_active_repairs_a_drifted_counter(services, engine):
         await conn.exec_driver_sql("UPDATE user_quota SET active = 3")
     assert await services.quota.recount_active() == 1
     assert (await services.quota.status(GUILD, USER, [])).active == 1
+
+
+# --- the ledger under random use ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_ledger_stays_consistent_under_random_operations(services, engine, clock, seed):
+    """After a random mix of creates, starts, successes, failures, cancels, double refunds and passing hours,
+    `active` equals the jobs holding a reservation and `used` equals the committed and reserved images of the
+    current window."""
+    import random
+
+    from sqlalchemy import text
+
+    from bot.errors import BotError
+
+    rng = random.Random(seed)
+    await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=30, max_concurrent=4)
+    jobs: list[int] = []
+    for _ in range(120):
+        op = rng.choice(["create", "create", "start", "succeed", "fail", "cancel", "refund", "time"])
+        try:
+            if op == "create":
+                jobs.append((await make_job(services, n=rng.randint(1, 4))).id)
+            elif op == "time":
+                clock.advance(hours=rng.choice([1, 5, 13]))
+            elif jobs:
+                job_id = rng.choice(jobs)
+                if op == "start":
+                    await services.jobs.start(job_id)
+                elif op == "succeed":
+                    await services.jobs.succeed(job_id, [])
+                elif op == "fail":
+                    await services.jobs.fail(job_id, "x")
+                elif op == "cancel":
+                    await services.jobs.cancel(job_id, by=USER)
+                else:
+                    await services.quota.refund(job_id)
+                    await services.quota.refund(job_id)
+        except BotError:
+            pass
+    async with engine.connect() as conn:
+        row = (await conn.execute(text("SELECT used, window_started_at, active FROM user_quota"))).one()
+        reserved = (await conn.execute(text("SELECT count(*) FROM job WHERE charge_state = 'reserved'"))).scalar()
+        charged = (
+            await conn.execute(
+                text(
+                    "SELECT coalesce(sum(cost), 0) FROM job WHERE charge_state != 'refunded' AND charge_window_started_at = :w"
+                ),
+                {"w": row.window_started_at},
+            )
+        ).scalar()
+    assert row.active == reserved
+    assert row.used == charged
+    assert 0 <= row.used <= 30
