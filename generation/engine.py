@@ -154,11 +154,15 @@ def load_pipeline(path: str | Path, device: str, dtype: torch.dtype, config: str
 
 
 def _looks_like_sdxl(path: Path) -> bool:
+    """SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`; read key names only."""
+    if path.suffix.lower() != ".safetensors":
+        return False
     try:
-        from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
+        from safetensors import safe_open
 
-        return "xl" in infer_diffusers_model_type(load_single_file_checkpoint(str(path), local_files_only=True))
-    except Exception:  # an unknown layout: fall back to SD 1.x, whose loader reports the real problem
+        with safe_open(str(path), framework="pt") as f:
+            return any(k.startswith("conditioner.embedders.1.") for k in f.keys())
+    except Exception:  # unreadable header: let the SD loader report the real problem
         return False
 
 
@@ -250,6 +254,7 @@ class Engine:
         info = _read_info(path) if path.exists() else {}
         name = name or str(info.get("name") or (path.name if path.is_dir() else path.stem))
         engine = cls(pipe, name=name, device=device, dtype=dtype, info=info, path=path)
+        _ = engine.img2img  # built now so the first variation does not pay for it
         log.info("loaded model %s from %s on %s (%s) in %.2fs", name, path, device, dtype, time.perf_counter() - t0)
         return engine
 
@@ -574,9 +579,11 @@ class Engine:
         return callback
 
     def _timeline(self, frames: list[torch.Tensor], final: list[Image.Image], flags: list[bool]) -> bytes:
-        """Animated WebP (or GIF) of the decoded x0 estimates, ending on the final images."""
+        """Animated WebP (or GIF): the decoded x0 estimate of each step, the last step shown as the final images."""
         pictures = []
-        for x0 in frames:
+        # The last step's estimate is the result itself (up to the scheduler's final update), so the final images
+        # stand in for it: one frame per step.
+        for x0 in frames[:-1]:
             images = self._to_pil(x0)
             images = [Image.new("RGB", im.size) if f else im for im, f in zip(images, flags, strict=True)]
             pictures.append(thumbnail(grid(images), TIMELINE_MAX_SIDE))

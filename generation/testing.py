@@ -58,11 +58,12 @@ def build_tiny_pipeline(
     *,
     info: dict[str, Any] | None = None,
     safety_checker: bool = False,
+    flag_all: bool = False,
 ):
     """Build a tiny random-weight SD pipeline; save it to `folder` when given, and return the pipeline.
 
     `sample_size` is the UNet's latent side; images are 4x that (16 -> 64x64 px). With `safety_checker=True` a tiny
-    `StableDiffusionSafetyChecker` is included (its random concepts flag nothing until a test tunes them).
+    `StableDiffusionSafetyChecker` is included; it flags nothing, or every image with `flag_all=True`.
     `info`, when given, is written as the folder's `imaginebot.json`.
     """
     import torch
@@ -114,7 +115,7 @@ def build_tiny_pipeline(
     )
     checker, extractor = (None, None)
     if safety_checker:
-        checker, extractor = _tiny_safety_checker()
+        checker, extractor = _tiny_safety_checker(flag_all)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -135,7 +136,8 @@ def build_tiny_pipeline(
     return pipe
 
 
-def _tiny_safety_checker():
+def _tiny_safety_checker(flag_all: bool):
+    import torch
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor
 
@@ -152,6 +154,11 @@ def _tiny_safety_checker():
         projection_dim=16,
     )
     checker = StableDiffusionSafetyChecker(config).eval()
+    # An image is flagged when its cosine similarity to a concept exceeds the concept's threshold; similarities lie
+    # in [-1, 1], so a threshold of 2 never fires and one of -2 always does.
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-2.0 if flag_all else 2.0)
+        checker.special_care_embeds_weights.fill_(2.0)
     extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return checker, extractor
 
@@ -180,6 +187,9 @@ def save_single_file(folder: str | Path, path: str | Path) -> Path:
     for k, v in _vae_to_ldm(vae).items():
         state["first_stage_model." + k] = v
     for k, v in text_encoder.state_dict().items():
+        # Original checkpoints name the CLIP weights `...transformer.text_model.*`; newer transformers drop the
+        # `text_model.` level in the state dict, so put it back.
+        k = k if k.startswith("text_model.") else "text_model." + k
         state["cond_stage_model.transformer." + k] = v
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
