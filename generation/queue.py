@@ -280,6 +280,7 @@ class JobQueue:
         self.js: JetStreamContext = nc.jetstream(timeout=10.0)
         self._images = None
         self._cancels = None
+        self._closing = {"now": False}
 
     @classmethod
     async def connect(
@@ -293,6 +294,12 @@ class JobQueue:
     ) -> JobQueue:
         """Connect (retrying for `connect_timeout` seconds), then create the streams and buckets if they are missing."""
         deadline = time.monotonic() + connect_timeout
+        closing = {"now": False}
+
+        async def on_disconnect() -> None:
+            if not closing["now"]:
+                log.warning("NATS: disconnected; reconnecting")
+
         while True:
             try:
                 nc = await nats.connect(
@@ -303,7 +310,7 @@ class JobQueue:
                     reconnect_time_wait=0.5,
                     allow_reconnect=True,
                     error_cb=_log_error,
-                    disconnected_cb=_log_disconnect,
+                    disconnected_cb=on_disconnect,
                     reconnected_cb=_log_reconnect,
                 )
                 break
@@ -312,11 +319,13 @@ class JobQueue:
                     raise ConnectionError(f"could not connect to NATS at {_safe_url(url)}: {e}") from e
                 await asyncio.sleep(0.2)
         q = cls(nc, config)
+        q._closing = closing
         if setup:
             await q.setup()
         return q
 
     async def close(self) -> None:
+        self._closing["now"] = True
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)
@@ -385,10 +394,14 @@ class JobQueue:
                 await asyncio.sleep(0.2)
 
     # --- bot side: jobs ----------------------------------------------------------------------------------------------
-    async def publish_job(self, job_id: int, request: GenerationRequest, token: str | None = None) -> tuple[int, bool]:
+    async def publish_job(
+        self, job_id: int, request: GenerationRequest, token: str | None = None, *, msg_id: str | None = None
+    ) -> tuple[int, bool]:
         """Put a job on the queue; returns (stream sequence, duplicate). A job already published is not stored twice.
 
-        A source image (variation/upscale) goes to the object store first so the message stays small."""
+        A source image (variation/upscale) goes to the object store first so the message stays small. `msg_id`
+        overrides the message id (the job id) for the rare re-publish of a message the stream lost within the
+        duplicate window."""
         token = token or model_token(request.model)
         init_object = None
         if request.init_image:
@@ -399,7 +412,7 @@ class JobQueue:
             self.config.job_subject(token, job_id),
             msg.to_json(),
             stream=self.config.jobs_stream,
-            headers={MSG_ID: str(job_id), JOB_HEADER: str(job_id)},
+            headers={MSG_ID: msg_id or str(job_id), JOB_HEADER: str(job_id)},
         )
         return ack.seq, bool(ack.duplicate)
 
@@ -573,10 +586,6 @@ def _safe_url(url: str) -> str:
 
 async def _log_error(e: Exception) -> None:
     log.warning("NATS: %s", e)
-
-
-async def _log_disconnect() -> None:
-    log.warning("NATS: disconnected; reconnecting")
 
 
 async def _log_reconnect() -> None:

@@ -1,0 +1,9 @@
+"""Dispatch: the bot's side of the NATS JetStream job queue (see `bot.dispatch.dispatcher` and `bot.dispatch.local`).
+
+Imports no torch: only `generation.contract`, `generation.queue` and `generation.natsserver` from the generation side.
+"""
+
+from bot.dispatch.dispatcher import Dispatcher, JobEvent, ReconcileReport
+from bot.dispatch.local import LocalWorker, open_dispatcher
+
+__all__ = ["Dispatcher", "JobEvent", "LocalWorker", "ReconcileReport", "open_dispatcher"]
