@@ -48,7 +48,7 @@ def setup_logging(level: str) -> None:
 @contextlib.asynccontextmanager
 async def open_dispatch(settings: Any, services: Any) -> AsyncIterator[Any]:
     """The queue dispatcher of bot.dispatch (embedded NATS and a local worker when NATS_URL is unset)."""
-    from bot.dispatch import open_dispatcher
+    from bot.dispatch.local import open_dispatcher
 
     async with open_dispatcher(settings, services) as dispatcher:
         yield dispatcher
@@ -61,11 +61,12 @@ async def run_bot(settings: Any) -> None:
     token = settings.discord_token.get_secret_value()
     async with open_services(settings) as services, open_dispatch(settings, services) as dispatcher:
         bot = ImagineBot(Deps(settings, services, dispatcher))
-        attach = getattr(dispatcher, "attach", None)
         async with bot:
             await bot.login(token)  # runs setup_hook: extensions are loaded, the presenter exists
-            if attach is not None:
-                await _maybe_await(attach(bot.presenter))
+            # Follow the queue only now: results found at start-up are posted through the presenter.
+            report = await dispatcher.start(listener=bot.presenter)
+            if report is not None:
+                log.info("reconciled unfinished jobs: %s", report)
             log.info("bot starting (commands are not synced on connect; use `python -m bot sync`)")
             await bot.connect(reconnect=True)
 
@@ -78,12 +79,6 @@ async def run_sync(settings: Any, guild_id: int | None) -> None:
         await bot.login(settings.discord_token.get_secret_value())
         synced = await sync_commands(bot, guild_id)
     print(f"synced {len(synced)} command(s) " + (f"to guild {guild_id}" if guild_id else "globally"))
-
-
-async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value):
-        return await value
-    return value
 
 
 async def _until_signal(main: Any) -> None:

@@ -530,6 +530,10 @@ class FakeDiscord:
             return self._callback(p[1], p[2], body, files)
         if p[0] == "webhooks" and n >= 3:
             return self._webhook(method, p, body, files)
+        if p[0] == "channels" and n == 2 and method == "GET":
+            if p[1] not in self.channels:
+                raise _NotFound("Channel")
+            return json_response(self.channels[p[1]])
         if p[0] == "channels" and n >= 3 and p[2] == "messages":
             channel_id = p[1]
             if channel_id not in self.channels:

@@ -167,7 +167,9 @@ class JobActions(commands.Cog):
         except Exception:
             log.warning("job %s: could not tell the workers about the cancel", job.id, exc_info=True)
         by = interaction.user.mention if interaction.user.id != job.user_id else None
-        await interaction.response.edit_message(embed=cancelled_embed(cancelled, by), attachments=[], view=None)
+        await interaction.response.edit_message(
+            embed=cancelled_embed(cancelled, by), attachments=[], view=None, allowed_mentions=discord.AllowedMentions.none()
+        )
         log.info("job %s cancelled by %s", job.id, interaction.user.id)
 
 

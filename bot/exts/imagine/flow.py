@@ -30,6 +30,7 @@ T = TypeVar("T")
 #: Seconds to wait for the checks before deferring (Discord allows 3).
 DEFER_AFTER = 2.0
 PUBLIC_DEFER = "public_defer"
+NO_PINGS = discord.AllowedMentions.none()
 
 
 async def answer_in_time(interaction: discord.Interaction, work: Awaitable[T], *, ephemeral: bool = False) -> T:
@@ -78,10 +79,10 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
     embed = queued_embed(job, None if position is None else position + 1, paused=paused)
     view = progress_view(job.id)
     if interaction.response.is_done():
-        message = await interaction.edit_original_response(embed=embed, view=view)
+        message = await interaction.edit_original_response(embed=embed, view=view, allowed_mentions=NO_PINGS)
         interaction.extras.pop(PUBLIC_DEFER, None)
     else:
-        callback = await interaction.response.send_message(embed=embed, view=view)
+        callback = await interaction.response.send_message(embed=embed, view=view, allowed_mentions=NO_PINGS)
         message = callback.resource if isinstance(callback.resource, discord.Message) else await interaction.original_response()
     await d.jobs.set_progress_message(job.id, message.channel.id, message.id)
     try:
@@ -89,5 +90,5 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
     except Exception:
         log.exception("job %s could not be handed to the queue", job.id)
         failed = await d.jobs.fail(job.id, "The image queue could not be reached.")
-        await message.edit(embed=failed_embed(failed, "the image queue could not be reached; please try again later"), view=None)
+        await message.edit(embed=failed_embed(failed, "the image queue could not be reached; please try again later"), view=None, allowed_mentions=NO_PINGS)
     return job

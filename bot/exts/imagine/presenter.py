@@ -75,6 +75,7 @@ class JobPresenter:
         message = await self._progress_message(job)
         if message is None:
             return
+        fields.setdefault("allowed_mentions", discord.AllowedMentions.none())
         try:
             await message.edit(**fields)
         except discord.NotFound:

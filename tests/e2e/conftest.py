@@ -1,0 +1,172 @@
+"""End-to-end: the real `python -m bot` process (with its embedded nats-server and real local worker) against the
+project's fake Discord on 127.0.0.1.
+
+The model is `generation/models/default` when it exists, else a tiny random-weight pipeline built once per session
+with `generation.testing.build_tiny_pipeline` (in a subprocess, so torch stays out of the test process). One bot
+process serves every test of the module; each test uses its own member so their quotas do not mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tests.fakediscord.server import FakeDiscord
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = ROOT / "generation" / "models" / "default"
+TINY_INFO = {"description": "A tiny random-weight test model.", "default_width": 64, "default_height": 64, "default_steps": 4}
+#: How long a test waits for a grid (worker start-up plus a CPU run).
+GRID_TIMEOUT = 180.0
+
+
+def model_in_use(tmp_root: Path) -> tuple[Path, str]:
+    """The model folder for the worker, and which one it is ("default" or "tiny")."""
+    if (DEFAULT_MODEL / "model_index.json").is_file() or (DEFAULT_MODEL / "unet").is_dir():
+        return DEFAULT_MODEL, "default"
+    folder = tmp_root / "tiny-model"
+    code = (
+        "import json, sys; from generation.testing import build_tiny_pipeline;"
+        "build_tiny_pipeline(sys.argv[1], info=json.loads(sys.argv[2]))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(TINY_INFO)], cwd=ROOT, check=True, timeout=300,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return folder, "tiny"
+
+
+class BotProcess:
+    """`python -m bot` pointed at the fake Discord, with its own data folder."""
+
+    def __init__(self, fd: FakeDiscord, data_dir: Path, model: Path, log_path: Path):
+        self.fd = fd
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "DISCORD_TOKEN": fd.token,
+            "DISCORD_API_BASE": fd.api_base,
+            "DISCORD_GATEWAY_URL": fd.gateway_url,
+            "DATA_DIR": str(data_dir),
+            "MODEL_PATH": str(model),
+            "NATS_URL": "",
+            "LOG_LEVEL": "INFO",
+            "HF_HUB_OFFLINE": "1",
+            "DEV_GUILD_ID": "",
+        }
+        self.env.pop("NATS_URL")
+        self.process: subprocess.Popen | None = None
+
+    def sync(self) -> str:
+        out = subprocess.run([sys.executable, "-m", "bot", "sync", "--guild", self.fd.guild_id], cwd=ROOT, env=self.env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "bot"], cwd=ROOT, env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        p = self.process
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self._log.close()
+        return p.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.data_dir / "bot.db")
+
+
+class E2E:
+    def __init__(self, fd: FakeDiscord, bot: BotProcess, model_kind: str):
+        self.fd = fd
+        self.bot = bot
+        self.model_kind = model_kind
+        self.art = fd.add_channel("art")
+        self.mod = fd.add_user("mod", moderator=True)
+
+    def grids(self, after: set[str] | None = None) -> list[dict]:
+        """Result messages (posted with the bot token, with job buttons) in the art channel."""
+        return [
+            m for m in self.fd.channel_messages(self.art["id"])
+            if "interaction_metadata" not in m and m["attachments"] and m["components"] and (after is None or m["id"] not in after)
+        ]
+
+    async def wait_grid(self, before: set[str], timeout: float = GRID_TIMEOUT) -> dict:
+        found = await self.fd.wait_for(lambda: self.grids(before), timeout, "a result grid")
+        return found[0]
+
+    async def answer(self, record, timeout: float = 30.0) -> dict:
+        """The message that answered an interaction (its original response, edited in place)."""
+        return await self.fd.wait_for(lambda: record.original_id and self.fd.messages.get(record.original_id)
+                                      and not self.fd.messages[record.original_id]["flags"] & (1 << 7)
+                                      and self.fd.messages[record.original_id], timeout, "the interaction's answer")
+
+    def job_row(self, job_id: int) -> dict:
+        with self.bot.db() as con:
+            con.row_factory = sqlite3.Row
+            row = con.execute("select * from job where id = ?", (job_id,)).fetchone()
+        return dict(row)
+
+    async def wait_status(self, job_id: int, status: str, timeout: float = 30.0) -> dict:
+        """Poll the job row until it reaches `status` (the bot writes it just after the Discord call)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.job_row(job_id)
+            if row["status"] == status or time.monotonic() > deadline:
+                return row
+            await asyncio.sleep(0.1)
+
+    def used(self, user: dict) -> int:
+        with self.bot.db() as con:
+            row = con.execute("select used from user_quota where user_id = ?", (int(user["id"]),)).fetchone()
+        return 0 if row is None else row[0]
+
+
+@pytest.fixture(scope="session")
+def e2e_model(tmp_path_factory) -> tuple[Path, str]:
+    return model_in_use(tmp_path_factory.mktemp("e2e-model"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def e2e(tmp_path_factory, e2e_model):
+    model, kind = e2e_model
+    root = tmp_path_factory.mktemp("e2e")
+    async with FakeDiscord() as fd:
+        bot = BotProcess(fd, root / "data", model, root / "bot.log")
+        world = E2E(fd, bot, kind)
+        await asyncio.to_thread(bot.sync)
+        bot.start()
+        started = time.monotonic()
+        try:
+            await fd.wait_until_ready(60)
+            yield world
+        except BaseException:
+            print(bot.log()[-5000:])
+            raise
+        finally:
+            code = await asyncio.to_thread(bot.stop)
+            world.exit_code = code
+            print(f"bot ran {time.monotonic() - started:.0f}s with the {kind} model; exit {code}")
+            print(bot.log()[-3000:])

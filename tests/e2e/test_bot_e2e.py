@@ -1,0 +1,106 @@
+"""The whole product through the wire: slash command → queue → worker → grid with buttons, in a fake Discord."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+FAST = {"steps": 3, "size": "64x64"}
+
+
+def job_id_of(grid: dict) -> int:
+    ids = [c["custom_id"] for row in grid["components"] for c in row["components"]]
+    return int(re.match(r"job:(\d+):", ids[0])[1])
+
+
+def button(grid: dict, action: str, index: int | None = None) -> str:
+    suffix = f":{action}" + (f":{index}" if index is not None else "")
+    return next(c["custom_id"] for row in grid["components"] for c in row["components"] if c["custom_id"].endswith(suffix))
+
+
+async def imagine(e2e, user, prompt: str, **options) -> dict:
+    before = {m["id"] for m in e2e.grids()}
+    await e2e.fd.slash(user, e2e.art, "imagine", prompt=prompt, **(FAST | options))
+    return await e2e.wait_grid(before)
+
+
+async def test_imagine_posts_a_grid_with_buttons(e2e):
+    """/imagine ends in a 2×2 grid posted with the bot token, carrying U1–U4, V1–V4, 🔄 and the rest."""
+    alice = e2e.fd.add_user("alice")
+    grid = await imagine(e2e, alice, "a red circle")
+    job_id = job_id_of(grid)
+    ids = {c["custom_id"] for row in grid["components"] for c in row["components"]}
+    assert {f"job:{job_id}:u:{i}" for i in range(4)} <= ids and f"job:{job_id}:r" in ids and f"job:{job_id}:vs:1" in ids
+    image = Image.open(io.BytesIO(e2e.fd.file_bytes(grid["attachments"][0])))
+    assert image.width > 64 and image.height > 64  # four 64×64 images side by side
+    post = next(c for c in e2e.fd.calls if c.method == "POST" and c.path == f"/channels/{e2e.art['id']}/messages" and c.files)
+    assert post.json["allowed_mentions"]["parse"] == []
+    assert (await e2e.wait_status(job_id, "posted"))["status"] == "posted"
+    print(f"model used: {e2e.model_kind}")
+
+
+async def test_progress_message_was_edited_in_place(e2e):
+    """The queued message of a job is edited (queue/progress) and finally points at the result."""
+    bob = e2e.fd.add_user("bob")
+    grid = await imagine(e2e, bob, "a blue square")
+    job = await e2e.wait_status(job_id_of(grid), "posted")
+    await e2e.fd.wait_for(lambda: "Done" in (e2e.fd.messages[str(job["progress_message_id"])]["embeds"] or [{}])[0].get("description", ""), 30)
+    progress = e2e.fd.messages[str(job["progress_message_id"])]
+    assert "Done" in progress["embeds"][0]["description"] and progress["components"] == []
+    edits = [c for c in e2e.fd.calls if c.method == "PATCH" and c.path.endswith(f"/messages/{job['progress_message_id']}")]
+    assert edits
+
+
+async def test_v2_makes_a_variation_grid(e2e):
+    """V2 on a grid queues a variation of image 2 and posts a new grid for it."""
+    carol = e2e.fd.add_user("carol")
+    grid = await imagine(e2e, carol, "a green triangle")
+    before = {m["id"] for m in e2e.grids()}
+    await e2e.fd.click(carol, grid, button(grid, "vs", 1))
+    varied = await e2e.wait_grid(before)
+    row = e2e.job_row(job_id_of(varied))
+    assert (row["mode"], row["source_job_id"], row["source_image_index"]) == ("variation", job_id_of(grid), 1)
+    assert varied["embeds"][0]["title"].startswith("Variation")
+
+
+async def test_reroll_uses_a_new_seed(e2e):
+    """🔄 posts a new grid of the same prompt with another seed."""
+    dave = e2e.fd.add_user("dave")
+    grid = await imagine(e2e, dave, "a yellow star", seed=1234)
+    before = {m["id"] for m in e2e.grids()}
+    await e2e.fd.click(dave, grid, button(grid, "r"))
+    rerolled = await e2e.wait_grid(before)
+    first, second = e2e.job_row(job_id_of(grid)), e2e.job_row(job_id_of(rerolled))
+    assert first["seed"] == 1234 and second["seed"] != 1234 and second["prompt"] == first["prompt"]
+    assert f"seed {second['seed']}" in rerolled["embeds"][0]["fields"][0]["value"]
+
+
+async def test_exhausted_quota_is_refused_without_charge(e2e):
+    """With the daily allowance used up, /imagine answers with a clear ephemeral refusal and charges nothing."""
+    erin = e2e.fd.add_user("erin")
+    set_quota = await e2e.fd.slash(e2e.mod, e2e.art, "mod quota set", member=erin, images_per_day=4)
+    await e2e.answer(set_quota)
+    await imagine(e2e, erin, "a pink heart")
+    assert e2e.used(erin) == 4
+    refused = await e2e.fd.slash(erin, e2e.art, "imagine", prompt="another pink heart", **FAST)
+    answer = await e2e.answer(refused)
+    assert answer["flags"] & (1 << 6), "the refusal is ephemeral"
+    assert "0 of your 4 daily images left" in answer["content"]
+    assert e2e.used(erin) == 4
+
+
+async def test_everyone_in_a_prompt_pings_nobody(e2e):
+    """A prompt containing @everyone goes through, and no message of the bot pinged anyone."""
+    frank = e2e.fd.add_user("frank")
+    grid = await imagine(e2e, frank, "@everyone a white circle <@&1234567890123456789>")
+    assert "@everyone" not in grid["embeds"][0]["title"]
+    assert e2e.fd.pinged() == []
+    for call in e2e.fd.message_calls():
+        body = call.json.get("data", call.json)
+        if "content" in body or "embeds" in body:
+            assert body.get("allowed_mentions", {}).get("parse") == [], call.path
