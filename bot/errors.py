@@ -37,6 +37,9 @@ class QuotaExceeded(QuotaError):
         self.limit = limit
         self.resets_at = resets_at
         left = max(0, limit - used)
+        if limit <= 0:
+            super().__init__("Your roles allow no images in this server; ask a moderator if that seems wrong.")
+            return
         msg = f"You asked for {requested} image(s) but have {left} of your {limit} daily images left."
         if resets_at is not None and requested <= limit:
             msg += f" Your allowance resets at {_when(resets_at)}."
@@ -51,6 +54,9 @@ class TooManyActiveJobs(QuotaError):
     def __init__(self, active: int, limit: int):
         self.active = active
         self.limit = limit
+        if limit <= 0:
+            super().__init__("Your roles allow no image jobs in this server; ask a moderator if that seems wrong.")
+            return
         super().__init__(
             f"You already have {active} job(s) queued or running; at most {limit} at a time are allowed. "
             "Wait for one to finish or cancel it."

@@ -37,3 +37,9 @@ def test_every_domain_error_is_a_bot_error():
     """The error handler can catch them all as BotError."""
     assert isinstance(UserBanned("spam"), BotError)
     assert UserBanned("spam").user_message == "You are banned from generating images in this server. Reason: spam."
+
+
+def test_a_zero_limit_says_the_roles_allow_nothing():
+    """A member whose roles allow 0 images or 0 jobs is told so, not asked to wait."""
+    assert QuotaExceeded(1, 0, 0, None).user_message.startswith("Your roles allow no images")
+    assert TooManyActiveJobs(0, 0).user_message.startswith("Your roles allow no image jobs")

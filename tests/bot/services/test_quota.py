@@ -340,3 +340,13 @@ async def test_ledger_stays_consistent_under_random_operations(services, engine,
     assert row.active == reserved
     assert row.used == charged
     assert 0 <= row.used <= 30
+
+
+async def test_status_after_the_window_expired_shows_nothing_used(services, clock):
+    """A day after the last window opened, status reports a fresh allowance with no reset time."""
+    job = await make_job(services, n=5)
+    await services.jobs.start(job.id)
+    await services.jobs.succeed(job.id, [])
+    clock.advance(days=1)
+    status = await services.quota.status(GUILD, USER, [])
+    assert (status.used, status.remaining, status.resets_at) == (0, 20, None)
