@@ -1,6 +1,7 @@
 """The default model's architecture: Stable Diffusion's parts at small scale.
 
-- VAE: `AutoencoderKL`, 4 blocks (8x downsampling), 128x128x3 images <-> 16x16x4 latents.
+- VAE: `AutoencoderKL`, 3 blocks (4x downsampling), 64x64x3 images <-> 16x16x4 latents. (A 4-block, 8x VAE for
+  128x128 images learned far too slowly on 2 CPU cores for the time this project had; see docs/model.md.)
 - Text encoder: `CLIPTextModel` from a tiny `CLIPTextConfig`; tokenizer: word-level over the data set's vocabulary,
   wrapped in `PreTrainedTokenizerFast` so the pipeline can call it like CLIP's.
 - UNet: `UNet2DConditionModel` with cross-attention at 8x8 and 4x4 (and in the middle block).
@@ -11,6 +12,7 @@ Every builder is deterministic for a given torch seed.
 
 from __future__ import annotations
 
+IMAGE_SIDE = 64
 MAX_TOKENS = 32
 TEXT_HIDDEN = 128
 LATENT_CHANNELS = 4
@@ -76,13 +78,13 @@ def build_vae():
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
         layers_per_block=1,
         latent_channels=LATENT_CHANNELS,
         norm_num_groups=16,
-        sample_size=128,
+        sample_size=IMAGE_SIDE,
         scaling_factor=1.0,
     )
 

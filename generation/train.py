@@ -4,7 +4,7 @@
     python -m generation.train --phase export        # write generation/models/default from the latest checkpoint
 
 Phases (each resumes from what is on disk under --run, default runs/default):
-1. vae      train the small AutoencoderKL on freshly drawn images (random 64x64 crops, then full 128x128 images);
+1. vae      train the small AutoencoderKL on freshly drawn 64x64 images;
 2. latents  draw a fixed pool of training images, encode them once, store latents + attribute labels, and set the
             VAE's scaling factor to 1/std of the latents;
 3. unet     train the text encoder and UNet together on the latents: Stable Diffusion's noise schedule, epsilon
@@ -43,9 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--phase", choices=("all", "vae", "latents", "unet", "export"), default="all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--vae-steps", type=int, default=900, help="VAE steps on 64x64 crops")
-    p.add_argument("--vae-full-steps", type=int, default=150, help="VAE steps on full 128x128 images afterwards")
-    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--pool", type=int, default=24000, help="number of pre-encoded training images")
     p.add_argument("--unet-steps", type=int, default=7000)
     p.add_argument("--batch", type=int, default=64)
@@ -82,7 +81,7 @@ def train_vae(args) -> None:
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from generation.tinymodel import build_vae
+    from generation.tinymodel import IMAGE_SIDE, build_vae
 
     final = args.run / "vae_final.pt"
     if final.exists():
@@ -100,20 +99,15 @@ def train_vae(args) -> None:
         torch.set_rng_state(ck["torch_rng"])
         start = ck["step"]
         print(f"vae: resuming at step {start}")
-    total = args.vae_steps + args.vae_full_steps
+    total = args.vae_steps
     vae.train()
     bar = tqdm(total=total, initial=start, desc="vae", unit="step", dynamic_ncols=True)
     avg = None
     for step in range(start, total):
         rng = np.random.default_rng(_step_seed(args.seed, 1, step))
-        full = step >= args.vae_steps
-        n = args.vae_batch // 2 if full else args.vae_batch
-        images, _, _ = ds.make_batch(n, seed=int(rng.integers(2**62)))
+        images, _, _ = ds.make_batch(args.vae_batch, seed=int(rng.integers(2**62)), size=IMAGE_SIDE)
         x = _to_tensor(images)
-        if not full:  # random 64x64 crops: 4x cheaper, the network is fully convolutional
-            ox, oy = rng.integers(0, 64 + 1, size=2)
-            x = x[:, :, oy : oy + 64, ox : ox + 64]
-        lr = 1e-3 if step < total * 0.7 else 3e-4
+        lr = 2e-3 if step < total * 0.75 else 5e-4
         for g in opt.param_groups:
             g["lr"] = lr
         post = vae.encode(x).latent_dist
@@ -122,10 +116,10 @@ def train_vae(args) -> None:
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 10.0)
         opt.step()
         avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{avg:.4f}", res=128 if full else 64)
+        bar.set_postfix(loss=f"{avg:.4f}")
         bar.update(1)
         if (step + 1) % 100 == 0 or step + 1 == total:
             _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1, "torch_rng": torch.get_rng_state()}, ckpt_path)
@@ -135,7 +129,7 @@ def train_vae(args) -> None:
     from PIL import Image
 
     vae.eval()
-    images, _, _ = ds.make_batch(8, seed=12345)
+    images, _, _ = ds.make_batch(8, seed=12345, size=IMAGE_SIDE)
     with torch.no_grad():
         rec = vae.decode(vae.encode(_to_tensor(images)).latent_dist.mode()).sample
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
@@ -162,6 +156,8 @@ def build_pool(args) -> None:
     import torch
     from tqdm import tqdm
 
+    from generation.tinymodel import IMAGE_SIDE
+
     path = args.run / "pool.pt"
     if path.exists():
         print(f"latents: {path} exists, skipping")
@@ -172,7 +168,7 @@ def build_pool(args) -> None:
     with torch.no_grad():
         for c in tqdm(range(0, args.pool, chunk), desc="latents", unit="chunk", dynamic_ncols=True):
             n = min(chunk, args.pool - c)
-            images, samples, _ = ds.make_batch(n, seed=_step_seed(args.seed, 2, c))
+            images, samples, _ = ds.make_batch(n, seed=_step_seed(args.seed, 2, c), size=IMAGE_SIDE)
             lat.append(vae.encode(_to_tensor(images)).latent_dist.mode().half())
             labels.extend(s.labels() for s in samples)
     latents = torch.cat(lat)
@@ -348,13 +344,13 @@ def export(args, tokenizer) -> Path:
 def model_meta(step: int, old: dict | None = None) -> dict:
     old = old or {}
     return {
-        "name": "imaginebot-shapes-128",
+        "name": "imaginebot-shapes-64",
         "description": "Small text-to-image model trained from scratch on the project's procedural shapes data set.",
         "trained_steps": step,
-        "default_width": 128,
-        "default_height": 128,
+        "default_width": 64,
+        "default_height": 64,
         "min_side": 64,
-        "max_side": 256,
+        "max_side": 128,
         "default_steps": old.get("default_steps", 14),
         "default_guidance": old.get("default_guidance", 5.0),
         "default_scheduler": "dpmpp_2m",
