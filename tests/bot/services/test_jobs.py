@@ -327,3 +327,49 @@ async def test_progress_message_is_remembered(services):
     await services.jobs.set_progress_message(job.id, CHANNEL, 77)
     got = await services.jobs.get(job.id)
     assert (got.progress_channel_id, got.progress_message_id) == (CHANNEL, 77)
+
+
+async def test_every_state_and_action_follows_the_transition_table(roomy):
+    """For each state a job can be in and each action, the action succeeds exactly when the table allows it."""
+    paths = {
+        JobStatus.QUEUED: [],
+        JobStatus.RUNNING: ["start"],
+        JobStatus.SUCCEEDED: ["start", "succeed"],
+        JobStatus.FAILED: ["fail"],
+        JobStatus.CANCELLED: ["cancel"],
+        JobStatus.POSTED: ["start", "succeed", "post"],
+    }
+    targets = {
+        "start": JobStatus.RUNNING,
+        "succeed": JobStatus.SUCCEEDED,
+        "fail": JobStatus.FAILED,
+        "cancel": JobStatus.CANCELLED,
+        "requeue": JobStatus.QUEUED,
+        "post": JobStatus.POSTED,
+    }
+
+    def act(job_id, name):
+        return {
+            "start": lambda: roomy.jobs.start(job_id),
+            "succeed": lambda: roomy.jobs.succeed(job_id, []),
+            "fail": lambda: roomy.jobs.fail(job_id, "x"),
+            "cancel": lambda: roomy.jobs.cancel(job_id, by=A),
+            "requeue": lambda: roomy.jobs.requeue(job_id),
+            "post": lambda: roomy.jobs.mark_posted(job_id, 1, 2),
+        }[name]()
+
+    for state, path in paths.items():
+        for action, target in targets.items():
+            job = await make_job(roomy)
+            for step in path:
+                await act(job.id, step)
+            allowed = state in TRANSITIONS[target]
+            if allowed:
+                await act(job.id, action)
+                assert (await roomy.jobs.get(job.id)).status is target, (state, action)
+            elif action == "post" and state is JobStatus.POSTED:
+                assert await act(job.id, action) is False
+            else:
+                with pytest.raises(IllegalTransition):
+                    await act(job.id, action)
+                assert (await roomy.jobs.get(job.id)).status is state, (state, action)
