@@ -104,3 +104,15 @@ async def test_everyone_in_a_prompt_pings_nobody(e2e):
         body = call.json.get("data", call.json)
         if "content" in body or "embeds" in body:
             assert body.get("allowed_mentions", {}).get("parse") == [], call.path
+
+
+async def test_reconnect_does_not_sync_commands(e2e):
+    """Commands were synced once by `python -m bot sync`; a new gateway session syncs nothing and still works."""
+    assert len(e2e.fd.command_syncs()) == 1
+    sessions = e2e.fd.identified
+    await e2e.fd.invalidate_session()
+    await e2e.fd.wait_for(lambda: e2e.fd.identified > sessions, 30, "the bot to identify again")
+    gina = e2e.fd.add_user("gina")
+    answer = await e2e.answer(await e2e.fd.slash(gina, e2e.art, "quota"))
+    assert "images left today" in answer["embeds"][0]["description"]
+    assert len(e2e.fd.command_syncs()) == 1

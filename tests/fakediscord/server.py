@@ -343,6 +343,14 @@ class FakeDiscord:
         await self._dispatch("GUILD_CREATE", self._guild_payload())
         await self._notify()
 
+    async def invalidate_session(self) -> None:
+        """Tell the connected bot its session is invalid: it has to reconnect and IDENTIFY again."""
+        await self._sockets[-1].send_str(json.dumps({"op": 9, "d": False}))
+
+    def command_syncs(self) -> list[Call]:
+        """Every PUT of the command list (global or guild)."""
+        return [c for c in self.calls if c.method == "PUT" and c.path.endswith("/commands")]
+
     async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
         if not self._sockets:
             raise AssertionError(f"fake Discord: no bot connected to receive {event}")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from typing import Any
@@ -54,6 +55,10 @@ async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
     """Answer ephemerally whether or not the interaction was already answered/deferred."""
     text = safe_text(text, CONTENT, markdown=True)
     try:
+        if interaction.extras.pop("public_defer", False):
+            # The command was deferred publicly ("thinking…"); a refusal must not stay visible to everyone.
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
         if interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
         else:

@@ -157,3 +157,4 @@ async def test_oversized_grid_is_reencoded_to_fit_the_upload_limit(world, monkey
     job = await world.latest_job()
     posted = await world.finish(job.id, colors=[(i * 40 % 255, i * 90 % 255, 50) for i in range(4)])
     assert posted.attachments[0].filename.endswith(".webp") and posted.attachments[0].size <= 500
+

@@ -1,0 +1,70 @@
+"""Answering within Discord's 3 seconds: slow work is deferred, and a late refusal does not stay public."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from bot.errors import NotArtChannel
+from bot.exts.errors.handler import report_error
+from bot.exts.imagine import flow
+
+
+class StubResponse:
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self._done = False
+
+    def is_done(self) -> bool:
+        return self._done
+
+    async def defer(self, **kwargs):
+        self.calls.append(("defer", kwargs))
+        self._done = True
+
+    async def send_message(self, *args, **kwargs):
+        self.calls.append(("send_message", kwargs))
+        self._done = True
+
+
+def stub_interaction():
+    calls: list[tuple] = []
+
+    async def delete_original_response():
+        calls.append(("delete_original",))
+
+    async def followup_send(content, **kwargs):
+        calls.append(("followup", content, kwargs))
+
+    return SimpleNamespace(
+        id=1, user=SimpleNamespace(id=2), extras={}, response=StubResponse(), calls=calls, command=None, data={},
+        delete_original_response=delete_original_response, followup=SimpleNamespace(send=followup_send),
+    )
+
+
+async def test_fast_work_is_not_deferred(monkeypatch):
+    """Work done within the deadline leaves the interaction unanswered for the caller to answer."""
+    monkeypatch.setattr(flow, "DEFER_AFTER", 0.2)
+    interaction = stub_interaction()
+    assert await flow.answer_in_time(interaction, asyncio.sleep(0, result=5)) == 5
+    assert interaction.response.calls == []
+
+
+async def test_slow_work_is_deferred_publicly(monkeypatch):
+    """Work slower than the deadline gets a 'thinking' defer first, marked as public."""
+    monkeypatch.setattr(flow, "DEFER_AFTER", 0.05)
+    interaction = stub_interaction()
+    assert await flow.answer_in_time(interaction, asyncio.sleep(0.2, result="ok")) == "ok"
+    assert interaction.response.calls == [("defer", {"thinking": True, "ephemeral": False})]
+    assert interaction.extras[flow.PUBLIC_DEFER]
+
+
+async def test_refusal_after_public_defer_is_made_private():
+    """A domain error after a public defer deletes the thinking message and answers ephemerally."""
+    interaction = stub_interaction()
+    interaction.response._done = True
+    interaction.extras[flow.PUBLIC_DEFER] = True
+    await report_error(interaction, NotArtChannel([42]))
+    assert interaction.calls[0] == ("delete_original",)
+    kind, content, kwargs = interaction.calls[1]
+    assert kind == "followup" and "<#42>" in content and kwargs["ephemeral"]
