@@ -89,6 +89,7 @@ def test_migrate_module_upgrades_the_configured_database(tmp_path):
         [sys.executable, "-m", "bot.db.migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr
     assert TABLES <= _tables(path)
 
 
