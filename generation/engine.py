@@ -108,6 +108,13 @@ def _single_file_config(path: Path, config: str | Path | None) -> Path | None:
     return None
 
 
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
+    """diffusers renamed `torch_dtype` to `dtype` (0.42 warns on the old name); pass whichever it understands."""
+    import diffusers.utils
+
+    return {"dtype": dtype} if hasattr(diffusers.utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 def load_pipeline(path: str | Path, device: str, dtype: torch.dtype, config: str | Path | None = None):
     """Load a Stable Diffusion (1.x/2.x) or SDXL pipeline from a diffusers folder or a .safetensors/.ckpt file."""
     import diffusers
@@ -122,7 +129,7 @@ def load_pipeline(path: str | Path, device: str, dtype: torch.dtype, config: str
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"model folder `{path}` has no model_index.json; it is not a diffusers pipeline folder.")
-        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **_dtype_kwarg(dtype))
     elif path.suffix.lower() in (".safetensors", ".ckpt"):
         cfg = _single_file_config(path, config)
         cls = StableDiffusionPipeline
@@ -131,7 +138,7 @@ def load_pipeline(path: str | Path, device: str, dtype: torch.dtype, config: str
             cls = getattr(diffusers, class_name, StableDiffusionPipeline)
         elif _looks_like_sdxl(path):
             cls = StableDiffusionXLPipeline
-        kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": True}
+        kwargs: dict[str, Any] = {"local_files_only": True, **_dtype_kwarg(dtype)}
         if cfg is not None:
             kwargs["config"] = str(cfg)
         try:
@@ -244,9 +251,17 @@ class Engine:
     # 0. loading -------------------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | str | None = None,
-             name: str | None = None, *, config: str | Path | None = None) -> Engine:
-        """Load a diffusers folder or a single .safetensors/.ckpt file onto `device` (auto: CUDA, else CPU)."""
+             name: str | None = None, *, config: str | Path | None = None,
+             threads: int | None = None) -> Engine:
+        """Load a diffusers folder or a single .safetensors/.ckpt file onto `device` (auto: CUDA, else CPU).
+
+        `config` is a diffusers folder of component configs for a single-file checkpoint (else one named like the
+        file is looked for beside it). `threads` sets torch's CPU thread count for this process: on a machine whose
+        cores are busy with other work, 1 thread is far faster than threads spinning against each other.
+        """
         path = Path(path)
+        if threads is not None:
+            torch.set_num_threads(max(1, int(threads)))
         device = pick_device(device)
         dtype = pick_dtype(device, dtype)
         t0 = time.perf_counter()
