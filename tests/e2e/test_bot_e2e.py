@@ -116,3 +116,18 @@ async def test_reconnect_does_not_sync_commands(e2e):
     answer = await e2e.answer(await e2e.fd.slash(gina, e2e.art, "quota"))
     assert "images left today" in answer["embeds"][0]["description"]
     assert len(e2e.fd.command_syncs()) == 1
+
+
+async def test_token_never_appears_in_the_log(e2e):
+    """The bot's whole log so far does not contain its token."""
+    assert e2e.fd.token not in e2e.bot.log()
+
+
+async def test_ctrl_c_stops_everything_cleanly(e2e):
+    """SIGINT ends the bot with exit code 0 after stopping its worker and its embedded nats-server (runs last)."""
+    import asyncio
+
+    code = await asyncio.to_thread(e2e.bot.stop)
+    log = e2e.bot.log()
+    assert code == 0
+    assert "local worker local stopped" in log and "embedded nats-server stopped" in log

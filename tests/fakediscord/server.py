@@ -85,8 +85,8 @@ class InteractionRecord:
 class FakeDiscord:
     """One fake Discord with one guild. Use `async with FakeDiscord() as fd:`."""
 
-    def __init__(self, *, token: str = "fake-bot-token", host: str = "127.0.0.1"):
-        self.token = token
+    def __init__(self, *, token: str | None = None, host: str = "127.0.0.1"):
+        self.token = token or "fake." + secrets.token_urlsafe(24)
         self.host = host
         self._ids = itertools.count(1)
         self.app_id = self.snowflake()

@@ -52,8 +52,8 @@ def describe_model(card: dict[str, Any]) -> str:
     examples = card.get("examples") or card.get("example_prompts") or card.get("prompts")
     if isinstance(examples, list | tuple) and examples:
         lines.append("Try: " + " · ".join(f"`{e}`" for e in list(examples)[:4]))
-    if card.get("size") or card.get("resolution"):
-        lines.append(f"Native size: {card.get('size') or card.get('resolution')} px")
+    if card.get("default_width") and card.get("default_height"):
+        lines.append(f"Native size: {card['default_width']}×{card['default_height']} px")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.ui.buttons import job_custom_id
+from tests.bot.exts.conftest import png
 
 
 async def test_imagine_queues_a_job_and_shows_a_queued_message(world):
@@ -126,8 +127,6 @@ async def test_publish_failure_fails_the_job_and_refunds(world):
 
 async def test_progress_edits_the_queued_message_with_a_bar_and_preview(world):
     """A progress report turns the queued message into a progress bar with the preview image."""
-    from tests.bot.exts.conftest import png
-
     await world.alice.slash(world.art, "imagine", prompt="a red circle")
     job = await world.latest_job()
     await world.services.jobs.start(job.id, worker="test")
@@ -158,3 +157,45 @@ async def test_oversized_grid_is_reencoded_to_fit_the_upload_limit(world, monkey
     posted = await world.finish(job.id, colors=[(i * 40 % 255, i * 90 % 255, 50) for i in range(4)])
     assert posted.attachments[0].filename.endswith(".webp") and posted.attachments[0].size <= 500
 
+
+
+async def test_timeline_is_attached_next_to_the_grid(world):
+    """A job that asked for a timeline gets the animation posted with its grid."""
+    await world.alice.slash(world.art, "imagine", prompt="a red circle", timeline=True)
+    job = await world.latest_job()
+    assert job.timeline
+    await world.services.jobs.start(job.id, worker="test")
+    new = []
+    for i in range(job.num_images):
+        stored = world.services.images.save(job.id, i, png())
+        new.append((i, job.seed + i, stored.path, stored.sha256))
+    await world.services.jobs.succeed(job.id, new)
+    await world.bot.presenter.job_finished(job.id, timeline=b"RIFF0000WEBPfake")
+    await world.env.settle()
+    names = [a.filename for a in world.last().attachments]
+    assert names == [f"job{job.id}.png", f"job{job.id}_timeline.webp"]
+
+
+async def test_queue_position_is_shown_and_refreshed(world):
+    """A second member's job shows its place in line, refreshed when the dispatcher says the line moved."""
+    await world.alice.slash(world.art, "imagine", prompt="first")
+    result = await world.bob.slash(world.art, "imagine", prompt="second")
+    assert "position 2" in result.response.embeds[0].description
+    first = (await world.services.jobs.queue())[0]
+    await world.services.jobs.cancel(first.id, world.alice.id)
+    second = await world.latest_job()
+    await world.bot.presenter.job_queued(second.id)
+    await world.env.settle()
+    assert "next in line" in world.last().embeds[0].description
+
+
+async def test_help_lists_the_example_prompts_and_native_size(world, tmp_path):
+    """/help reads the model card's example prompts and native size."""
+    import json
+    from pathlib import Path
+
+    card = Path(world.settings.model_path) / "imaginebot.json"
+    card.write_text(json.dumps({"default_width": 64, "default_height": 64, "example_prompts": ["a red circle on a white background"]}))
+    result = await world.alice.slash(world.art, "help")
+    text = {f.name: f.value for f in result.response.embeds[0].fields}["What the default model knows"]
+    assert "a red circle on a white background" in text and "64×64" in text
