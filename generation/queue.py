@@ -80,7 +80,7 @@ class QueueConfig:
     prefix: str = "imagine"
     #: Seconds without an ack or in_progress before the server hands a job to another worker. Workers send
     #: in_progress every `heartbeat` seconds while they work, so this can stay short.
-    ack_wait: float = 30.0
+    ack_wait: float = 10.0
     #: Deliveries of one job before it is given up (and failed + refunded by the bot).
     max_deliver: int = 3
     #: Window in which a second publish with the same job id is dropped by the server.

@@ -138,6 +138,7 @@ class Worker:
         self._recent_cancels: deque[int] = deque(maxlen=1000)
         self._tasks: list[asyncio.Task] = []
         self._subs: list = []
+        self._main_task: asyncio.Task | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def request_stop(self, force: bool = False) -> None:
@@ -151,10 +152,17 @@ class Worker:
             log.info("worker %s: stopping (running job may finish for %.0f s)", self.name, self.drain_timeout)
             self._stopping.set()
             self.state = "stopping"
+            if not self.queue.nc.is_connected:
+                # No server to report to (it may be stopping with us): no point in finishing the job.
+                self._release.set()
             loop.create_task(self._give_back_held())
             loop.call_later(self.drain_timeout, self._release.set)
+            if self._main_task is not None:
+                # Last resort when the server is gone and calls hang: give up after a further grace period.
+                loop.call_later(self.drain_timeout + 10.0, self._main_task.cancel)
 
     async def run(self) -> None:
+        self._main_task = asyncio.current_task()
         async def on_ping(_msg) -> None:
             await self._announce()
 
@@ -420,7 +428,11 @@ class Worker:
             return
         run_s = time.monotonic() - t0
         for job, result in zip(batch, results, strict=True):
-            await self._store(job, result, run_s, len(batch))
+            try:
+                await self._store(job, result, run_s, len(batch))
+            except Exception as e:
+                log.error("job %d: storing its images failed (%s); handing it back", job.job_id, e)
+                await self._nak(job, "could not store the result")
 
     async def _after_cancel(self, batch: list[Job], e: GenerationCancelled) -> None:
         for job in batch:
@@ -521,7 +533,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-default", action="store_true", help="take only jobs that name this worker's model")
     p.add_argument("--max-batch", type=int, default=int(os.environ.get("WORKER_MAX_BATCH", "4")),
                    help="most same-shape jobs run as one batch")
-    p.add_argument("--ack-wait", type=float, default=float(os.environ.get("QUEUE_ACK_WAIT", "30")),
+    p.add_argument("--ack-wait", type=float, default=float(os.environ.get("QUEUE_ACK_WAIT", "10")),
                    help="seconds of silence before a job goes to another worker")
     p.add_argument("--max-deliver", type=int, default=int(os.environ.get("QUEUE_MAX_DELIVER", "3")),
                    help="deliveries of one job before it fails")
@@ -557,6 +569,8 @@ async def amain(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, worker.request_stop)
     try:
         await worker.run()
+    except asyncio.CancelledError:
+        log.warning("worker %s: gave up waiting for the server while stopping", args.name)
     finally:
         await queue.close()
     return 0

@@ -132,6 +132,10 @@ async def test_jobs_are_fed_in_fair_order_within_a_window(nats_server, services)
     await d.close()
 
 
+async def _gone(d: Dispatcher, job_id: int) -> bool:
+    return await d.queue.job_in_queue(job_id) is None
+
+
 async def _status_is(services, job_id: int, status: str) -> bool:
     return str((await services.jobs.get(job_id)).status) == status
 
@@ -153,7 +157,7 @@ async def test_a_job_that_kills_every_worker_fails_and_is_refunded(nats_server, 
     done = await services.jobs.get(job.id)
     assert str(done.status) == "failed" and str(done.charge_state) == "refunded"
     assert "handed out 2 times" in done.error
-    assert await d.queue.job_in_queue(job.id) is None
+    await wait_until(lambda: _gone(d, job.id))
     await q.close()
     await d.close()
 

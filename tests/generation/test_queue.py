@@ -67,6 +67,14 @@ async def next_outcome(sub, q: JobQueue, timeout: float = 10.0) -> Outcome:
     raise AssertionError("no outcome arrived")
 
 
+async def gone(q: JobQueue, job_id: int, timeout: float = 5.0) -> None:
+    """Wait until the job's message has left the stream (it is acked just after its outcome is stored)."""
+    deadline = time.monotonic() + timeout
+    while await q.job_in_queue(job_id) is not None:
+        assert time.monotonic() < deadline, f"job {job_id} is still in the stream"
+        await asyncio.sleep(0.05)
+
+
 def test_model_token_is_subject_safe():
     """Model names become subject/consumer-safe tokens; no name means the default queue."""
     assert model_token("") == "_default"
@@ -137,7 +145,7 @@ async def test_cancel_stops_a_running_job_within_a_step(nats_server):
     assert time.monotonic() - t_cancel < 1.0
     # At most one more step was reported after the cancel (progress is sent at most every 0.25 s).
     assert len([s for t, s in steps_seen if t > t_cancel + 0.06]) <= 1
-    assert await q.job_in_queue(2) is None
+    await gone(q, 2)  # acked right after the outcome was stored
     await stop_worker(w, task, wq)
     await q.close()
 
@@ -200,7 +208,7 @@ async def test_engine_errors_are_retried_then_fail(nats_server):
     assert out.status == "failed" and out.attempt == FAST.max_deliver
     assert "3 times" in out.error and "CUDA out of memory" in out.error
     assert len(engine.calls) == FAST.max_deliver
-    assert await q.job_in_queue(11) is None
+    await gone(q, 11)
     await stop_worker(w, task, wq)
     await q.close()
 
