@@ -225,7 +225,16 @@ class _RunState:
 
 
 class Engine:
-    """A loaded pipeline plus everything to run requests on it. Use `Engine.load(path)`; one run at a time."""
+    """A loaded pipeline plus everything to run requests on it. Use `Engine.load(path)`; one run at a time.
+
+    Modes:
+    - `txt2img`: `num_images` images of `width` x `height`, image i from seed `seed + i`.
+    - `variation`: img2img from `init_image` (resized to `width` x `height`); `strength` says how far to move
+      (STRENGTH_SUBTLE / STRENGTH_STRONG); `steps * strength` denoising steps run, at least one.
+    - `upscale`: `init_image` doubled with Lanczos, then an img2img refine pass at `strength` (about 0.3) adds
+      detail at the new size; the size comes from the source, `width`/`height` are not used.
+    The img2img pipeline is built with `from_pipe`, so all modes share one copy of the weights.
+    """
 
     def __init__(self, pipe, name: str, device: str, dtype: torch.dtype, info: dict[str, Any] | None = None,
                  path: Path | None = None):
@@ -248,7 +257,7 @@ class Engine:
         #: Largest number of images denoised in one batch by `generate_many`.
         self.max_batch_images = 16
 
-    # 0. loading -------------------------------------------------------------------------------------------------
+    # loading ----------------------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | str | None = None,
              name: str | None = None, *, config: str | Path | None = None,
@@ -303,7 +312,7 @@ class Engine:
         """A request with this model's defaults for every field not given."""
         return GenerationRequest(prompt=prompt, **{**self.defaults, **fields})
 
-    # 1. checks --------------------------------------------------------------------------------------------------
+    # checks -----------------------------------------------------------------------------------------------------
     def check(self, req: GenerationRequest) -> None:
         """Raise `RequestError` when `req` is outside what this model accepts."""
         if not isinstance(req, GenerationRequest):
@@ -373,6 +382,7 @@ class Engine:
     # the run ----------------------------------------------------------------------------------------------------
     def _run(self, reqs: list[GenerationRequest], on_progress: ProgressFn | None,
              should_cancel: CancelFn | None) -> list[GenerationResult]:
+        # 1. check every request against this model
         first = reqs[0]
         for r in reqs:
             self.check(r)
@@ -390,9 +400,6 @@ class Engine:
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(0, first.steps)
 
-        # 1. the scheduler, fresh from the checkpoint's config (no state carried over from the last run)
-        scheduler = make_scheduler(first.scheduler, self._base_scheduler_config)
-
         # 2. encode the prompts
         t = time.perf_counter()
         embeds = self._encode_prompts(reqs, cfg)
@@ -405,7 +412,10 @@ class Engine:
             init_latents, size = self._encode_init_image(first, n)
             timings["image_encode"] = time.perf_counter() - t
 
-        # 4. denoise
+        # 4. denoise: a fresh scheduler from the checkpoint's config (no state carried over), one seeded generator
+        #    per image (on the CPU, so a seed draws the same starting noise on every device), guidance inside the
+        #    pipeline's loop, progress/cancel/x0 capture in the step-end callback
+        scheduler = make_scheduler(first.scheduler, self._base_scheduler_config)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         state = _RunState()
         tracker = None
