@@ -118,6 +118,19 @@ async def test_reconnect_does_not_sync_commands(e2e):
     assert len(e2e.fd.command_syncs()) == 1
 
 
+async def test_u1_posts_the_upscaled_image_with_its_own_buttons(e2e):
+    """U1 on a grid posts one upscaled image (twice the side) with vary/remix/info/delete buttons."""
+    hana = e2e.fd.add_user("hana")
+    grid = await imagine(e2e, hana, "an orange square")
+    before = {m["id"] for m in e2e.grids()}
+    await e2e.fd.click(hana, grid, button(grid, "u", 0))
+    upscaled = await e2e.wait_grid(before)
+    image = Image.open(io.BytesIO(e2e.fd.file_bytes(upscaled["attachments"][0])))
+    assert image.size == (128, 128)
+    labels = [c.get("label") for row in upscaled["components"] for c in row["components"]]
+    assert "Vary (subtle)" in labels and "Vary (strong)" in labels
+
+
 async def test_token_never_appears_in_the_log(e2e):
     """The bot's whole log so far does not contain its token."""
     assert e2e.fd.token not in e2e.bot.log()

@@ -102,3 +102,9 @@ async def test_pause_resume_and_stats(world):
     stats = await world.mod.slash(world.art, "mod stats")
     assert paused and not await world.services.moderation.is_paused(world.guild.id)
     assert "queued" in stats.response.embeds[0].description
+
+
+async def test_channels_list_shows_the_art_channels(world):
+    """/mod channels list names every art channel."""
+    result = await world.mod.slash(world.art, "mod channels list")
+    assert f"<#{world.art.id}>" in result.response.embeds[0].description

@@ -1,0 +1,27 @@
+"""`python -m bot` on the command line, without Discord."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "DISCORD_TOKEN": "", **env}
+    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def test_missing_token_is_a_clear_error(tmp_path):
+    """Without DISCORD_TOKEN the bot exits with status 2 and says which setting to fill in."""
+    out = run(DATA_DIR=str(tmp_path))
+    assert out.returncode == 2 and "DISCORD_TOKEN is not set" in out.stderr
+
+
+def test_sync_offers_guild_or_global_but_not_both():
+    """`sync --guild` and `sync --global` exclude each other."""
+    out = run("sync", "--guild", "1", "--global")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
