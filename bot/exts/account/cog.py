@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import discord
@@ -14,28 +12,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import JobNotFound
-from bot.exts.common import deps, guild_id_of, is_moderator, role_ids_of
+from bot.exts.common import deps, guild_id_of, is_moderator, model_card, role_ids_of
 from bot.ui.embeds import BLUE, history_embed, parameters_embed, quota_embed
 from bot.ui.images import compose_grid, fit_to_limit
 from bot.ui.text import EMBED_FIELD_VALUE, fit_embed, safe_text
 
 log = logging.getLogger(__name__)
-
-MODEL_CARD = "imaginebot.json"
-
-
-def model_card(model_path: str | None) -> dict[str, Any]:
-    """The model folder's `imaginebot.json` (what the model was trained to draw), or {} when there is none."""
-    if not model_path:
-        return {}
-    path = Path(model_path)
-    card = path / MODEL_CARD if path.is_dir() else path.with_name(MODEL_CARD)
-    try:
-        data = json.loads(card.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
 
 def describe_model(card: dict[str, Any]) -> str:
     """A few lines on what the model knows, from its card's fields (whatever of them it has)."""

@@ -9,8 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import InvalidRequest
-from bot.exts.account.cog import model_card
-from bot.exts.common import deps
+from bot.exts.common import deps, model_card
 from bot.exts.imagine.flow import start_job
 from bot.exts.imagine.options import ASPECTS, SCHEDULER_NAMES, ModelDefaults, aspect_size, parse_size, size_suggestions
 from bot.exts.imagine.presenter import JobPresenter

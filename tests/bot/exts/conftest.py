@@ -104,14 +104,14 @@ class World:
         await self.engine.dispose()
 
     # --- playing the worker ------------------------------------------------------------------------------------
-    async def finish(self, job_id: int, colors=((200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 220))) -> discord.Message | None:
+    async def finish(self, job_id: int, colors=((200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 220)), nsfw=()) -> discord.Message | None:
         """Run job `job_id` to success the way the dispatcher does: store images, succeed, then present."""
         job = await self.services.jobs.get(job_id)
         await self.services.jobs.start(job_id, worker="test")
         new = []
         for i in range(job.num_images):
             stored = self.services.images.save(job_id, i, png(colors[i % len(colors)], (job.width, job.height)))
-            new.append((i, job.seed + i, stored.path, stored.sha256))
+            new.append((i, job.seed + i, stored.path, stored.sha256, i in nsfw))
         await self.services.jobs.succeed(job_id, new)
         message = await self.bot.presenter.job_succeeded(job_id)
         await self.env.settle()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from bot.ui.buttons import job_custom_id
 from tests.bot.exts.conftest import png
 
@@ -199,3 +201,32 @@ async def test_help_lists_the_example_prompts_and_native_size(world, tmp_path):
     result = await world.alice.slash(world.art, "help")
     text = {f.name: f.value for f in result.response.embeds[0].fields}["What the default model knows"]
     assert "a red circle on a white background" in text and "64×64" in text
+
+
+async def test_flagged_images_are_hidden_under_the_block_policy(world):
+    """With the default block policy, images the safety checker flagged are left out of the grid and counted."""
+    from PIL import Image
+
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    posted = await world.finish(job.id, nsfw=(1, 2))
+    assert "2 image(s) were hidden" in posted.embeds[0].description
+    data = await posted.attachments[0].read()
+    grid = Image.open(io.BytesIO(data))
+    assert grid.size == (64 * 2 + 4, 64)
+
+
+async def test_flagged_images_are_shown_under_the_allow_policy(world):
+    """With the allow policy every image is in the grid."""
+    await world.services.moderation.set_nsfw_policy(world.guild.id, "allow", world.mod.id)
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    posted = await world.finish(job.id, nsfw=(1,))
+    assert "hidden" not in posted.embeds[0].description
+
+
+async def test_imagine_while_paused_queues_and_says_so(world):
+    """While the moderators paused the queue, a new job waits and its message says why."""
+    await world.services.moderation.pause(world.guild.id, world.mod.id)
+    result = await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    assert "paused" in result.response.embeds[0].description
