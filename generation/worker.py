@@ -276,13 +276,24 @@ class Worker:
                     streak = 0
                     continue
                 streak += 1
-                if streak >= 8 and len(self._subs) > 1:  # let the other consumer have a turn
-                    current, streak = (current + 1) % len(self._subs), 0
+                if streak >= 8 and len(self._subs) > 1:
+                    # Give another consumer a turn, but only if it has jobs waiting (a fetch on an empty one would
+                    # wait out its timeout).
+                    streak = 0
+                    other = (current + 1) % len(self._subs)
+                    if await self._has_waiting(self._subs[other]):
+                        current = other
                 self.held.extend(jobs)
             if self._stopping.is_set():
                 break
             batch = self._take_batch()
             await self._run_batch(batch)
+
+    async def _has_waiting(self, sub) -> bool:
+        try:
+            return (await sub.consumer_info()).num_pending > 0
+        except Exception:
+            return True
 
     async def _pull(self, sub) -> list[Job]:
         try:
@@ -359,11 +370,14 @@ class Worker:
                 await self._finish(job, Outcome(job.job_id, "failed", error=job.problem, worker=self.name,
                                                 attempt=job.attempt))
                 continue
-            if job.cancel.is_set() or await self.queue.is_cancelled(job.job_id):
+            cancelled, earlier = await asyncio.gather(
+                self.queue.is_cancelled(job.job_id), self.queue.get_outcome(job.job_id)
+            )
+            if job.cancel.is_set() or cancelled:
                 await self._finish(job, Outcome(job.job_id, "cancelled", worker=self.name, attempt=job.attempt,
                                                 request_digest=job.digest))
                 continue
-            if await self.queue.get_outcome(job.job_id) is not None:
+            if earlier is not None and (not earlier.request_digest or earlier.request_digest == job.digest):
                 log.info("job %d: outcome already stored by an earlier attempt; acking", job.job_id)
                 await self._ack(job)
                 continue
@@ -495,9 +509,10 @@ class Worker:
         )
 
     async def _ack(self, job: Job) -> None:
+        # A plain ack (no round trip): if it were lost, the redelivered job finds its outcome stored and is only acked.
         job.settled = True
         try:
-            await job.msg.ack_sync(timeout=5.0)
+            await job.msg.ack()
         except Exception as e:
             log.warning("job %d: ack failed (%s); the outcome is stored, a redelivery will just ack it", job.job_id, e)
 
