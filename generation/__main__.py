@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="diffusers folder or .safetensors/.ckpt file")
     p.add_argument("--config", type=Path, default=None, help="folder of component configs for a single-file model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: all cores; 1 is faster when other work shares the cores)")
     p.add_argument("--out", type=Path, default=Path("out.png"), help="output PNG (default: out.png)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from generation.engine import Engine
     from generation.timeline import animation_extension, grid
 
-    engine = Engine.load(model, device=args.device, config=args.config)
+    engine = Engine.load(model, device=args.device, config=args.config, threads=args.threads)
     req = GenerationRequest(**_request_fields(args, engine.defaults))
     on_progress, close = _progress(args.quiet)
     out: Path = args.out

@@ -343,3 +343,13 @@ def test_generate_many_keeps_order_across_groups(engine, request_for, source_png
     results = engine.generate_many(reqs)
     assert [r.request for r in results] == reqs
     assert Image.open(io.BytesIO(results[2].images[0].png)).size == (72, 64)
+
+
+def test_large_vae_models_preview_with_the_linear_latent_map(engine, request_for, monkeypatch):
+    """Without VAE previews (big models) the preview comes from the linear latent->RGB map, still <= 128 px."""
+    monkeypatch.setattr(engine, "preview_with_vae", False)
+    monkeypatch.setattr(engine, "_to_pil", lambda latents: pytest.fail("the VAE must not decode previews"))
+    seen = []
+    engine.generate(request_for(steps=2, num_images=4), on_progress=seen.append)
+    preview = Image.open(io.BytesIO(seen[0].preview))
+    assert preview.size == (32, 32)  # 2x2 grid of 16x16 latents
