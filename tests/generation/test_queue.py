@@ -294,3 +294,42 @@ async def test_an_outcome_stored_earlier_is_not_run_again(nats_server, steps):
     assert (await q.get_outcome(41)).worker == "earlier"
     await stop_worker(w, task, wq)
     await q.close()
+
+
+async def test_heartbeats_keep_a_long_job_with_its_worker(nats_server):
+    """A job longer than the ack wait is not handed to a second worker: in_progress keeps it."""
+    q = await connect(nats_server)
+    sub = await q.results_subscription()
+    e1, e2 = CountingEngine(0.05), CountingEngine(0.05)
+    w1, t1, q1 = await start_worker(nats_server, e1, name="one")
+    await q.publish_job(51, req(steps=int(FAST.ack_wait * 1.5 / 0.05)))  # 1.5 x the ack wait
+    while not w1.running:
+        await asyncio.sleep(0.02)
+    w2, t2, q2 = await start_worker(nats_server, e2, name="two")
+    out = await next_outcome(sub, q, timeout=15)
+    assert out.worker == "one" and out.attempt == 1 and e2.calls == []
+    await stop_worker(w1, t1, q1)
+    await stop_worker(w2, t2, q2)
+    await q.close()
+
+
+async def test_a_source_image_travels_through_the_object_store(nats_server):
+    """A variation's source image goes to the object store; the message stays small; the worker gets the bytes."""
+    source = b"\x89PNG" + bytes(range(256)) * 4000  # ~1 MB: too big for a comfortable message
+    seen: list[bytes | None] = []
+
+    class Recording(CountingEngine):
+        def generate_many(self, reqs, on_progress=None, should_cancel=None):
+            seen.extend(r.init_image for r in reqs)
+            return super().generate_many(reqs, on_progress, should_cancel)
+
+    q = await connect(nats_server)
+    sub = await q.results_subscription()
+    await q.publish_job(61, req(mode="variation", init_image=source, strength=0.5))
+    raw = await q.js.get_last_msg(q.config.jobs_stream, q.config.job_subject("*", 61))
+    assert len(raw.data) < 2000
+    w, task, wq = await start_worker(nats_server, Recording(0.001))
+    out = await next_outcome(sub, q)
+    assert out.status == "succeeded" and seen == [source]
+    await stop_worker(w, task, wq)
+    await q.close()
