@@ -85,6 +85,9 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
         callback = await interaction.response.send_message(embed=embed, view=view, allowed_mentions=NO_PINGS)
         message = callback.resource if isinstance(callback.resource, discord.Message) else await interaction.original_response()
     await d.jobs.set_progress_message(job.id, message.channel.id, message.id)
+    presenter = getattr(interaction.client, "presenter", None)
+    if presenter is not None:
+        presenter.remember(job.id, interaction)
     try:
         await d.dispatcher.publish(job)
     except Exception:

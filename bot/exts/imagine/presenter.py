@@ -16,6 +16,7 @@ import asyncio
 import io
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import discord
@@ -34,6 +35,9 @@ from bot.ui.images import compose_grid, fit_to_limit
 log = logging.getLogger("bot.jobs")
 
 EDIT_INTERVAL = 1.5
+#: Stop using an interaction token this long before it expires.
+TOKEN_MARGIN = timedelta(seconds=60)
+TOKEN_LIFETIME = timedelta(minutes=15)
 PREVIEW_NAME = "preview.png"
 
 
@@ -51,6 +55,18 @@ class JobPresenter:
         self.bot = bot
         self._last_edit: dict[int, float] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        #: The interaction whose response is a job's progress message, while its token lives (in memory only).
+        self._interactions: dict[int, tuple[discord.Interaction, datetime]] = {}
+
+    def remember(self, job_id: int, interaction: discord.Interaction) -> None:
+        """Edit the progress message through `interaction`'s token while it is valid (Discord's intended way);
+        after that, or after a restart, edits go through the channel with the bot's token."""
+        # Counted from now (the response was just sent), not from the snowflake: both ends then read one clock.
+        self._interactions[job_id] = (interaction, discord.utils.utcnow() + TOKEN_LIFETIME - TOKEN_MARGIN)
+
+    def _forget(self, job_id: int) -> None:
+        self._last_edit.pop(job_id, None)
+        self._interactions.pop(job_id, None)
 
     @property
     def deps(self) -> Any:
@@ -72,10 +88,17 @@ class JobPresenter:
         return channel.get_partial_message(job.progress_message_id)
 
     async def _edit_progress(self, job: Any, **fields: Any) -> None:
+        fields.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        interaction, usable_until = self._interactions.get(job.id, (None, None))
+        if interaction is not None and discord.utils.utcnow() < usable_until:
+            try:
+                await interaction.edit_original_response(**fields)
+                return
+            except discord.HTTPException:
+                log.info("job %s: editing through the interaction failed; using the channel", job.id)
         message = await self._progress_message(job)
         if message is None:
             return
-        fields.setdefault("allowed_mentions", discord.AllowedMentions.none())
         try:
             await message.edit(**fields)
         except discord.NotFound:
@@ -144,25 +167,25 @@ class JobPresenter:
                 await message.delete()
                 return None
             log.info("job %s posted as message %s in channel %s", job.id, message.id, channel.id)
-        self._last_edit.pop(job_id, None)
         self._locks.pop(job_id, None)
         await self._edit_progress(job, embed=finished_progress_embed(job, message.jump_url), attachments=[], view=None)
+        self._forget(job_id)
         return message
 
     async def job_failed(self, job_id: int) -> None:
         job = await self.deps.jobs.find(job_id)
         if job is None or job.status != "failed":
             return
-        self._last_edit.pop(job_id, None)
         await self._edit_progress(job, embed=failed_embed(job, job.error or "unknown error"), attachments=[], view=None)
+        self._forget(job_id)
 
     async def job_cancelled(self, job_id: int) -> None:
         job = await self.deps.jobs.find(job_id)
         if job is None or job.status != "cancelled":
             return
-        self._last_edit.pop(job_id, None)
         by = f"<@{job.cancelled_by}>" if job.cancelled_by and job.cancelled_by != job.user_id else None
         await self._edit_progress(job, embed=cancelled_embed(job, by), attachments=[], view=None)
+        self._forget(job_id)
 
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
         """Whatever the final state is, show it (the dispatcher calls this after storing an outcome)."""

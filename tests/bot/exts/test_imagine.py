@@ -230,3 +230,29 @@ async def test_imagine_while_paused_queues_and_says_so(world):
     await world.services.moderation.pause(world.guild.id, world.mod.id)
     result = await world.alice.slash(world.art, "imagine", prompt="a red circle")
     assert "paused" in result.response.embeds[0].description
+
+
+async def test_progress_goes_through_the_interaction_while_its_token_lives(world):
+    """A fresh job's progress is edited through its interaction token."""
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    before = len(world.env.http_requests)
+    with world.env.time_context():  # the presenter reads the same (virtual) clock as the bot
+        await world.bot.presenter.job_progress(job.id, 1, 4, None)
+    await world.env.settle()
+    paths = [e.path for e in world.env.http_requests[before:] if e.method == "PATCH"]
+    assert paths and all("/webhooks/" in p for p in paths)
+
+
+async def test_progress_after_the_token_expired_goes_through_the_channel(world):
+    """After 15 minutes the progress message is edited with the bot token, and the result still posts."""
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    await world.env.advance_time(16 * 60)
+    before = len(world.env.http_requests)
+    with world.env.time_context():
+        await world.bot.presenter.job_progress(job.id, 1, 4, None)
+    await world.env.settle()
+    paths = [e.path for e in world.env.http_requests[before:] if e.method == "PATCH"]
+    assert paths and all(p.startswith("/channels/") for p in paths)
+    assert await world.finish(job.id) is not None
