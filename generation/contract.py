@@ -32,6 +32,8 @@ MAX_SEED = 2**32 - 1
 #: Variation strengths used by the bot's V buttons.
 STRENGTH_SUBTLE = 0.35
 STRENGTH_STRONG = 0.7
+#: Highest strength of an upscale's refine pass: it adds detail at the new size but must keep the picture.
+STRENGTH_UPSCALE = 0.3
 
 
 class RequestError(ValueError):

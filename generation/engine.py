@@ -44,6 +44,7 @@ from generation.contract import (  # noqa: E402
     MIN_SIDE,
     SCHEDULERS,
     SIDE_MULTIPLE,
+    STRENGTH_UPSCALE,
     GeneratedImage,
     GenerationCancelled,
     GenerationRequest,
@@ -136,7 +137,10 @@ def load_pipeline(path: str | Path, device: str, dtype: torch.dtype, config: str
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"model folder `{path}` has no model_index.json; it is not a diffusers pipeline folder.")
-        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **_dtype_kwarg(dtype))
+        try:
+            pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **_dtype_kwarg(dtype))
+        except Exception as exc:
+            raise ModelLoadError(f"could not load the model folder `{path}`: {exc}") from exc
     elif path.suffix.lower() in (".safetensors", ".ckpt"):
         cfg = _single_file_config(path, config)
         cls = StableDiffusionPipeline
@@ -150,11 +154,12 @@ def load_pipeline(path: str | Path, device: str, dtype: torch.dtype, config: str
             kwargs["config"] = str(cfg)
         try:
             pipe = cls.from_single_file(str(path), **kwargs)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"could not load the single-file checkpoint `{path}` offline ({exc}). Put a diffusers folder of its"
-                " component configs next to it (same name without the suffix) or pass `config=FOLDER`."
-            ) from exc
+        except Exception as exc:
+            advice = (
+                " Put a diffusers folder of its component configs next to it (same name without the suffix) or pass"
+                " `config=FOLDER`." if cfg is None else ""
+            )
+            raise ModelLoadError(f"could not load the single-file checkpoint `{path}` offline: {exc}.{advice}") from exc
     else:
         raise ModelLoadError(f"model path `{path}` is neither a folder nor a .safetensors/.ckpt file.")
     if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):
@@ -221,6 +226,12 @@ def limits_for(pipe, info: dict[str, Any]) -> tuple[ModelLimits, str]:
     return limits, scheduler
 
 
+def effective_strength(req: GenerationRequest) -> float:
+    """The img2img strength a request really runs at (an upscale is capped at STRENGTH_UPSCALE)."""
+    strength = float(req.strength)
+    return min(strength, STRENGTH_UPSCALE) if req.mode == "upscale" else strength
+
+
 # --- the engine -------------------------------------------------------------------------------------------------
 
 
@@ -238,8 +249,9 @@ class Engine:
     - `txt2img`: `num_images` images of `width` x `height`, image i from seed `seed + i`.
     - `variation`: img2img from `init_image` (resized to `width` x `height`); `strength` says how far to move
       (STRENGTH_SUBTLE / STRENGTH_STRONG); `steps * strength` denoising steps run, at least one.
-    - `upscale`: `init_image` doubled with Lanczos, then an img2img refine pass at `strength` (about 0.3) adds
-      detail at the new size; the size comes from the source, `width`/`height` are not used.
+    - `upscale`: `init_image` doubled with Lanczos, then an img2img refine pass adds detail at the new size, at
+      `strength` but never above STRENGTH_UPSCALE (0.3), so the picture is kept; the size comes from the source,
+      `width`/`height` are not used.
     The img2img pipeline is built with `from_pipe`, so all modes share one copy of the weights.
     """
 
@@ -447,9 +459,9 @@ class Engine:
                 img2img = self.img2img
                 img2img.scheduler = scheduler
                 # img2img runs steps * strength steps; ask for enough steps that at least one runs.
-                steps = max(first.steps, math.ceil(1 / float(first.strength)))
-                latents = img2img(image=init_latents, strength=float(first.strength), num_inference_steps=steps,
-                                  **common)[0]
+                strength = effective_strength(first)
+                steps = max(first.steps, math.ceil(1 / strength))
+                latents = img2img(image=init_latents, strength=strength, num_inference_steps=steps, **common)[0]
         finally:
             if tracker is not None:
                 tracker.remove()
@@ -476,7 +488,7 @@ class Engine:
             mine = []
             for index, seed in enumerate(r.seeds):
                 im = pil[k]
-                params = format_parameters(r, seed, im.width, im.height, self.name)
+                params = format_parameters(r, seed, im.width, im.height, self.name, strength=effective_strength(r))
                 mine.append(GeneratedImage(index=index, seed=seed, png=png_bytes(im, params), nsfw=flags[k]))
                 k += 1
             images.append(mine)

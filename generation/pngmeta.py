@@ -23,9 +23,10 @@ PARAMETERS_KEY = "parameters"
 
 
 def format_parameters(
-    req: GenerationRequest, seed: int, width: int, height: int, model: str = "", **extra: Any
+    req: GenerationRequest, seed: int, width: int, height: int, model: str = "", strength: float | None = None,
+    **extra: Any,
 ) -> str:
-    """The `parameters` text of one image of `req` (its own `seed`, its real size)."""
+    """The `parameters` text of one image of `req` (its own `seed`, its real size, the strength really used)."""
     lines = [req.prompt]
     if req.negative_prompt:
         lines.append(f"Negative prompt: {req.negative_prompt}")
@@ -39,7 +40,8 @@ def format_parameters(
     if model:
         fields.append(("Model", model))
     if req.mode != "txt2img":
-        fields.append(("Denoising strength", f"{float(req.strength):g}"))
+        used = req.strength if strength is None else strength
+        fields.append(("Denoising strength", f"{float(used):g}"))
     if req.mode == "upscale":
         fields.append(("Upscale", "2"))
     fields.extend(extra.items())

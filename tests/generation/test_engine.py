@@ -243,6 +243,14 @@ def test_upscale_doubles_the_source_size(engine, request_for, source_png):
     assert "Upscale: 2" in im.info["parameters"]
 
 
+def test_upscale_refine_strength_is_capped(engine, request_for, source_png):
+    """An upscale asked for a strong strength refines at STRENGTH_UPSCALE and records that strength."""
+    strong = engine.generate(request_for(mode="upscale", init_image=source_png, strength=0.9, num_images=1))
+    capped = engine.generate(request_for(mode="upscale", init_image=source_png, strength=0.3, num_images=1))
+    assert np.array_equal(pixels(strong.images[0].png), pixels(capped.images[0].png))
+    assert "Denoising strength: 0.3," in read_parameters(strong.images[0].png)
+
+
 def test_img2img_shares_the_weights_of_the_loaded_pipeline(engine):
     """The variation/upscale pipeline reuses the loaded modules: same tensors, no second copy."""
     i2i = engine.img2img

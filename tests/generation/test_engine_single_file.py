@@ -54,3 +54,11 @@ def test_config_without_model_index_is_refused(single_file, tmp_path):
     """A `config` folder that is not a diffusers folder is refused, naming `config`."""
     with pytest.raises(ModelLoadError, match="`config`.*model_index.json"):
         Engine.load(single_file, device="cpu", config=tmp_path)
+
+
+def test_corrupt_file_raises_a_load_error_naming_it(tmp_path, tiny_model_dir):
+    """A .safetensors file that is not one raises ModelLoadError naming the file."""
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ModelLoadError, match="broken.safetensors"):
+        Engine.load(bad, device="cpu", config=tiny_model_dir)
