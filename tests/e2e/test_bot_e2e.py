@@ -130,6 +130,23 @@ async def test_u1_posts_the_upscaled_image_with_its_own_buttons(e2e):
     assert "Vary (subtle)" in labels and "Vary (strong)" in labels
 
 
+async def test_buttons_of_a_grid_work_after_the_bot_restarts(e2e):
+    """A grid posted before the bot process restarts still answers 🔄 from the new process."""
+    import asyncio
+
+    ivy = e2e.fd.add_user("ivy")
+    grid = await imagine(e2e, ivy, "a purple star")
+    sessions = e2e.fd.identified
+    assert await asyncio.to_thread(e2e.bot.stop) == 0
+    e2e.bot.start()
+    await e2e.fd.wait_for(lambda: e2e.fd.identified > sessions, 60, "the restarted bot to identify")
+    before = {m["id"] for m in e2e.grids()}
+    await e2e.fd.click(ivy, grid, button(grid, "r"))
+    rerolled = await e2e.wait_grid(before)
+    assert e2e.job_row(job_id_of(rerolled))["prompt"] == "a purple star"
+    assert len(e2e.fd.command_syncs()) == 1
+
+
 async def test_token_never_appears_in_the_log(e2e):
     """The bot's whole log so far does not contain its token."""
     assert e2e.fd.token not in e2e.bot.log()
