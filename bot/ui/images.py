@@ -68,11 +68,3 @@ def fit_to_limit(data: bytes, filename: str, limit: int) -> FittedImage:
             raise ValueError(f"the image cannot be made smaller than {limit} bytes")
         scale *= 0.7
 
-
-def thumbnail(data: bytes, max_side: int = 256) -> bytes:
-    """A small PNG preview of `data` (used for progress previews that might be large)."""
-    img = _open(data)
-    img.thumbnail((max_side, max_side))
-    out = io.BytesIO()
-    img.save(out, format="PNG")
-    return out.getvalue()

@@ -79,10 +79,6 @@ def code_text(text: str | None, limit: int) -> str:
     return "```\n" + truncate(text, max(0, limit - 8)) + "\n```"
 
 
-def embed_length(embed: discord.Embed) -> int:
-    return len(embed)
-
-
 def fit_embed(embed: discord.Embed) -> discord.Embed:
     """Trim an embed's parts to Discord's per-field limits and its 6000-character total (description first)."""
     if embed.title:
