@@ -147,6 +147,11 @@ class Dispatcher:
         self._closing = False
         self._started_at: dict[int, float] = {}
         self._listener_tasks: set[asyncio.Task] = set()
+        self._positions_task: asyncio.Task | None = None
+        self._started = False
+        #: Set by `open_dispatcher` in the default mode (embedded server, local worker process).
+        self.local_server: Any = None
+        self.local_worker: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     async def connect(self) -> JobQueue:
@@ -161,6 +166,9 @@ class Dispatcher:
         Set the listener first (here or as `dispatcher.listener`) so that results found at start get posted."""
         if listener is not None:
             self.listener = listener
+        if self._started:
+            return None
+        self._started = True
         q = await self.connect()
         self._subs.append(await q.subscribe_workers(self._on_worker))
         self._subs.append(await q.subscribe_progress(self._on_progress))
@@ -174,6 +182,8 @@ class Dispatcher:
     async def close(self) -> None:
         self._closing = True
         self._kick.set()
+        if self._positions_task is not None:
+            self._positions_task.cancel()
         await self.drain_listeners(timeout=5.0)
         for t in self._tasks:
             t.cancel()
@@ -385,6 +395,7 @@ class Dispatcher:
             await self._emit(JobEvent(ev.job_id, "started", 0, ev.total, worker=ev.worker))
             await self._call_listener("job_progress", ev.job_id, 0, ev.total, None)
             self._kick.set()
+            self._refresh_positions_soon()
         elif ev.kind == "step":
             await self._emit(JobEvent(ev.job_id, "progress", ev.step, ev.total, ev.preview, ev.worker))
             await self._call_listener("job_progress", ev.job_id, ev.step, ev.total, ev.preview)
@@ -541,6 +552,30 @@ class Dispatcher:
         await self._emit(JobEvent(job_id, kind, error=error, worker=worker, timeline=timeline))
         await self._call_listener("job_finished", job_id, timeline=timeline)
         self._kick.set()
+        self._refresh_positions_soon()
+
+    def _refresh_positions_soon(self, delay: float = 2.0, limit: int = 25) -> None:
+        """After a job starts or ends the waiting jobs move up: let the listener refresh the first `limit` of them,
+        at most once per `delay` seconds (message edits are rate-limited)."""
+        if self.listener is None or getattr(self.listener, "job_queued", None) is None:
+            return
+        if self._positions_task is not None and not self._positions_task.done():
+            return
+        queue_fn = getattr(self.jobs, "queue", None)
+        if queue_fn is None:
+            return
+
+        async def refresh() -> None:
+            await asyncio.sleep(delay)
+            try:
+                waiting = [j.id for j in await queue_fn() if str(j.status) == "queued"][:limit]
+            except Exception:
+                log.warning("dispatch: could not read the queue to refresh positions", exc_info=True)
+                return
+            for job_id in waiting:
+                await self._call_listener("job_queued", job_id)
+
+        self._positions_task = asyncio.create_task(refresh())
 
     async def _emit(self, ev: JobEvent) -> None:
         for cb in list(self._subscribers):

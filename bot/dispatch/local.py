@@ -9,8 +9,8 @@ With `settings.nats_url` unset, `open_dispatcher` starts `nats-server -js` with 
 With `nats_url` set, it only connects: workers run wherever the operator starts them.
 
 Both children live in their own session, so a Ctrl-C in the terminal reaches the bot alone, which then stops them in
-order: the dispatcher, the worker (SIGTERM: it hands back what it holds, and the running job after a short drain),
-then the server (SIGTERM: it flushes its store). On Linux the children also get SIGTERM if the bot dies abruptly.
+order: the worker (SIGTERM: it hands back what it holds and lets the running job finish for a few seconds, else hands
+it back too), the dispatcher, then the server (SIGTERM: it flushes its store). On Linux the children also get SIGTERM if the bot dies abruptly.
 """
 
 from __future__ import annotations
@@ -130,17 +130,20 @@ async def open_dispatcher(
         else:
             log.info("job queue: NATS at %s", _redact(url))
         dispatcher = Dispatcher(url, services.jobs, services.images, config=config)
+        dispatcher.local_server = server
         await dispatcher.connect()
         if local_worker:
             worker = LocalWorker(url, model_path=getattr(settings, "model_path", None), args=worker_args,
                                  config=dispatcher.config)
             worker.start()
+            dispatcher.local_worker = worker
         yield dispatcher
     finally:
-        if dispatcher is not None:
-            await dispatcher.close()
+        # Worker first, while the dispatcher still listens: the job it finishes while draining is recorded now.
         if worker is not None:
             await worker.stop()
+        if dispatcher is not None:
+            await dispatcher.close()
         if server is not None:
             await asyncio.to_thread(server.stop)
 

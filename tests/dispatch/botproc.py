@@ -40,7 +40,7 @@ async def main(args) -> int:
         default_images_per_day=1000, default_max_concurrent=100,
     )
     async with open_services(settings) as services, open_dispatcher(
-        settings, services, worker_args=["--fake-engine", str(args.fake_engine)], local_worker=not args.nats_url,
+        settings, services, worker_args=["--fake-engine", str(args.fake_engine), "--max-batch", str(args.max_batch)], local_worker=not args.nats_url,
         config=QueueConfig(ack_wait=args.ack_wait),
     ) as dispatcher:
         listener = PostingListener(services.jobs)
@@ -50,6 +50,8 @@ async def main(args) -> int:
                                              width=64, height=64, num_images=1)
             created.append(job.id)
         print(f"CREATED {json.dumps(created)}", flush=True)
+        if dispatcher.local_server is not None:
+            print(f"PIDS {dispatcher.local_server.process.pid} {dispatcher.local_worker.process.pid}", flush=True)
         await dispatcher.start(listener=listener)
         for job_id in created:
             await dispatcher.publish(job_id)
@@ -77,6 +79,11 @@ if __name__ == "__main__":
     p.add_argument("--nats-url", default="")
     p.add_argument("--fake-engine", type=float, default=0.05)
     p.add_argument("--ack-wait", type=float, default=3.0)
+    p.add_argument("--max-batch", type=int, default=4)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    raise SystemExit(asyncio.run(main(args)))
+    try:
+        raise SystemExit(asyncio.run(main(args)))
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+        raise SystemExit(130) from None

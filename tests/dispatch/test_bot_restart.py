@@ -97,3 +97,42 @@ def test_bot_killed_with_jobs_queued_delivers_every_job_once(mode, tmp_path, req
             second.close()
         if worker is not None:
             worker.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_stops_bot_worker_and_server_and_loses_nothing(tmp_path):
+    """SIGINT to the bot (default mode): worker and embedded server stop with it, quickly; after a restart every
+    job completes and is posted once."""
+    data = tmp_path / "data"
+    journal = tmp_path / "journal.txt"
+    env = {"IMAGINE_FAKE_JOURNAL": str(journal)}
+    first = BotProcess(data, tmp_path, "first", "--jobs", "4", "--steps", "20", "--max-batch", "1", env=env)
+    second = None
+    try:
+        created = json.loads(first.wait_for("CREATED ").split(" ", 1)[1])
+        server_pid, worker_pid = map(int, first.wait_for("PIDS ").split()[1:])
+        first.wait_for("POSTED ")
+        t0 = time.monotonic()
+        first.proc.send_signal(signal.SIGINT)
+        first.proc.wait(timeout=20)
+        assert time.monotonic() - t0 < 12
+        assert not _alive(server_pid) and not _alive(worker_pid)
+        err = first.err_path.read_text()
+        assert "worker local stopped" in err and "embedded nats-server stopped" in err
+        assert first.proc.returncode == 130 and "INTERRUPTED" in first.lines()
+        assert len(posted(first)) < len(created), "every job finished before Ctrl-C; the test proves nothing"
+        second = BotProcess(data, tmp_path, "second", env=env)
+        done = json.loads(second.wait_for("DONE ", timeout=60).split(" ", 1)[1])
+        assert set(done.values()) == {"posted"}
+        assert sorted(posted(first, second)) == sorted(created)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
