@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from generation.timeline import animation_extension, grid
 
     engine = Engine.load(model, device=args.device, config=args.config, threads=args.threads)
+    engine.preview_interval = float("inf")  # the terminal shows a bar, not pictures: skip preview decoding
     req = GenerationRequest(**_request_fields(args, engine.defaults))
     on_progress, close = _progress(args.quiet)
     out: Path = args.out

@@ -239,6 +239,7 @@ def effective_strength(req: GenerationRequest) -> float:
 class _RunState:
     total: int = 0
     cancelled_at: int | None = None
+    last_preview: float = field(default_factory=time.perf_counter)
     x0_frames: list = field(default_factory=list)
 
 
@@ -273,6 +274,8 @@ class Engine:
         self._lock = threading.Lock()
         vae_decoder_params = sum(p.numel() for p in pipe.vae.decoder.parameters())
         self.preview_with_vae = vae_decoder_params < SMALL_VAE_PARAMS
+        #: Seconds between two progress previews (the first comes this long after denoising starts).
+        self.preview_interval = 0.5
         #: Largest number of images denoised in one batch by `generate_many`.
         self.max_batch_images = 16
 
@@ -607,8 +610,13 @@ class Engine:
             state.total = total
             if state.cancelled_at is not None:
                 return {}
-            every = max(1, total // 4)
-            want_preview = on_progress is not None and step < total and step % every == 0
+            # A preview costs a decode, and Discord cannot show more than about one message edit a second, so
+            # previews are spaced in time rather than in steps: none in a run shorter than `preview_interval`.
+            now = time.perf_counter()
+            want_preview = (on_progress is not None and step < total
+                            and now - state.last_preview >= self.preview_interval)
+            if want_preview:
+                state.last_preview = now
             x0 = tracker.x0(guidance, cfg) if tracker is not None and (keep_x0 or want_preview) else None
             if keep_x0 and x0 is not None:
                 state.x0_frames.append(x0.to(self.pipe.vae.dtype))

@@ -142,14 +142,24 @@ def test_scheduler_selected_by_name(engine, request_for, name, cls):
 # --- progress and cancellation --------------------------------------------------------------------------------
 
 
-def test_progress_reports_every_step_with_a_small_preview(engine, request_for):
+def test_progress_reports_every_step_with_a_small_preview(engine, request_for, monkeypatch):
     """on_progress sees step k of N for every step, and a preview image of at most 128 px."""
+    monkeypatch.setattr(engine, "preview_interval", 0.0)
     seen = []
     engine.generate(request_for(steps=4), on_progress=seen.append)
     assert [(p.step, p.total) for p in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     previews = [p.preview for p in seen if p.preview]
-    assert previews
+    assert len(previews) == 3  # every step but the last, whose image is the result itself
     assert max(Image.open(io.BytesIO(previews[0])).size) <= 128
+
+
+def test_previews_are_spaced_in_time(engine, request_for, monkeypatch):
+    """With a long preview interval a short run reports its steps without decoding any preview."""
+    monkeypatch.setattr(engine, "preview_interval", 60.0)
+    monkeypatch.setattr(engine, "_preview", lambda x0: pytest.fail("no preview expected"))
+    seen = []
+    engine.generate(request_for(steps=3), on_progress=seen.append)
+    assert [(p.step, p.preview) for p in seen] == [(1, None), (2, None), (3, None)]
 
 
 def test_cancel_stops_within_one_step(engine, request_for):
@@ -356,6 +366,7 @@ def test_generate_many_keeps_order_across_groups(engine, request_for, source_png
 def test_large_vae_models_preview_with_the_linear_latent_map(engine, request_for, monkeypatch):
     """Without VAE previews (big models) the preview comes from the linear latent->RGB map, still <= 128 px."""
     monkeypatch.setattr(engine, "preview_with_vae", False)
+    monkeypatch.setattr(engine, "preview_interval", 0.0)
     monkeypatch.setattr(engine, "_to_pil", lambda latents: pytest.fail("the VAE must not decode previews"))
     seen = []
     engine.generate(request_for(steps=2, num_images=4), on_progress=seen.append)
