@@ -89,7 +89,9 @@ def child_process_kwargs() -> dict:
 class NatsServer:
     """A nats-server child process with JetStream enabled.
 
-    `store_dir` holds the JetStream data (streams survive a restart when it is kept). `port=0` picks a free port.
+    `store_dir` holds the JetStream data (streams survive a restart when it is kept). `port=0` picks a free port:
+    `prefer_port` when it is free (the bot prefers 4222, NATS's usual port, so a second local worker started with
+    `make worker` finds the server without configuration), else any free port.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class NatsServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        prefer_port: int | None = None,
         binary: str | None = None,
         log_file: str | os.PathLike[str] | None = None,
         start_timeout: float = 10.0,
@@ -105,6 +108,7 @@ class NatsServer:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port
+        self.prefer_port = prefer_port
         self.binary = binary
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.start_timeout = start_timeout
@@ -127,7 +131,8 @@ class NatsServer:
         fixed = self.port != 0
         for attempt in range(3):
             if not fixed:
-                self.port = free_port(self.host)
+                preferred = self.prefer_port if attempt == 0 and self.prefer_port else None
+                self.port = preferred if preferred and _port_free(self.host, preferred) else free_port(self.host)
             if self._launch(binary):
                 return self
             if fixed or attempt == 2:
@@ -206,6 +211,15 @@ class NatsServer:
         import asyncio
 
         await asyncio.to_thread(self.stop)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def _accepts(host: str, port: int) -> bool:

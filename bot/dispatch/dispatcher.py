@@ -205,8 +205,9 @@ class Dispatcher:
     # --- what the Discord layer calls --------------------------------------------------------------------------------
     async def publish(self, job: Any) -> None:
         """Queue a job whose row exists (a `JobView` or its id). It is handed to JetStream by the feeder, in fair
-        order, as soon as workers have room. Raises ConnectionError when the queue is not connected at all."""
-        if self.queue is None or not self.queue.nc.is_connected:
+        order, as soon as workers have room; while NATS reconnects the job simply waits in the database.
+        Raises ConnectionError only when the dispatcher was never connected."""
+        if self.queue is None or self.queue.nc.is_closed:
             raise ConnectionError("the job queue (NATS) is not connected")
         self._kick.set()
 

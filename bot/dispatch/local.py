@@ -4,7 +4,8 @@
         bot = ImagineBot(Deps(settings, services, dispatcher))
         ...  # once the presenter exists (after extensions load): await dispatcher.start(listener=bot.presenter)
 
-With `settings.nats_url` unset, `open_dispatcher` starts `nats-server -js` with its store under
+With `settings.nats_url` unset, `open_dispatcher` starts `nats-server -js` on 127.0.0.1 (port 4222 when free, so
+`make worker` on the same machine adds a second worker without configuration) with its store under
 `<data_dir>/nats` (jobs survive restarts) and `python -m generation.worker --model <settings.model_path>` against it.
 With `nats_url` set, it only connects: workers run wherever the operator starts them.
 
@@ -32,6 +33,8 @@ from generation.queue import QueueConfig
 
 log = logging.getLogger("bot.dispatch")
 
+#: The embedded server listens here when the port is free (else on any free port), on 127.0.0.1 only.
+DEFAULT_NATS_PORT = 4222
 #: Seconds the local worker may spend finishing its job on shutdown before handing it back.
 LOCAL_DRAIN_TIMEOUT = 5.0
 
@@ -123,7 +126,8 @@ async def open_dispatcher(
     dispatcher: Dispatcher | None = None
     try:
         if not url:
-            server = NatsServer(data_dir / "nats", port=int(getattr(settings, "nats_port", 0) or 0))
+            server = NatsServer(data_dir / "nats", port=int(getattr(settings, "nats_port", 0) or 0),
+                                prefer_port=DEFAULT_NATS_PORT)
             server.start()
             url = server.url
             log.info("job queue: embedded nats-server at %s (store %s)", url, server.store_dir)

@@ -17,7 +17,7 @@ from generation.fake_engine import FakeEngine
 from generation.queue import JobQueue, QueueConfig
 from generation.worker import Worker
 from tests.dispatch.conftest import RecordingListener, make_job, wait_until
-from tests.natsutil import FAST, REPO
+from tests.natsutil import FAST, REPO, WorkerProcess
 
 
 class InProcessWorker:
@@ -233,3 +233,36 @@ async def test_workers_are_known_with_their_models(nats_server, services):
         assert d.models() == {"tiny"} and d.serves("tiny") and d.serves("") and not d.serves("other")
         assert d.window() == 5  # one worker, batch of 4, plus the next one ready
     await d.close()
+
+
+async def test_kill_9_of_a_worker_mid_job_records_one_result(nats_server, services, tmp_path):
+    """A worker process killed mid-job: the other one finishes it; the job has one set of images, posted once."""
+    journal = tmp_path / "journal.txt"
+    env = {"IMAGINE_FAKE_JOURNAL": str(journal)}
+    workers = [WorkerProcess(nats_server.url, tmp_path, name, "--fake-engine", "0.05", env=env) for name in "ab"]
+    listener = RecordingListener()
+    d = dispatcher_for(nats_server, services, listener=listener)
+    try:
+        for w in workers:
+            w.wait_for("ready")
+        await d.start()
+        job = await make_job(services, prompt="kill-me", steps=40, num_images=2)
+        await d.publish(job)
+        events = d.watch(job.id)
+        async for ev in events:
+            if ev.kind == "progress":
+                victim = next(w for w in workers if w.name == ev.worker)
+                break
+        victim.kill9()
+        await wait_until(lambda: _status_is(services, job.id, "succeeded"), timeout=20)
+        await asyncio.sleep(0.5)
+        done = await services.jobs.get(job.id)
+        assert len(done.images) == 2 and done.attempts == 2 and done.worker != victim.name
+        assert str(done.charge_state) == "committed"
+        await d.drain_listeners()
+        assert listener.finished(job.id) == 1
+        assert journal.read_text().count("kill-me\t") == 1
+    finally:
+        await d.close()
+        for w in workers:
+            w.stop()

@@ -51,3 +51,13 @@ async def test_jobs_survive_a_server_restart(tmp_path):
         q = await JobQueue.connect(server.url, FAST)
         assert await q.job_in_queue(5) is not None
         await q.close()
+
+
+def test_a_taken_preferred_port_falls_back_to_a_free_one(tmp_path):
+    """With the preferred port busy the server still starts, on another port."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with NatsServer(tmp_path / "store", prefer_port=taken) as server:
+            assert server.running and server.port != taken
