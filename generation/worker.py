@@ -411,7 +411,8 @@ class Worker:
 
         def on_progress(p: Progress) -> None:
             now = time.monotonic()
-            if p.step < p.total and now - last_sent[0] < PROGRESS_MIN_INTERVAL:
+            # Throttle plain step counts; a step that carries a preview (the engine spaces those itself) always goes.
+            if p.preview is None and p.step < p.total and now - last_sent[0] < PROGRESS_MIN_INTERVAL:
                 return
             last_sent[0] = now
             for job in batch:

@@ -148,6 +148,7 @@ class Dispatcher:
         self._started_at: dict[int, float] = {}
         self._listener_tasks: set[asyncio.Task] = set()
         self._positions_task: asyncio.Task | None = None
+        self._previews: dict[int, bytes] = {}
         self._started = False
         #: Set by `open_dispatcher` in the default mode (embedded server, local worker process).
         self.local_server: Any = None
@@ -398,8 +399,13 @@ class Dispatcher:
             self._kick.set()
             self._refresh_positions_soon()
         elif ev.kind == "step":
+            # Previews come only every so often; keep showing the latest one with later step counts, so a listener
+            # that rate-limits its message edits still gets a preview with whichever step it shows.
+            if ev.preview is not None:
+                self._previews[ev.job_id] = ev.preview
+            preview = ev.preview or self._previews.get(ev.job_id)
             await self._emit(JobEvent(ev.job_id, "progress", ev.step, ev.total, ev.preview, ev.worker))
-            await self._call_listener("job_progress", ev.job_id, ev.step, ev.total, ev.preview)
+            await self._call_listener("job_progress", ev.job_id, ev.step, ev.total, preview)
         elif ev.kind == "released":
             log.info("job %d: worker %s handed it back to the queue", ev.job_id, ev.worker)
             await self._emit(JobEvent(ev.job_id, "released", ev.step, ev.total, worker=ev.worker))
@@ -550,6 +556,7 @@ class Dispatcher:
     # --- events ----------------------------------------------------------------------------------------------------
     async def _notify_finished(self, job_id: int, kind: EventKind, *, timeline: bytes | None = None,
                                error: str = "", worker: str = "") -> None:
+        self._previews.pop(job_id, None)
         await self._emit(JobEvent(job_id, kind, error=error, worker=worker, timeline=timeline))
         await self._call_listener("job_finished", job_id, timeline=timeline)
         self._kick.set()
