@@ -372,3 +372,13 @@ def test_large_vae_models_preview_with_the_linear_latent_map(engine, request_for
     engine.generate(request_for(steps=2, num_images=4), on_progress=seen.append)
     preview = Image.open(io.BytesIO(seen[0].preview))
     assert preview.size == (32, 32)  # 2x2 grid of 16x16 latents
+
+
+def test_half_precision_path_runs_every_mode(tiny_model_dir, request_for):
+    """Loaded in bfloat16 (the CUDA default), txt2img, variation and the timeline work and give images."""
+    eng = Engine.load(tiny_model_dir, device="cpu", dtype=torch.bfloat16)
+    assert eng.pipe.unet.dtype == torch.bfloat16
+    res = eng.generate(request_for(num_images=1, timeline=True))
+    var = eng.generate(request_for(mode="variation", init_image=res.images[0].png, num_images=1))
+    assert pixels(var.images[0].png).shape == (64, 64, 3)
+    assert Image.open(io.BytesIO(res.timeline)).format in ("WEBP", "GIF")

@@ -46,3 +46,12 @@ def test_sdxl_variation_and_upscale(xl_engine, request_for):
     up = xl_engine.generate(request_for(mode="upscale", init_image=src, strength=0.3, num_images=1))
     assert Image.open(io.BytesIO(var.images[0].png)).size == (64, 64)
     assert Image.open(io.BytesIO(up.images[0].png)).size == (128, 128)
+
+
+def test_sdxl_vae_is_kept_in_float32_under_fp16(xl_engine, request_for):
+    """In fp16 the SDXL VAE (which overflows in fp16) is kept in float32 while the UNet runs fp16."""
+    import torch
+
+    eng = Engine.load(xl_engine.path, device="cpu", dtype=torch.float16)
+    assert (eng.pipe.unet.dtype, eng.pipe.vae.dtype) == (torch.float16, torch.float32)
+    assert len(eng.generate(request_for(num_images=1)).images) == 1
