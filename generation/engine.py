@@ -9,7 +9,8 @@ A run goes through the stages the diffusion papers describe, each timed:
    step and let the scheduler remove it; classifier-free guidance runs the unconditional and conditional
    predictions in one batch and mixes them as uncond + scale * (cond - uncond) (skipped when scale <= 1);
 5. decode the final latents with the VAE, run the checkpoint's safety checker when it has one;
-6. write PNGs carrying their parameters, and (on request) the timeline of x0 estimates as an animation.
+6. write PNGs carrying their parameters in the A1111 `parameters` text chunk;
+7. on request, decode the x0 estimate of every step into the denoising timeline, an animated WebP/GIF.
 
 The engine knows nothing of Discord or the database; it takes a request and returns a result.
 """
@@ -544,7 +545,7 @@ class Engine:
         try:
             image = Image.open(io.BytesIO(req.init_image or b""))
             image.load()
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise RequestError("init_image", f"<{len(req.init_image or b'')} bytes>",
                                "it has to be a PNG, JPEG or WebP image") from exc
         image = image.convert("RGB")
