@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -45,14 +46,17 @@ async def test_imagine_posts_a_grid_with_buttons(e2e):
 
 
 async def test_progress_message_was_edited_in_place(e2e):
-    """The queued message of a job is edited (queue/progress) and finally points at the result."""
+    """The queued message of a job shows a progress bar and previews while it runs, and finally points at the result."""
     bob = e2e.fd.add_user("bob")
-    grid = await imagine(e2e, bob, "a blue square")
+    grid = await imagine(e2e, bob, "a blue square", steps=24)  # long enough for previews (spaced 0.5 s apart)
     job = await e2e.wait_status(job_id_of(grid), "posted")
     await e2e.fd.wait_for(lambda: "Done" in (e2e.fd.messages[str(job["progress_message_id"])]["embeds"] or [{}])[0].get("description", ""), 30)
     progress = e2e.fd.messages[str(job["progress_message_id"])]
     assert "Done" in progress["embeds"][0]["description"] and progress["components"] == []
     assert progress["edited_timestamp"] is not None and progress["attachments"] == []
+    previews = [c for c in e2e.fd.calls if c.method == "PATCH" and any(name == "preview.png" for name, _ in c.files)]
+    bars = [c for c in e2e.fd.calls if c.method == "PATCH" and "▰" in json.dumps(c.json, ensure_ascii=False)]
+    assert previews and bars, "the progress message showed a bar and a preview while the job ran"
 
 
 async def test_v2_makes_a_variation_grid(e2e):

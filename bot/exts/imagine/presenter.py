@@ -57,6 +57,8 @@ class JobPresenter:
         self._locks: dict[int, asyncio.Lock] = {}
         #: The interaction whose response is a job's progress message, while its token lives (in memory only).
         self._interactions: dict[int, tuple[discord.Interaction, datetime]] = {}
+        self._pending_preview: dict[int, bytes] = {}
+        self._has_preview: set[int] = set()
 
     def remember(self, job_id: int, interaction: discord.Interaction) -> None:
         """Edit the progress message through `interaction`'s token while it is valid (Discord's intended way);
@@ -67,6 +69,8 @@ class JobPresenter:
     def _forget(self, job_id: int) -> None:
         self._last_edit.pop(job_id, None)
         self._interactions.pop(job_id, None)
+        self._pending_preview.pop(job_id, None)
+        self._has_preview.discard(job_id)
 
     @property
     def deps(self) -> Any:
@@ -118,6 +122,8 @@ class JobPresenter:
 
     async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
         """Show step `step` of `total` (and the preview) on the job's progress message, rate-limited."""
+        if preview:
+            self._pending_preview[job_id] = preview  # a throttled preview is shown by the next edit
         now = time.monotonic()
         if step < total and now - self._last_edit.get(job_id, 0.0) < EDIT_INTERVAL:
             return
@@ -126,9 +132,13 @@ class JobPresenter:
         if job is None or job.status not in ("queued", "running"):
             return
         fields: dict[str, Any] = {"view": progress_view(job.id)}
+        preview = self._pending_preview.pop(job_id, None)
         if preview:
             fields["attachments"] = [discord.File(io.BytesIO(preview), filename=PREVIEW_NAME)]
-        fields["embed"] = progress_embed(job, step, total, preview_filename=PREVIEW_NAME if preview else None)
+            self._has_preview.add(job_id)
+        # Without a new preview the message keeps its attachment; the embed keeps pointing at it.
+        shown = PREVIEW_NAME if job_id in self._has_preview else None
+        fields["embed"] = progress_embed(job, step, total, preview_filename=shown)
         await self._edit_progress(job, **fields)
 
     # --- the end ---------------------------------------------------------------------------------------------------
