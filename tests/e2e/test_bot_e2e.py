@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -134,10 +135,22 @@ async def test_u1_posts_the_upscaled_image_with_its_own_buttons(e2e):
     assert "Vary (subtle)" in labels and "Vary (strong)" in labels
 
 
+async def test_cancel_while_running_stops_the_job_and_refunds(e2e):
+    """✖ on a running job cancels it in the worker, says so on the message, and gives the images back."""
+    jack = e2e.fd.add_user("jack")
+    record = await e2e.fd.slash(jack, e2e.art, "imagine", prompt="a red heart", steps=50, size="128x128")
+    message = await e2e.answer(record)
+    await e2e.fd.wait_for(lambda: "Generating" in (e2e.fd.messages[message["id"]]["embeds"][0].get("description") or ""), 120, "the job to run")
+    job_id = int(message["embeds"][0]["footer"]["text"].split("#")[1])
+    await e2e.fd.click(jack, e2e.fd.messages[message["id"]], f"job:{job_id}:x")
+    await e2e.fd.wait_for(lambda: "Cancelled" in (e2e.fd.messages[message["id"]]["embeds"][0].get("description") or ""), 30, "the cancel")
+    assert e2e.job_row(job_id)["status"] == "cancelled" and e2e.used(jack) == 0
+    await asyncio.sleep(1.0)  # the worker's own word on the job must not bring it back
+    assert e2e.job_row(job_id)["status"] == "cancelled" and not [g for g in e2e.grids() if job_id_of(g) == job_id]
+
+
 async def test_buttons_of_a_grid_work_after_the_bot_restarts(e2e):
     """A grid posted before the bot process restarts still answers 🔄 from the new process."""
-    import asyncio
-
     ivy = e2e.fd.add_user("ivy")
     grid = await imagine(e2e, ivy, "a purple star")
     sessions = e2e.fd.identified
@@ -158,8 +171,6 @@ async def test_token_never_appears_in_the_log(e2e):
 
 async def test_ctrl_c_stops_everything_cleanly(e2e):
     """SIGINT ends the bot with exit code 0 after stopping its worker and its embedded nats-server (runs last)."""
-    import asyncio
-
     code = await asyncio.to_thread(e2e.bot.stop)
     log = e2e.bot.log()
     assert code == 0

@@ -256,3 +256,15 @@ async def test_progress_after_the_token_expired_goes_through_the_channel(world):
     paths = [e.path for e in world.env.http_requests[before:] if e.method == "PATCH"]
     assert paths and all(p.startswith("/channels/") for p in paths)
     assert await world.finish(job.id) is not None
+
+
+async def test_options_are_declared_with_their_ranges(world):
+    """Discord itself refuses out-of-range options: steps, guidance and count carry declared bounds."""
+    import pytest
+    import simcord
+
+    with pytest.raises(simcord.OptionError):
+        await world.alice.slash(world.art, "imagine", prompt="x", steps=500)
+    with pytest.raises(simcord.OptionError):
+        await world.alice.slash(world.art, "imagine", prompt="x", count=9)
+    assert world.dispatcher.published == []
