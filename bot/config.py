@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     database_url: str = ""
     #: NATS server of the job queue. Unset: the bot starts an embedded nats-server with JetStream under data_dir.
     nats_url: str | None = None
+    #: Port of the embedded nats-server (0: 4222 when free, else any free port). Ignored when nats_url is set.
+    nats_port: int = Field(0, ge=0, le=65535)
+    #: Start one local worker process beside the bot. Unset: yes when the queue is embedded, no with NATS_URL.
+    local_worker: bool | None = None
+    #: Extra command-line arguments of the local worker, e.g. "--threads 1 --max-batch 2".
+    worker_args: str = ""
     #: Folder (diffusers format) or single checkpoint file of the model the worker loads.
     model_path: str = "generation/models/default"
     #: Guild where slash commands are synced instantly while developing. Unset: commands are synced globally.

@@ -545,6 +545,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fake-noise", action="store_true", help="fake engine: random-noise PNGs (about 1.5 MB at 720x720)")
     p.add_argument("--fake-name", default="fake", help="fake engine: model name to serve")
     p.add_argument("--device", default=None, help="torch device (default: CUDA when present, else CPU)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("WORKER_THREADS", "0")) or None,
+                   help="torch CPU threads (env WORKER_THREADS; default: torch's own choice). On a machine whose "
+                        "cores also run the bot or other work, 1 is often fastest")
     p.add_argument("--name", default=os.environ.get("WORKER_NAME") or default_name(), help="worker name in logs")
     p.add_argument("--no-default", action="store_true", help="take only jobs that name this worker's model")
     p.add_argument("--max-batch", type=int, default=int(os.environ.get("WORKER_MAX_BATCH", "4")),
@@ -569,7 +572,7 @@ def engine_loader(args: argparse.Namespace) -> tuple[Callable[[], EngineLike], s
     def load() -> EngineLike:
         from generation.engine import Engine
 
-        return Engine.load(args.model, device=args.device)
+        return Engine.load(args.model, device=args.device, threads=args.threads)
 
     return load, str(args.model)
 
