@@ -108,5 +108,5 @@ class Account(commands.Cog):
             inline=False,
         )
         if is_moderator(interaction):
-            embed.add_field(name="Moderators", value="`/mod …` quotas, bans, blocked terms, channels, NSFW policy, queue, pause/resume, stats", inline=False)
+            embed.add_field(name="Moderators", value="`/mod …` quotas, bans, blocked terms, channels, NSFW policy, queue, pause/resume, stats, log", inline=False)
         await interaction.response.send_message(embed=fit_embed(embed), ephemeral=True)

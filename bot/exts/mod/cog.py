@@ -216,3 +216,15 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         lines = [f"**{k}**: {v}" for k, v in s.jobs_by_status.items() if v]
         lines.append(f"Images in the last 24 h: **{s.images_today}** by **{s.members_today}** member(s)")
         await reply(interaction, "", embed=lines_embed("Image bot statistics", lines))
+
+    @app_commands.command(name="log", description="The latest moderator actions in the audit log")
+    @app_commands.describe(count="How many entries (1-25)")
+    async def audit_log(self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 25] = 15) -> None:
+        require_moderator(interaction)
+        entries = await deps(interaction).audit.recent(guild_id_of(interaction), limit=count)
+        lines = [
+            f"{ts(e.at)} <@{e.actor_id}> **{e.action}** {safe_text(e.target or '', 60)} "
+            + safe_text(", ".join(f"{k}={v}" for k, v in e.details.items() if v is not None), 120, single_line=True)
+            for e in entries
+        ]
+        await reply(interaction, "", embed=lines_embed("Audit log", lines, empty="No moderator actions yet."))

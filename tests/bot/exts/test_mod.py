@@ -133,3 +133,11 @@ async def test_every_moderator_action_is_audited(world):
     entries = await world.services.audit.recent(world.guild.id, limit=100)
     logged = {e.action for e in entries if e.actor_id == world.mod.id}
     assert {action for _, _, action in commands} <= logged
+
+
+async def test_log_shows_recent_actions(world):
+    """/mod log lists the latest audited actions with their moderator."""
+    await world.mod.slash(world.art, "mod pause")
+    result = await world.mod.slash(world.art, "mod log")
+    text = result.response.embeds[0].description
+    assert "queue.pause" in text and f"<@{world.mod.id}>" in text
