@@ -99,7 +99,8 @@ class JobActions(commands.Cog):
     async def vary(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
         job = await self._source(interaction, job_id, index)
         strength = STRENGTH_STRONG if action == b.VARY_STRONG else STRENGTH_SUBTLE
-        # A variation of an upscaled image works at the upscaled size and makes a full grid again.
+        # A variation of an upscaled image makes a full grid again, at the size the model draws best (the upscale's
+        # source size; the engine resizes the upscaled image to it).
         count = 4 if job.mode == "upscale" else max(1, min(4, job.num_images))
         params = same_params(job) | {
             "mode": "variation",
