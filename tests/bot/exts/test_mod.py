@@ -141,3 +141,14 @@ async def test_log_shows_recent_actions(world):
     result = await world.mod.slash(world.art, "mod log")
     text = result.response.embeds[0].description
     assert "queue.pause" in text and f"<@{world.mod.id}>" in text
+
+
+async def test_configured_moderator_role_is_accepted(world):
+    """A member with the MOD_ROLE_ID role (but no Manage Server) may use /mod once the admins show it to them."""
+    helpers = world.guild.create_role("helpers")
+    carol = world.guild.add_member(world.env.create_user("carol"), roles=[helpers])
+    world.settings.mod_role_id = helpers.id
+    synced = await world.bot.tree.fetch_commands()
+    world.guild.set_command_permissions(next(c for c in synced if c.name == "mod").id, {helpers: True})
+    await carol.slash(world.art, "mod pause")
+    assert await world.services.moderation.is_paused(world.guild.id)
