@@ -172,7 +172,11 @@ def history_embed(jobs: Sequence[Any], *, title: str = "Your recent jobs") -> di
     icons = {"queued": "⏳", "running": "🎨", "succeeded": "✅", "posted": "✅", "failed": "❌", "cancelled": "✖"}
     lines = []
     for job in jobs:
-        line = f"{icons.get(str(_get(job, 'status')), '•')} **#{_get(job, 'id')}** {ts(_get(job, 'created_at'))} — "
+        label = f"**#{_get(job, 'id')}**"
+        if _get(job, "posted_message_id") and _get(job, "posted_channel_id"):
+            url = f"https://discord.com/channels/{_get(job, 'guild_id')}/{_get(job, 'posted_channel_id')}/{_get(job, 'posted_message_id')}"
+            label = f"[{label}]({url})"
+        line = f"{icons.get(str(_get(job, 'status')), '•')} {label} {ts(_get(job, 'created_at'))} — "
         line += safe_text(_get(job, "prompt") or "", 120, single_line=True)
         lines.append(line)
     embed = discord.Embed(title=title, description=safe_text("\n".join(lines), EMBED_DESCRIPTION, markdown=True), colour=BLUE)

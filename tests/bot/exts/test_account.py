@@ -42,3 +42,12 @@ async def test_help_describes_what_the_model_knows(world):
     result = await world.alice.slash(world.art, "help")
     fields = {f.name: f.value for f in result.response.embeds[0].fields}
     assert "Flat shapes" in fields["What the default model knows"] and "circle" in fields["What the default model knows"]
+
+
+async def test_history_links_posted_results(world):
+    """A posted job in /history links to its result message."""
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    posted = await world.finish(job.id)
+    result = await world.alice.slash(world.art, "history")
+    assert f"/{world.art.id}/{posted.id})" in result.response.embeds[0].description
