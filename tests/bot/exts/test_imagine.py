@@ -268,3 +268,15 @@ async def test_options_are_declared_with_their_ranges(world):
     with pytest.raises(simcord.OptionError):
         await world.alice.slash(world.art, "imagine", prompt="x", count=9)
     assert world.dispatcher.published == []
+
+
+def test_age_restricted_policy_shows_flagged_images_only_in_nsfw_channels():
+    """Under age_restricted a flagged image is visible in an age-restricted channel and nowhere else."""
+    from types import SimpleNamespace
+
+    from bot.exts.imagine.presenter import nsfw_visible
+
+    nsfw_channel = SimpleNamespace(is_nsfw=lambda: True)
+    plain_channel = SimpleNamespace(is_nsfw=lambda: False)
+    assert nsfw_visible("age_restricted", nsfw_channel) and not nsfw_visible("age_restricted", plain_channel)
+    assert not nsfw_visible("block", nsfw_channel) and nsfw_visible("allow", plain_channel)
