@@ -164,6 +164,23 @@ async def test_buttons_of_a_grid_work_after_the_bot_restarts(e2e):
     assert len(e2e.fd.command_syncs()) == 1
 
 
+async def test_job_running_when_the_bot_stops_is_posted_once_after_it_restarts(e2e):
+    """A job cut off by a bot restart runs again afterwards and its grid is posted exactly once."""
+    kim = e2e.fd.add_user("kim")
+    record = await e2e.fd.slash(kim, e2e.art, "imagine", prompt="a blue heart", steps=50, size="128x128")
+    message = await e2e.answer(record)
+    job_id = int(message["embeds"][0]["footer"]["text"].split("#")[1])
+    await e2e.fd.wait_for(lambda: "Generating" in (e2e.fd.messages[message["id"]]["embeds"][0].get("description") or ""), 120, "the job to run")
+    sessions = e2e.fd.identified
+    assert await asyncio.to_thread(e2e.bot.stop) == 0
+    e2e.bot.start()
+    await e2e.fd.wait_for(lambda: e2e.fd.identified > sessions, 60, "the restarted bot to identify")
+    await e2e.fd.wait_for(lambda: [g for g in e2e.grids() if job_id_of(g) == job_id], 180, "the grid of the interrupted job")
+    await asyncio.sleep(1.0)
+    assert len([g for g in e2e.grids() if job_id_of(g) == job_id]) == 1
+    assert (await e2e.wait_status(job_id, "posted"))["status"] == "posted" and e2e.used(kim) == 4
+
+
 async def test_token_never_appears_in_the_log(e2e):
     """The bot's whole log so far does not contain its token."""
     assert e2e.fd.token not in e2e.bot.log()
