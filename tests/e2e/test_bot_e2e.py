@@ -186,6 +186,14 @@ async def test_token_never_appears_in_the_log(e2e):
     assert e2e.fd.token not in e2e.bot.log()
 
 
+async def test_every_interaction_was_answered_within_three_seconds(e2e):
+    """Across all the tests above, each interaction was acknowledged in time and no API route was missing."""
+    answered = [r for r in e2e.fd.interactions.values() if r.ack_delay is not None]
+    assert len(answered) >= 10
+    assert e2e.fd.late_acks == [] and max(r.ack_delay for r in answered) < 3.0
+    assert e2e.fd.unhandled == []
+
+
 async def test_ctrl_c_stops_everything_cleanly(e2e):
     """SIGINT ends the bot with exit code 0 after stopping its worker and its embedded nats-server (runs last)."""
     code = await asyncio.to_thread(e2e.bot.stop)

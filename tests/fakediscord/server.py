@@ -32,6 +32,8 @@ MANAGE_GUILD = 1 << 5
 # View channel, send messages, embed links, attach files, read history, use application commands.
 MEMBER_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
 EPHEMERAL = 1 << 6
+#: Seconds Discord gives a bot to acknowledge an interaction.
+ACK_DEADLINE = 3.0
 
 # Interaction callback types.
 PONG, MESSAGE, DEFERRED_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE, AUTOCOMPLETE_RESULT, MODAL = 1, 4, 5, 6, 7, 8, 9
@@ -76,6 +78,9 @@ class InteractionRecord:
     followup_ids: list[str] = field(default_factory=list)
     autocomplete: list[dict[str, Any]] | None = None
     modal: dict[str, Any] | None = None
+    #: When the server sent the interaction, and how long the bot took to acknowledge it (seconds).
+    sent_at: float = field(default_factory=time.monotonic)
+    ack_delay: float | None = None
 
     @property
     def callback_types(self) -> list[int]:
@@ -103,6 +108,7 @@ class FakeDiscord:
         self.files: dict[str, tuple[str, bytes]] = {}
         self.calls: list[Call] = []
         self.unhandled: list[str] = []
+        self.late_acks: list[InteractionRecord] = []
         self.interactions: dict[str, InteractionRecord] = {}
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.identified = 0
@@ -593,6 +599,10 @@ class FakeDiscord:
             raise _NotFound("Interaction")
         if record.callbacks:
             return json_response({"message": "Interaction has already been acknowledged.", "code": 40060}, 400)
+        record.ack_delay = time.monotonic() - record.sent_at
+        if record.ack_delay > ACK_DEADLINE:  # Discord forgets an interaction not answered within 3 seconds
+            self.late_acks.append(record)
+            raise _NotFound("Interaction")
         record.callbacks.append(body)
         kind = body["type"]
         data = body.get("data") or {}
