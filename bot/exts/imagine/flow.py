@@ -67,15 +67,15 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
 
     async def prepare():
         await check_member_may_generate(interaction, params.get("prompt", ""))
-        return await d.jobs.create(guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), **params)
+        job = await d.jobs.create(guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), **params)
+        return job, await d.moderation.is_paused(guild_id), await d.jobs.position(job.id)
 
-    job = await answer_in_time(interaction, prepare())
+    # Everything before the first answer runs under the deadline (deferred if it gets slow).
+    job, paused, position = await answer_in_time(interaction, prepare())
     log.info(
         "job %s created: user %s guild %s mode %s %dx%d steps %s images %s",
         job.id, job.user_id, job.guild_id, job.mode, job.width, job.height, job.steps, job.num_images,
     )
-    paused = await d.moderation.is_paused(guild_id)
-    position = await d.jobs.position(job.id)
     embed = queued_embed(job, None if position is None else position + 1, paused=paused)
     view = progress_view(job.id)
     if interaction.response.is_done():
