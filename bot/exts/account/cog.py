@@ -61,6 +61,8 @@ class Account(commands.Cog):
     @app_commands.guild_only()
     async def show(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
         d = deps(interaction)
+        # Reading and composing the images may take a moment: answer "thinking…" first (privately).
+        await interaction.response.defer(ephemeral=True, thinking=True)
         found = await d.jobs.find(job)
         if found is None or found.guild_id != guild_id_of(interaction):
             raise JobNotFound(job)
@@ -80,7 +82,7 @@ class Account(commands.Cog):
         if not visible:
             embed.description = "Only the job's owner and moderators can see the whole prompt."
             embed.clear_fields()
-        await interaction.response.send_message(embed=embed, files=files, ephemeral=True)
+        await interaction.followup.send(embed=embed, files=files, ephemeral=True)
 
     @app_commands.command(name="help", description="How to use the bot, and what the model can draw.")
     async def help(self, interaction: discord.Interaction) -> None:
