@@ -159,8 +159,11 @@ class JobPresenter:
             if pngs:
                 grid = await asyncio.to_thread(compose_grid, pngs)
                 limit = getattr(getattr(channel, "guild", None), "filesize_limit", 10 * 1024 * 1024)
+                if timeline and len(timeline) > limit // 2:
+                    log.info("job %s: timeline of %d bytes left out (upload limit %d)", job.id, len(timeline), limit)
+                    timeline = None
                 if timeline:
-                    limit -= min(len(timeline), limit // 2)
+                    limit -= len(timeline)
                 fitted = await asyncio.to_thread(fit_to_limit, grid, filename, limit)
                 filename, reencoded = fitted.filename, fitted.reencoded
                 files.append(discord.File(io.BytesIO(fitted.data), filename=filename))
@@ -170,7 +173,7 @@ class JobPresenter:
             embed = result_embed(job, owner, filename=filename, reencoded=reencoded, hidden=hidden)
             if not pngs:
                 embed.set_image(url=None)
-            view = single_view(job.id) if job.mode == "upscale" or job.num_images == 1 else grid_view(job.id, len(job.images))
+            view = single_view(job.id) if job.mode == "upscale" else grid_view(job.id, len(job.images))
             message = await channel.send(embed=embed, files=files, view=view, allowed_mentions=discord.AllowedMentions.none())
             if not await self.deps.jobs.mark_posted(job.id, channel.id, message.id):
                 # Someone else posted it between our read and now: keep theirs.

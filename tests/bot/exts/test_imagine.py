@@ -280,3 +280,12 @@ def test_age_restricted_policy_shows_flagged_images_only_in_nsfw_channels():
     plain_channel = SimpleNamespace(is_nsfw=lambda: False)
     assert nsfw_visible("age_restricted", nsfw_channel) and not nsfw_visible("age_restricted", plain_channel)
     assert not nsfw_visible("block", nsfw_channel) and nsfw_visible("allow", plain_channel)
+
+
+async def test_single_image_job_keeps_upscale_and_reroll(world):
+    """A one-image job gets U1, V1 and 🔄 like a grid (only upscales get the short button set)."""
+    await world.alice.slash(world.art, "imagine", prompt="a red circle", count=1)
+    job = await world.latest_job()
+    posted = await world.finish(job.id)
+    ids = {c.custom_id for row in posted.components for c in row.children}
+    assert {job_custom_id(job.id, "u", 0), job_custom_id(job.id, "vs", 0), job_custom_id(job.id, "r")} <= ids
