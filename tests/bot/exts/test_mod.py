@@ -152,3 +152,11 @@ async def test_configured_moderator_role_is_accepted(world):
     world.guild.set_command_permissions(next(c for c in synced if c.name == "mod").id, {helpers: True})
     await carol.slash(world.art, "mod pause")
     assert await world.services.moderation.is_paused(world.guild.id)
+
+
+async def test_terms_remove_autocompletes_blocked_terms(world):
+    """Typing in /mod terms remove offers the blocked terms that match."""
+    await world.services.moderation.add_blocked_term(world.guild.id, "Gore", world.mod.id)
+    await world.services.moderation.add_blocked_term(world.guild.id, "spam", world.mod.id)
+    choices = await world.mod.autocomplete(world.art, "mod terms remove", "term", "go")
+    assert [c["value"] for c in choices] == ["Gore"]
