@@ -105,3 +105,33 @@ async def test_json_responses_have_exact_content_type(content_type):
     async with FakeDiscord() as fd, aiohttp.ClientSession() as session:
         async with session.get(fd.api_base + "/users/@me", headers={"Authorization": f"Bot {fd.token}"}) as resp:
             assert resp.headers["Content-Type"] == content_type
+
+
+async def test_late_acknowledgement_is_refused_like_discord(monkeypatch):
+    """An interaction answered after the deadline gets 404 Unknown Interaction and is recorded as late."""
+    import tests.fakediscord.server as server
+
+    monkeypatch.setattr(server, "ACK_DEADLINE", 0.2)
+    bot = commands.Bot(command_prefix=commands.when_mentioned, intents=discord.Intents.default())
+    failures: list[BaseException] = []
+
+    @bot.tree.command(name="slow")
+    async def slow(interaction: discord.Interaction) -> None:
+        await asyncio.sleep(0.5)
+        try:
+            await interaction.response.send_message("too late")
+        except discord.NotFound as exc:
+            failures.append(exc)
+
+    async def setup_hook() -> None:
+        await bot.tree.sync()
+
+    bot.setup_hook = setup_hook
+    async with FakeDiscord() as fd, running_bot(fd, bot):
+        channel = fd.add_channel("c")
+        await fd.wait_for(lambda: fd.commands.get("global"), 10, "command sync")
+        record = await fd.slash(fd.add_user("u"), channel, "slow")
+        await fd.wait_for(lambda: fd.late_acks, 10, "the late answer")
+        assert fd.late_acks == [record] and record.callbacks == []
+        await asyncio.sleep(0.1)
+        assert failures
