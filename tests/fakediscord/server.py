@@ -520,6 +520,7 @@ class FakeDiscord:
         try:
             response = await self._route(request.method, parts, body, files, request.query)
         except _NotFound as exc:
+            await self._notify()
             return json_response({"message": f"Unknown {exc}", "code": 10008}, 404)
         await self._notify()
         if response is None:
