@@ -25,3 +25,19 @@ def test_sync_offers_guild_or_global_but_not_both():
     """`sync --guild` and `sync --global` exclude each other."""
     out = run("sync", "--guild", "1", "--global")
     assert out.returncode == 2 and "not allowed with argument" in out.stderr
+
+
+async def test_sync_global_registers_every_command(tmp_path):
+    """`python -m bot sync --global` puts /imagine, /quota, /history, /show, /help and /mod on the fake Discord."""
+    import asyncio
+
+    from tests.fakediscord.server import FakeDiscord
+
+    async with FakeDiscord() as fd:
+        out = await asyncio.to_thread(
+            run, "sync", "--global", DISCORD_TOKEN=fd.token, DISCORD_API_BASE=fd.api_base,
+            DISCORD_GATEWAY_URL=fd.gateway_url, DATA_DIR=str(tmp_path),
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert sorted(c["name"] for c in fd.commands["global"]) == ["help", "history", "imagine", "mod", "quota", "show"]
+        assert fd.guild_id not in fd.commands and fd.identified == 0  # HTTP only, no gateway session
