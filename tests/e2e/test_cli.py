@@ -28,7 +28,7 @@ def test_sync_offers_guild_or_global_but_not_both():
 
 
 async def test_sync_global_registers_every_command(tmp_path):
-    """`python -m bot sync --global` puts /imagine, /quota, /history, /show, /help and /mod on the fake Discord."""
+    """`python -m bot sync --global` registers every command, /mod hidden behind Manage Server, over HTTP only."""
     import asyncio
 
     from tests.fakediscord.server import FakeDiscord
@@ -40,4 +40,6 @@ async def test_sync_global_registers_every_command(tmp_path):
         )
         assert out.returncode == 0, out.stderr[-2000:]
         assert sorted(c["name"] for c in fd.commands["global"]) == ["help", "history", "imagine", "mod", "quota", "show"]
+        mod = next(c for c in fd.commands["global"] if c["name"] == "mod")
+        assert mod["default_member_permissions"] == str(1 << 5)  # Manage Server
         assert fd.guild_id not in fd.commands and fd.identified == 0  # HTTP only, no gateway session
