@@ -87,7 +87,7 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
     await d.jobs.set_progress_message(job.id, message.channel.id, message.id)
     presenter = getattr(interaction.client, "presenter", None)
     if presenter is not None:
-        presenter.remember(job.id, interaction)
+        presenter.remember(job.id, interaction, position=None if position is None else position + 1, paused=paused)
     try:
         await d.dispatcher.publish(job)
     except Exception:

@@ -58,19 +58,24 @@ class JobPresenter:
         #: The interaction whose response is a job's progress message, while its token lives (in memory only).
         self._interactions: dict[int, tuple[discord.Interaction, datetime]] = {}
         self._pending_preview: dict[int, bytes] = {}
-        self._has_preview: set[int] = set()
+        #: Hash of the preview each job's message shows (the same preview is not uploaded twice).
+        self._sent_preview: dict[int, int] = {}
+        #: What each waiting job's message shows (position, paused), so an unchanged line costs no edit.
+        self._shown_position: dict[int, tuple[int | None, bool]] = {}
 
-    def remember(self, job_id: int, interaction: discord.Interaction) -> None:
+    def remember(self, job_id: int, interaction: discord.Interaction, *, position: int | None = None, paused: bool = False) -> None:
         """Edit the progress message through `interaction`'s token while it is valid (Discord's intended way);
         after that, or after a restart, edits go through the channel with the bot's token."""
         # Counted from now (the response was just sent), not from the snowflake: both ends then read one clock.
         self._interactions[job_id] = (interaction, discord.utils.utcnow() + TOKEN_LIFETIME - TOKEN_MARGIN)
+        self._shown_position[job_id] = (position, paused)
 
     def _forget(self, job_id: int) -> None:
         self._last_edit.pop(job_id, None)
         self._interactions.pop(job_id, None)
         self._pending_preview.pop(job_id, None)
-        self._has_preview.discard(job_id)
+        self._sent_preview.pop(job_id, None)
+        self._shown_position.pop(job_id, None)
 
     @property
     def deps(self) -> Any:
@@ -118,11 +123,15 @@ class JobPresenter:
             return
         position = await self.deps.jobs.position(job_id)
         paused = await self.deps.moderation.is_paused(job.guild_id)
-        await self._edit_progress(job, embed=queued_embed(job, None if position is None else position + 1, paused=paused), view=progress_view(job.id))
+        place = None if position is None else position + 1
+        if self._shown_position.get(job_id) == (place, paused):
+            return
+        self._shown_position[job_id] = (place, paused)
+        await self._edit_progress(job, embed=queued_embed(job, place, paused=paused), view=progress_view(job.id))
 
     async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
         """Show step `step` of `total` (and the preview) on the job's progress message, rate-limited."""
-        if preview:
+        if preview and hash(preview) != self._sent_preview.get(job_id):
             self._pending_preview[job_id] = preview  # a throttled preview is shown by the next edit
         now = time.monotonic()
         if step < total and now - self._last_edit.get(job_id, 0.0) < EDIT_INTERVAL:
@@ -132,12 +141,13 @@ class JobPresenter:
         if job is None or job.status not in ("queued", "running"):
             return
         fields: dict[str, Any] = {"view": progress_view(job.id)}
+        self._shown_position.pop(job_id, None)  # the message no longer shows the queue
         preview = self._pending_preview.pop(job_id, None)
         if preview:
             fields["attachments"] = [discord.File(io.BytesIO(preview), filename=PREVIEW_NAME)]
-            self._has_preview.add(job_id)
+            self._sent_preview[job_id] = hash(preview)
         # Without a new preview the message keeps its attachment; the embed keeps pointing at it.
-        shown = PREVIEW_NAME if job_id in self._has_preview else None
+        shown = PREVIEW_NAME if job_id in self._sent_preview else None
         fields["embed"] = progress_embed(job, step, total, preview_filename=shown)
         await self._edit_progress(job, **fields)
 

@@ -289,3 +289,31 @@ async def test_single_image_job_keeps_upscale_and_reroll(world):
     posted = await world.finish(job.id)
     ids = {c.custom_id for row in posted.components for c in row.children}
     assert {job_custom_id(job.id, "u", 0), job_custom_id(job.id, "vs", 0), job_custom_id(job.id, "r")} <= ids
+
+
+async def test_unchanged_queue_position_costs_no_edit(world):
+    """Refreshing a waiting job whose place in line did not change sends nothing to Discord."""
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    before = len(world.env.http_requests)
+    with world.env.time_context():
+        await world.bot.presenter.job_queued(job.id)
+    await world.env.settle()
+    assert [e for e in world.env.http_requests[before:] if e.method == "PATCH"] == []
+
+
+async def test_repeated_preview_is_uploaded_once(world):
+    """The same preview passed with later steps is not uploaded again; the embed keeps showing it."""
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    await world.services.jobs.start(job.id, worker="test")
+    presenter = world.bot.presenter
+    with world.env.time_context():
+        await presenter.job_progress(job.id, 1, 4, png())
+        presenter._last_edit.clear()
+        await presenter.job_progress(job.id, 2, 4, png())
+    await world.env.settle()
+    edits = [e for e in world.env.http_requests if e.method == "PATCH" and isinstance(e.json, dict) and "embeds" in e.json]
+    assert len(edits) == 2
+    assert edits[-1].json["embeds"][0]["image"]["url"] == "attachment://preview.png"
+    assert edits[0].json.get("attachments") and "attachments" not in edits[1].json
