@@ -58,12 +58,12 @@ class BotProcess:
             "DISCORD_GATEWAY_URL": fd.gateway_url,
             "DATA_DIR": str(data_dir),
             "MODEL_PATH": str(model),
-            "NATS_URL": "",
+            "NATS_URL": "",  # empty (not unset) also overrides a developer's .env: embedded server + local worker
             "LOG_LEVEL": "INFO",
             "HF_HUB_OFFLINE": "1",
             "DEV_GUILD_ID": "",
+            "WORKER_ARGS": "",
         }
-        self.env.pop("NATS_URL")
         self.process: subprocess.Popen | None = None
 
     def sync(self) -> str:
