@@ -121,3 +121,12 @@ async def test_remix_modal_opened_before_a_restart_still_submits(world):
     await world.alice.submit_modal(shown, {"prompt": "a green star"})
     assert (await world.latest_job()).prompt == "a green star"
 
+
+
+async def test_buttons_work_on_a_month_old_message(world):
+    """A month after posting (long past any interaction token), 🔄 and ℹ️ still answer."""
+    job, message = await posted_job(world)
+    await world.env.advance_time(30 * 24 * 3600)
+    info = await world.bob.click(message, custom_id=job_custom_id(job.id, "i"))
+    await world.alice.click(message, custom_id=job_custom_id(job.id, "r"))
+    assert info.ephemeral and (await world.latest_job()).prompt == job.prompt
