@@ -36,6 +36,8 @@ from generation import dataset as ds
 DEFAULT_RUN = Path("runs/default")
 DEFAULT_OUT = Path(__file__).resolve().parent / "models" / "default"
 CAPTION_DROPOUT = 0.12
+#: The shipped run trained without offset noise up to this step and with it afterwards.
+OFFSET_FROM_STEP = 1078
 
 
 def parse_args(argv=None):
@@ -53,9 +55,14 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--offset-noise", type=float, default=0.15,
+                   help="std of a per-image, per-channel constant added to the noise (see train_unet)")
+    p.add_argument("--offset-from-step", type=int, default=OFFSET_FROM_STEP,
+                   help="first UNet step that uses --offset-noise (the shipped run switched it on mid-way)")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--keep-every", type=int, default=1000, help="checkpoints at multiples of this are kept")
     p.add_argument("--export-step", type=int, default=None, help="export this UNet checkpoint instead of the latest")
+    p.add_argument("--export-live", action="store_true", help="export the live weights instead of their EMA")
     return p.parse_args(argv)
 
 
@@ -335,6 +342,12 @@ def train_unet(args, tokenizer) -> None:
         x0 = latents[torch.from_numpy(idx)].float() * scaling
         caps = _captions_for(labels[idx], rng)
         noise = torch.randn(x0.shape, generator=gen)
+        if args.offset_noise and step >= args.offset_from_step:
+            # Offset noise: at 16x16 latents, Stable Diffusion's schedule leaves the image's mean color visible even
+            # at the last timestep (signal-to-noise ~1 for the mean), so the model learned to read the scene and
+            # layout from the *noise* there; sampling starts from pure noise, where that reading is random. A random
+            # per-channel constant in the noise hides the mean at high noise levels, so the caption has to decide it.
+            noise = noise + args.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
         xt = sched.add_noise(x0, noise, t)
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
@@ -386,8 +399,8 @@ def export(args, tokenizer) -> Path:
         raise SystemExit(f"export: no UNet checkpoint in {args.run}; train first")
     ck = torch.load(ck_path, weights_only=False)
     unet, te = build_unet(), build_text_encoder(len(tokenizer))
-    unet.load_state_dict(ck["ema_unet"])
-    te.load_state_dict(ck["ema_te"])
+    unet.load_state_dict(ck["unet" if args.export_live else "ema_unet"])
+    te.load_state_dict(ck["te" if args.export_live else "ema_te"])
     vae = load_vae(args, scaling=ck["scaling"])
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet.eval(), scheduler=build_sample_scheduler(),
@@ -405,6 +418,7 @@ def export(args, tokenizer) -> Path:
     vae.half()
     pipe.save_pretrained(tmp, safe_serialization=True)
     meta = model_meta(int(ck["step"]), old_meta)
+    meta["weights"] = "live" if args.export_live else "ema"
     (tmp / "imaginebot.json").write_text(json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -423,7 +437,7 @@ def model_meta(step: int, old: dict | None = None) -> dict:
         "default_height": 64,
         "min_side": 64,
         "max_side": 128,
-        "default_steps": old.get("default_steps", 14),
+        "default_steps": old.get("default_steps", 8),
         "default_guidance": old.get("default_guidance", 5.0),
         "default_scheduler": "dpmpp_2m",
         "knows": {
