@@ -17,7 +17,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -26,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+
 MODEL = ROOT / "generation" / "models" / "default"
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## CPU grid"
@@ -42,16 +44,6 @@ def grid_png(images) -> bytes:
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> dict:
@@ -94,7 +86,7 @@ def main(argv=None) -> dict:
 
     times: dict[str, list[float]] = {"engine": [], "baseline": []}
     fns = {"engine": run_engine, "baseline": run_baseline}
-    for name, fn in fns.items():  # warm-up
+    for fn in fns.values():  # warm-up
         fn()
     for _ in range(args.runs):
         for name, fn in fns.items():
@@ -118,7 +110,7 @@ def main(argv=None) -> dict:
         f"{steps} steps, guidance {guidance:g} (classifier-free guidance, so the UNet sees a batch of 8), including text "
         "encoding, VAE decoding and PNG encoding of the grid.",
         "",
-        f"Machine: {_cpu_name()}, torch.set_num_threads({args.threads}) ({os.cpu_count()} CPU cores visible), "
+        f"Machine: {cpu_model()}, torch.set_num_threads({args.threads}) ({os.cpu_count()} CPU cores visible), "
         f"torch {torch.__version__}; 1-minute load average at the end {load:.2f} (the cores are shared with other "
         f"work, so absolute times move; the two paths were alternated run by run).",
         f"Command: `python bench/cpu_grid.py --runs {args.runs}`; {args.runs} timed runs each after one warm-up.",

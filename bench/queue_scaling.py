@@ -31,22 +31,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
 
 from generation.contract import GenerationRequest  # noqa: E402
 from generation.natsserver import NatsServer  # noqa: E402
 from generation.queue import JobQueue, Outcome, QueueConfig, WorkerInfo  # noqa: E402
 
 CONFIG = QueueConfig(ack_wait=10.0, max_deliver=3)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def start_workers(url: str, n: int, sps: float, max_batch: int, log_dir: Path) -> list[subprocess.Popen]:
