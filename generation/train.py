@@ -158,7 +158,6 @@ def train_vae(args) -> None:
 
 def train_decoder(args) -> None:
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from generation.tinymodel import IMAGE_SIDE

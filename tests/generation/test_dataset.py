@@ -57,7 +57,6 @@ def test_captions_use_synonyms():
 
 def test_full_caption_names_every_attribute():
     """An evaluation caption mentions a word for each of the five attributes."""
-    rng = np.random.default_rng(9)
     for s, text in ds.eval_prompts():
         for table, value in ((ds.KIND_WORDS, s.kind), (ds.COLOR_WORDS, s.color), (ds.SIZE_WORDS, s.size),
                              (ds.POSITION_WORDS, s.position), (ds.BACKGROUND_WORDS, s.background)):

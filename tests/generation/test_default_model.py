@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from generation import dataset as ds
-from generation.contract import GenerationRequest
 
 MODEL = Path(__file__).resolve().parents[2] / "generation" / "models" / "default"
 
