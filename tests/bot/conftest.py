@@ -15,16 +15,13 @@ import pytest
 
 from bot.config import Settings
 from bot.db import create_engine
-from bot.db.migrate import upgrade_sync
 from bot.services import Services, build_services
+from tests.conftest import sqlite_url
 
 GUILD = 1000
 CHANNEL = 2000
 MOD = 9
 
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
 
 
 @dataclass
@@ -39,13 +36,6 @@ class FakeClock:
     def advance(self, **kw: float) -> datetime:
         self.now += timedelta(**kw)
         return self.now
-
-
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    upgrade_sync(sqlite_url(path), "head")
-    return path
 
 
 @pytest.fixture

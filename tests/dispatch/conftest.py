@@ -11,16 +11,13 @@ import pytest
 
 from bot.config import Settings
 from bot.db import create_engine
-from bot.db.migrate import upgrade_sync
 from bot.services import build_services
+from tests.conftest import sqlite_url
 from tests.natsutil import nats_server_fixture  # noqa: F401
 
 GUILD = 1000
 CHANNEL = 2000
 
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
 
 
 def make_settings(data_dir: Path, db_path: Path, **kw) -> Settings:
@@ -35,18 +32,11 @@ def make_settings(data_dir: Path, db_path: Path, **kw) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def dispatch_db_template(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("dispatch-template") / "template.db"
-    upgrade_sync(sqlite_url(path), "head")
-    return path
-
-
 @pytest.fixture
-def db_path(tmp_path, dispatch_db_template) -> Path:
+def db_path(tmp_path, migrated_template) -> Path:
     path = tmp_path / "data" / "bot.db"
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(dispatch_db_template, path)
+    shutil.copyfile(migrated_template, path)
     return path
 
 

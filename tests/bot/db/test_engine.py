@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bot.db import create_engine, is_busy_error, make_sessionmaker, run_write
-from tests.bot.conftest import sqlite_url
+from tests.conftest import sqlite_url
 
 
 async def test_connections_use_wal_busy_timeout_foreign_keys_and_normal_sync(engine):

@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from bot.db import create_engine, current_revision, downgrade, migrate, upgrade
 from bot.db.migrate import head_revision
 from bot.db.models import Base
-from tests.bot.conftest import sqlite_url
+from tests.conftest import sqlite_url
 
 ROOT = Path(__file__).resolve().parents[3]
 TABLES = {
