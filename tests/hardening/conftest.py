@@ -1,0 +1,16 @@
+"""Fixtures of the hardening suite (see tests/hardening/reliability.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.hardening.reliability import Recorder
+
+
+@pytest.fixture
+def reliability(request) -> Recorder:
+    out = os.environ.get("RELIABILITY_OUT")
+    return Recorder(request.node.nodeid, Path(out) if out else None)
