@@ -36,8 +36,6 @@ from generation import dataset as ds
 DEFAULT_RUN = Path("runs/default")
 DEFAULT_OUT = Path(__file__).resolve().parent / "models" / "default"
 CAPTION_DROPOUT = 0.12
-#: The shipped run trained without offset noise up to this step and with it afterwards.
-OFFSET_FROM_STEP = 1078
 
 
 def parse_args(argv=None):
@@ -49,16 +47,24 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vae-steps", type=int, default=500)
     p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-init", type=Path, default=None,
+                   help="start the VAE phase from these weights (a vae_final.pt / decoder_final.pt of an earlier run)")
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--anchor-weight", type=float, default=1.0,
+                   help="weight of the term tying latent channels 0-2 to the 4x4-pooled image (see train_vae)")
+    p.add_argument("--shape-weight", type=float, default=1.0,
+                   help="extra weight of pixels that differ from the image's dominant color (1 = none)")
     p.add_argument("--decoder-steps", type=int, default=3000, help="extra steps for the VAE decoder alone")
     p.add_argument("--pool", type=int, default=16000, help="number of pre-encoded training images")
     p.add_argument("--unet-steps", type=int, default=7000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--offset-noise", type=float, default=0.15,
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start a new UNet phase from the EMA weights of this checkpoint (unet_NNNNNN.pt of an earlier run)")
+    p.add_argument("--offset-noise", type=float, default=0.0,
                    help="std of a per-image, per-channel constant added to the noise (see train_unet)")
-    p.add_argument("--offset-from-step", type=int, default=OFFSET_FROM_STEP,
-                   help="first UNet step that uses --offset-noise (the shipped run switched it on mid-way)")
+    p.add_argument("--offset-from-step", type=int, default=0, help="first UNet step that uses --offset-noise")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--keep-every", type=int, default=1000, help="checkpoints at multiples of this are kept")
     p.add_argument("--export-step", type=int, default=None, help="export this UNet checkpoint instead of the latest")
@@ -100,6 +106,9 @@ def train_vae(args) -> None:
     ckpt_path = args.run / "vae_ckpt.pt"
     torch.manual_seed(args.seed)
     vae = build_vae()
+    if args.vae_init is not None:
+        vae.load_state_dict(torch.load(args.vae_init, weights_only=False)["model"])
+        print(f"vae: starting from {args.vae_init}")
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     start = 0
     if ckpt_path.exists():
@@ -117,7 +126,7 @@ def train_vae(args) -> None:
         rng = np.random.default_rng(_step_seed(args.seed, 1, step))
         images, _, _ = ds.make_batch(args.vae_batch, seed=int(rng.integers(2**62)), size=IMAGE_SIDE)
         x = _to_tensor(images)
-        lr = 2e-3 if step < total * 0.75 else 5e-4
+        lr = args.vae_lr if step < total * 0.75 else args.vae_lr / 4
         for g in opt.param_groups:
             g["lr"] = lr
         post = vae.encode(x).latent_dist
@@ -129,8 +138,11 @@ def train_vae(args) -> None:
         # Anchor the first three latent channels to the 4x4-average-pooled RGB image. Without it, 600 steps left the
         # latents with almost no color information (a linear probe read the shape's color right 28% of the time);
         # with it the encoder starts from an image-like latent at once, and the fourth channel is free for detail.
+        # The anchor also confines the shape's outline to the fourth channel: at weight 1 a small star came back as a
+        # pentagon. The shipped VAE was trained further from the first one with a weaker anchor (0.1) and the shape
+        # pixels weighted 5x (--anchor-weight 0.1 --shape-weight 5), which keeps color in channels 0-2 but frees them.
         anchor = F.mse_loss(z[:, :3], F.avg_pool2d(x, 4))
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + anchor + 1e-4 * kl
+        loss = _weighted_rec_loss(rec, x, args.shape_weight) + args.anchor_weight * anchor + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 10.0)
@@ -194,10 +206,7 @@ def train_decoder(args) -> None:
         rec = vae.decode(z).sample
         # Shapes cover a small part of each image: pixels that differ from the image's dominant (median) color
         # weigh 5x, so the decoder spends its capacity on the shapes' colors and outlines.
-        med = x.flatten(2).median(dim=2).values[:, :, None, None]
-        w = 1.0 + 4.0 * ((x - med).abs().sum(dim=1, keepdim=True) > 0.15).float()
-        err = (rec - x).abs() + (rec - x) ** 2
-        loss = (err * w).mean() / w.mean()
+        loss = _weighted_rec_loss(rec, x, 5.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -210,6 +219,19 @@ def train_decoder(args) -> None:
     bar.close()
     _atomic_save({"model": vae.state_dict()}, final)
     print("decoder: done")
+
+
+def _weighted_rec_loss(rec, x, shape_weight: float):
+    """L1 + MSE where pixels that differ from the image's dominant (median) color weigh `shape_weight` times more.
+
+    Shapes cover a small part of each image; the weight makes the VAE spend its capacity on their colors and outlines.
+    """
+    err = (rec - x).abs() + (rec - x) ** 2
+    if shape_weight == 1.0:
+        return err.mean()
+    med = x.flatten(2).median(dim=2).values[:, :, None, None]
+    w = 1.0 + (shape_weight - 1.0) * ((x - med).abs().sum(dim=1, keepdim=True) > 0.15).float()
+    return (err * w).mean() / w.mean()
 
 
 def load_vae(args, scaling: float | None = None, use_decoder: bool = True):
@@ -299,6 +321,7 @@ def train_unet(args, tokenizer) -> None:
     sched = build_train_scheduler()
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
+    v_pred = sched.config.prediction_type == "v_prediction"
     start = 0
     ck_path = _latest_unet_ckpt(args.run)
     if ck_path is not None:
@@ -310,6 +333,13 @@ def train_unet(args, tokenizer) -> None:
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
         print(f"unet: resuming from {ck_path} (step {start})")
+    elif args.init_from is not None:
+        ck = torch.load(args.init_from, weights_only=False)
+        for m in (unet, ema_unet):
+            m.load_state_dict(ck["ema_unet"])
+        for m in (te, ema_te):
+            m.load_state_dict(ck["ema_te"])
+        print(f"unet: starting from the EMA weights of {args.init_from} (its step {ck['step']})")
 
     def save(step: int) -> None:
         path = args.run / f"unet_{step:06d}.pt"
@@ -353,9 +383,17 @@ def train_unet(args, tokenizer) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         pred = unet(xt, t, encode_text(tokenizer, te, caps)).sample
-        # min-SNR-5 weighting for epsilon prediction: weight = min(snr, 5) / snr
-        w = (torch.clamp(snr[t], max=5.0) / snr[t]).float()
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        if v_pred:
+            # Min-SNR-5 weighting written for v-prediction, with the weight of the implied x0 error kept >= 1:
+            # plain min-SNR gives the x0 error weight min(snr, 5), which is 0 at the zero-SNR last timestep, the one
+            # step where only the caption can decide the layout.
+            target = sched.get_velocity(x0, noise, t)
+            w = (torch.clamp(snr[t], min=1.0, max=5.0) / (snr[t] + 1)).float()
+        else:
+            # min-SNR-5 weighting for epsilon prediction: weight = min(snr, 5) / snr
+            target = noise
+            w = (torch.clamp(snr[t], max=5.0) / snr[t]).float()
+        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
