@@ -56,10 +56,15 @@ async def open_dispatch(settings: Any, services: Any) -> AsyncIterator[Any]:
 
 async def run_bot(settings: Any) -> None:
     from bot.app import Deps, ImagineBot
+    from bot.loopmon import lag_monitor
     from bot.services import open_services
 
     token = settings.discord_token.get_secret_value()
-    async with open_services(settings) as services, open_dispatch(settings, services) as dispatcher:
+    async with (
+        lag_monitor(getattr(settings, "loop_lag_log", None)),
+        open_services(settings) as services,
+        open_dispatch(settings, services) as dispatcher,
+    ):
         bot = ImagineBot(Deps(settings, services, dispatcher))
         async with bot:
             await bot.login(token)  # runs setup_hook: extensions are loaded, the presenter exists

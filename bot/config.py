@@ -65,6 +65,8 @@ class Settings(BaseSettings):
 
     #: Level of the bot's log lines.
     log_level: LogLevel = "INFO"
+    #: File the bot appends its event loop's worst lag to, one JSON line a second (benchmarks). Unset: not measured.
+    loop_lag_log: Path | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
