@@ -8,7 +8,11 @@ Two paths over the same weights, alternated run by run so both see the same mach
             guidance, VAE decode, PNG encode of each image; then the 2x2 grid is composed and PNG-encoded;
 - baseline: plain diffusers StableDiffusionPipeline.from_pretrained on the same folder, same prompt, steps, guidance,
             scheduler and size, PIL images out, then the same grid and PNG encoding.
-Reported: median and best wall time over --runs after one warm-up run each.
+Reported: median and best wall time over --runs (default 10) after one warm-up run each, and the median of each
+stage: text encoding, denoising, VAE decode (with the conversion to PIL images), PNG encoding (the engine's
+per-image PNGs with their metadata, plus the grid). The engine times its stages itself (`GenerationResult.timings`);
+in the baseline `encode_prompt`, `vae.decode` and `image_processor.postprocess` are wrapped with timers and
+denoising is the rest of `__call__`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -26,12 +29,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import command_line, cpu_model, write_section  # noqa: E402
 
 MODEL = ROOT / "generation" / "models" / "default"
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## CPU grid"
 PROMPT = "a small red star at the top, at night"
+STAGES = ("text_encode", "denoise", "decode", "png")
+STAGE_NAMES = {"text_encode": "text encode", "denoise": "denoise", "decode": "VAE decode", "png": "PNG encode"}
+
+
+class StageTimer:
+    """Adds the time spent in wrapped methods to named stages."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, obj, attr: str, stage: str) -> None:
+        fn = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t
+
+        setattr(obj, attr, timed)
 
 
 def grid_png(images) -> bytes:
@@ -48,7 +71,7 @@ def grid_png(images) -> bytes:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--runs", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", type=Path, default=MODEL)
     p.add_argument("--no-write", action="store_true")
@@ -72,36 +95,56 @@ def main(argv=None) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    timer = StageTimer()
+    timer.wrap(pipe, "encode_prompt", "text_encode")
+    timer.wrap(pipe.vae, "decode", "decode")
+    timer.wrap(pipe.image_processor, "postprocess", "decode")
 
-    def run_engine() -> bytes:
+    def run_engine() -> dict[str, float]:
         res = engine.generate(req)
-        return grid_png([Image.open(io.BytesIO(im.png)) for im in res.images])
+        t = time.perf_counter()
+        grid_png([Image.open(io.BytesIO(im.png)) for im in res.images])
+        stages = {k: res.timings.get(k, 0.0) for k in STAGES}
+        stages["png"] += time.perf_counter() - t
+        return stages
 
-    def run_baseline() -> bytes:
+    def run_baseline() -> dict[str, float]:
         gens = [torch.Generator().manual_seed(1234 + i) for i in range(4)]
+        timer.seconds.clear()
+        t = time.perf_counter()
         with torch.inference_mode():
             imgs = pipe(PROMPT, num_images_per_prompt=4, generator=gens, num_inference_steps=steps,
                         guidance_scale=guidance, height=side, width=side).images
-        return grid_png(imgs)
+        call = time.perf_counter() - t
+        t = time.perf_counter()
+        grid_png(imgs)
+        stages = {k: timer.seconds.get(k, 0.0) for k in ("text_encode", "decode")}
+        return {**stages, "denoise": call - sum(stages.values()), "png": time.perf_counter() - t}
 
     times: dict[str, list[float]] = {"engine": [], "baseline": []}
+    stages: dict[str, dict[str, list[float]]] = {name: {k: [] for k in STAGES} for name in times}
     fns = {"engine": run_engine, "baseline": run_baseline}
     for fn in fns.values():  # warm-up
         fn()
     for _ in range(args.runs):
         for name, fn in fns.items():
             t = time.perf_counter()
-            fn()
+            split = fn()
             times[name].append(time.perf_counter() - t)
+            for k in STAGES:
+                stages[name][k].append(split[k])
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
+    split_med = {name: {k: statistics.median(v) for k, v in per.items()} for name, per in stages.items()}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    labels = {"engine": "engine (`Engine.generate`, what the bot runs)", "baseline": "baseline (plain `StableDiffusionPipeline`)"}
     rows = [
-        "| path | median (s) | best (s) | median vs baseline |",
-        "|---|---|---|---|",
-        f"| engine (`Engine.generate`, what the bot runs) | {med['engine']:.3f} | {best['engine']:.3f} | {med['engine'] / med['baseline']:.2f}x |",
-        f"| baseline (plain `StableDiffusionPipeline`) | {med['baseline']:.3f} | {best['baseline']:.3f} | 1.00x |",
+        "| path | median (s) | best (s) | median vs baseline | " + " | ".join(f"{STAGE_NAMES[k]} (s)" for k in STAGES) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(STAGES),
     ]
+    for name in ("engine", "baseline"):
+        rows.append(f"| {labels[name]} | {med[name]:.3f} | {best[name]:.3f} | {med[name] / med['baseline']:.2f}x | "
+                    + " | ".join(f"{split_med[name][k]:.3f}" for k in STAGES) + " |")
     verdict = "meets" if med["engine"] <= 1.0 else "misses"
     body = "\n".join([
         SECTION,
@@ -110,10 +153,14 @@ def main(argv=None) -> dict:
         f"{steps} steps, guidance {guidance:g} (classifier-free guidance, so the UNet sees a batch of 8), including text "
         "encoding, VAE decoding and PNG encoding of the grid.",
         "",
-        f"Machine: {cpu_model()}, torch.set_num_threads({args.threads}) ({os.cpu_count()} CPU cores visible), "
+        f"Machine: {cpu_model()}, torch.set_num_threads({args.threads}) ({os.cpu_count()} CPU cores, "
+        f"{len(os.sched_getaffinity(0))} of them usable by this process), "
         f"torch {torch.__version__}; 1-minute load average at the end {load:.2f} (the cores are shared with other "
         f"work, so absolute times move; the two paths were alternated run by run).",
-        f"Command: `python bench/cpu_grid.py --runs {args.runs}`; {args.runs} timed runs each after one warm-up.",
+        f"Command: `{command_line('bench/cpu_grid.py', argv)}`; {args.runs} timed runs each after one warm-up. "
+        "Stage columns are the median of each stage over the runs (engine: its own timings; baseline: timers around "
+        "`encode_prompt`, `vae.decode` + `image_processor.postprocess`, denoise = the rest of `__call__`); PNG encode "
+        "includes composing and encoding the grid.",
         "",
         *rows,
         "",
@@ -122,15 +169,8 @@ def main(argv=None) -> dict:
     ])
     print(body)
     if not args.no_write:
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-        pattern = re.compile(re.escape(SECTION) + r"\n.*?(?=\n## |\Z)", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: body.rstrip() + "\n", text)
-        else:
-            text = text.rstrip() + "\n\n" + body + "\n"
-        DOC.write_text(text)
-        print(f"\nwrote {DOC}")
-    return {"median": med, "best": best}
+        write_section(body)
+    return {"median": med, "best": best, "stages": split_med}
 
 
 if __name__ == "__main__":
