@@ -212,7 +212,8 @@ class WorkerInfo:
     name: str
     model: str
     token: str
-    state: Literal["loading", "ready", "busy", "stopping", "stopped"]
+    #: `failed`: the model could not be loaded (`error` says why); the worker takes no job and exits.
+    state: Literal["loading", "ready", "busy", "stopping", "stopped", "failed"]
     device: str = ""
     host: str = ""
     pid: int = 0
@@ -221,6 +222,7 @@ class WorkerInfo:
     max_batch: int = 1
     load_seconds: float = 0.0
     sent_at: float = 0.0
+    error: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -229,7 +231,8 @@ class WorkerInfo:
     def from_json(cls, data: bytes | str) -> WorkerInfo:
         d = json.loads(data)
         d["jobs"] = tuple(d.get("jobs") or ())
-        return cls(**d)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})  # a newer worker may say more
 
     @property
     def tokens(self) -> tuple[str, ...]:

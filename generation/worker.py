@@ -13,6 +13,10 @@ How a job goes through a worker:
    short ack wait still detects a dead worker quickly) and a progress event per step (throttled);
 4. put the images in the object store, publish the outcome, and only then ack the message.
 
+A model that does not load is the operator's to fix: the worker logs why, announces itself `failed` with the reason
+(the bot then fails the jobs no other worker can take, with that reason, instead of letting them wait forever),
+takes no job and exits with status 1.
+
 A failure that is not the request's fault is retried (nak) until the consumer's delivery limit; the last attempt
 publishes a `failed` outcome. SIGTERM/SIGINT: stop pulling, hand back (nak) jobs not started, let the running job
 finish for up to `--drain-timeout` seconds, then interrupt it and hand it back too. A second signal does that at once.
@@ -61,6 +65,13 @@ from generation.queue import (
 log = logging.getLogger("generation.worker")
 
 PROGRESS_MIN_INTERVAL = 0.25
+#: How long a worker whose model failed to load keeps announcing that before it exits (a bot that was not listening
+#: at the first announcement asks again with a ping within this time).
+FAILED_ANNOUNCE_SECONDS = 3.0
+
+
+class ModelLoadFailed(RuntimeError):
+    """The worker's model could not be loaded; the message says which and why."""
 
 
 class EngineLike(Protocol):
@@ -130,6 +141,7 @@ class Worker:
         self.engine: EngineLike | None = None
         self.state = "loading"
         self.load_seconds = 0.0
+        self.error = ""
         self.held: deque[Job] = deque()
         self.running: list[Job] = []
         self.completed = 0
@@ -171,7 +183,10 @@ class Worker:
         self._tasks.append(asyncio.create_task(self._announce_loop()))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         try:
-            self.engine = await self._load()
+            try:
+                self.engine = await self._load()
+            except Exception as e:
+                await self._load_failed(e)
             if self._stopping.is_set():
                 return
             tokens = [model_token(self.engine.name)]
@@ -188,7 +203,8 @@ class Worker:
             await self._loop()
         finally:
             await self._give_back_held()
-            self.state = "stopped"
+            if self.state != "failed":
+                self.state = "stopped"
             with contextlib.suppress(Exception):
                 await self._announce()
             for t in self._tasks:
@@ -213,6 +229,20 @@ class Worker:
         log.info("worker %s: model %s loaded in %.1f s", self.name, engine.name, self.load_seconds)
         return engine
 
+    async def _load_failed(self, e: BaseException) -> None:
+        """Say why the model did not load (log and announcement, repeated for a few seconds), then give up."""
+        what = self.model_hint or "(no model given)"
+        detail = str(e) if type(e).__name__ == "ModelLoadError" else f"{type(e).__name__}: {e}"
+        self.error = f"worker {self.name} could not load model `{what}`: {detail}"[:1000]
+        self.state = "failed"
+        log.error("%s", self.error)
+        deadline = time.monotonic() + FAILED_ANNOUNCE_SECONDS
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            await self._announce()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.5)
+        raise ModelLoadFailed(self.error) from None
+
     # --- announcements and heartbeats -----------------------------------------------------------------------------
     def info(self) -> WorkerInfo:
         model = self.engine.name if self.engine is not None else self.model_hint
@@ -231,6 +261,7 @@ class Worker:
             max_batch=self.max_batch,
             load_seconds=round(self.load_seconds, 2),
             sent_at=time.time(),
+            error=self.error,
         )
 
     async def _announce(self) -> None:
@@ -588,6 +619,8 @@ async def amain(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, worker.request_stop)
     try:
         await worker.run()
+    except ModelLoadFailed:
+        return 1  # already logged, with the reason
     except asyncio.CancelledError:
         log.warning("worker %s: gave up waiting for the server while stopping", args.name)
     finally:

@@ -19,7 +19,10 @@ What happens to a job here:
   start): images copied from the object store into `ImageStore`, then `succeed` / `fail` / `cancel` (the quota service
   commits or refunds exactly once), then the outcome message is acked and `listener.job_finished(job_id, timeline=…)`
   is called. A second outcome for the same job finds the job final and changes nothing;
-- the stream's max-deliveries advisory (workers died on the job `max_deliver` times): `fail` + refund.
+- the stream's max-deliveries advisory (workers died on the job `max_deliver` times): `fail` + refund;
+- no live worker serves the job's model: when a worker announced that it could not load that model, the job fails at
+  once with the worker's reason; otherwise it waits `unserved_timeout` seconds for one to come, then fails. Either
+  way it is refunded and taken out of the stream, never left waiting forever.
 
 `reconcile()` (run by `start`) walks every unfinished job row: collects outcomes stored while the bot was down,
 re-publishes dispatched jobs the stream lacks, and hands succeeded-but-unposted jobs to the listener for posting.
@@ -57,6 +60,10 @@ log = logging.getLogger("bot.dispatch")
 
 #: A worker that has not announced itself for this long is considered gone.
 WORKER_TIMEOUT = 10.0
+#: Seconds a job waits for a worker that serves its model before it fails (refunded) with a message saying so.
+UNSERVED_TIMEOUT = 300.0
+#: Worker states in which a worker takes (or finishes) jobs of its model.
+SERVING_STATES = ("loading", "ready", "busy", "stopping")
 TIMELINE_SUFFIX = "_timeline.webp"
 
 EventKind = Literal["dispatched", "started", "progress", "released", "succeeded", "failed", "cancelled"]
@@ -127,6 +134,7 @@ class Dispatcher:
         min_window: int = 2,
         feed_interval: float = 2.0,
         name: str = "bot",
+        unserved_timeout: float = UNSERVED_TIMEOUT,
     ):
         self.nats_url = nats_url
         self.jobs = jobs
@@ -150,6 +158,14 @@ class Dispatcher:
         self._positions_task: asyncio.Task | None = None
         self._previews: dict[int, bytes] = {}
         self._started = False
+        self.unserved_timeout = unserved_timeout
+        #: When a worker last served each model token, and the latest load failure reported for it.
+        self._token_seen: dict[str, float] = {}
+        self._load_errors: dict[str, tuple[str, float]] = {}
+        #: When each active job was first seen with no worker for its model.
+        self._unserved_since: dict[int, float] = {}
+        self._started_mono = time.monotonic()
+        self._last_unserved_check = 0.0
         #: Set by `open_dispatcher` in the default mode (embedded server, local worker process).
         self.local_server: Any = None
         self.local_worker: Any = None
@@ -170,6 +186,7 @@ class Dispatcher:
         if self._started:
             return None
         self._started = True
+        self._started_mono = time.monotonic()
         q = await self.connect()
         self._subs.append(await q.subscribe_workers(self._on_worker))
         self._subs.append(await q.subscribe_progress(self._on_progress))
@@ -230,7 +247,8 @@ class Dispatcher:
     def workers(self) -> list[WorkerInfo]:
         """Workers heard from in the last `WORKER_TIMEOUT` seconds and not stopped."""
         now = time.monotonic()
-        return [i for i, seen in self._workers.values() if now - seen < WORKER_TIMEOUT and i.state != "stopped"]
+        return [i for i, seen in self._workers.values()
+                if now - seen < WORKER_TIMEOUT and i.state not in ("stopped", "failed")]
 
     def models(self) -> set[str]:
         """Names of the models served by live, loaded workers."""
@@ -319,6 +337,10 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatch: feeding the queue failed; will retry")
                 await asyncio.sleep(1.0)
+            try:
+                await self.fail_unserved()
+            except Exception:
+                log.exception("dispatch: checking for jobs no worker serves failed; will retry")
 
     async def feed(self) -> int:
         """Dispatch jobs while the stream has room; returns how many were published."""
@@ -340,6 +362,46 @@ class Dispatcher:
             for job in batch:
                 if await self._publish_job(job):
                     published += 1
+
+    async def fail_unserved(self, *, force: bool = False) -> list[int]:
+        """Fail (and refund) the waiting or running jobs whose model no live worker serves: at once when a worker
+        reported that it could not load that model, else after `unserved_timeout` seconds. Returns their ids."""
+        now = time.monotonic()
+        interval = min(5.0, max(0.5, self.unserved_timeout / 4))
+        if not force and now - self._last_unserved_check < interval:
+            return []
+        self._last_unserved_check = now
+        live = {t for w in self.workers() if w.state in SERVING_STATES for t in w.tokens}
+        for t in live:
+            self._token_seen[t] = now
+        failed: list[int] = []
+        still: dict[int, float] = {}
+        for job in await self.jobs.unfinished():
+            if str(job.status) not in ("queued", "running"):
+                continue
+            token = model_token(job.model)
+            if token in live:
+                continue
+            since = still[job.id] = self._unserved_since.get(job.id, now)
+            last_served = self._token_seen.get(token, self._started_mono)
+            load_error = self._load_errors.get(token)
+            what = f"model `{job.model}`" if job.model else "the default model"
+            if load_error is not None and load_error[1] >= last_served:
+                reason = f"No worker can run {what}: {load_error[0]}"
+            elif now - max(since, last_served, self._started_mono) >= self.unserved_timeout:
+                reason = (f"No worker is serving {what}: none was seen for {self.unserved_timeout:.0f} s, so the job "
+                          "was stopped instead of waiting forever.")
+            else:
+                continue
+            if await self._fail(job.id, reason):
+                failed.append(job.id)
+                with contextlib.suppress(Exception):
+                    await self.cancel(job.id)  # take its message out of the stream
+            still.pop(job.id, None)
+        self._unserved_since = still
+        if failed:
+            log.warning("dispatch: %d job(s) failed because no worker serves their model: %s", len(failed), failed)
+        return failed
 
     async def _publish_job(self, job: Any, again: bool = False) -> bool:
         """Publish one job row; a job that cannot be turned into a request fails (and is refunded) here."""
@@ -378,10 +440,20 @@ class Dispatcher:
     # --- following workers and progress ----------------------------------------------------------------------------
     async def _on_worker(self, info: WorkerInfo) -> None:
         before = self._workers.get(info.name)
-        self._workers[info.name] = (info, time.monotonic())
+        now = time.monotonic()
+        self._workers[info.name] = (info, now)
+        if info.state in SERVING_STATES:
+            for t in info.tokens:
+                self._token_seen[t] = now
+        elif info.state == "failed":
+            for t in info.tokens:
+                self._load_errors[t] = (info.error or f"worker {info.name} could not load its model", now)
         if before is None or before[0].state != info.state:
-            log.info("worker %s: %s (model %s, device %s)", info.name, info.state, info.model or "?", info.device or "?")
+            log.info("worker %s: %s (model %s, device %s)%s", info.name, info.state, info.model or "?",
+                     info.device or "?", f": {info.error}" if info.error else "")
             self._kick.set()
+            if info.state == "failed":
+                self._last_unserved_check = 0.0  # look at the waiting jobs now
 
     async def _on_progress(self, ev: ProgressEvent) -> None:
         if ev.kind == "started":

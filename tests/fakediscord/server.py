@@ -8,6 +8,11 @@ Everything the bot sends is recorded (`calls`), messages are kept with their att
 server computes who a message would have pinged the way Discord does, so a test can assert that nobody was.
 
 Responses carry `Content-Type: application/json` exactly: discord.py parses a body as JSON only then.
+
+Faults can be injected for the hardening tests: `inject(method, path_regex, status, body, count=…)` answers matching
+requests with an error (optionally after doing the work, as when Discord's answer is lost), `rate_limit(…)` answers
+429 with `retry_after` the way Discord does, and `upload_limit` refuses larger uploads with 413. Message creation
+honours `nonce` + `enforce_nonce` like Discord: a second message with the same nonce returns the first one.
 """
 
 from __future__ import annotations
@@ -64,6 +69,42 @@ class Call:
 
 
 @dataclass
+class Fault:
+    """An error the fake answers instead of (or after) doing what a request asks. See `FakeDiscord.inject`."""
+
+    method: str
+    path: str
+    status: int
+    body: dict[str, Any]
+    count: int | None = 1
+    apply: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    when: Callable[[Call], bool] | None = None
+    hits: int = 0
+
+    def matches(self, call: Call) -> bool:
+        if self.count is not None and self.hits >= self.count:
+            return False
+        if self.method not in ("*", call.method):
+            return False
+        if not re.search(self.path, call.path):
+            return False
+        return self.when is None or bool(self.when(call))
+
+    @property
+    def spent(self) -> bool:
+        return self.count is not None and self.hits >= self.count
+
+
+#: Discord's JSON error codes used by the fault helpers.
+UNKNOWN_INTERACTION = 10062
+INVALID_WEBHOOK_TOKEN = 50027
+ENTITY_TOO_LARGE = 40005
+#: Seconds Discord remembers a message nonce (`enforce_nonce`): "the past few minutes".
+NONCE_WINDOW = 300.0
+
+
+@dataclass
 class InteractionRecord:
     """One interaction the server sent, and what the bot answered."""
 
@@ -112,6 +153,13 @@ class FakeDiscord:
         self.interactions: dict[str, InteractionRecord] = {}
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.identified = 0
+        #: Injected faults, first match wins (see `inject`).
+        self.faults: list[Fault] = []
+        #: Largest upload (sum of file sizes, bytes) accepted; larger ones get 413. None: no limit.
+        self.upload_limit: int | None = None
+        #: Requests answered with an injected fault or the upload limit, as (Call, status).
+        self.faulted: list[tuple[Call, int]] = []
+        self._nonces: dict[tuple[str, str], tuple[str, float]] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = 0
         self._changed = asyncio.Condition()
@@ -308,6 +356,48 @@ class FakeDiscord:
 
     async def wait_until_ready(self, timeout: float = 30.0) -> None:
         await self.wait_for(lambda: self.identified > 0 and self._sockets, timeout, "the bot to identify")
+
+    # --- faults -------------------------------------------------------------------------------------------
+    def inject(self, method: str, path: str, status: int, body: dict[str, Any] | None = None, *, count: int | None = 1,
+               apply: bool = False, headers: dict[str, str] | None = None,
+               when: Callable[[Call], bool] | None = None) -> Fault:
+        """Answer the next `count` requests (None: all) whose method is `method` ("*" for any) and whose path (after
+        /api/v10, e.g. `/channels/1/messages`) matches the regex `path` with `status` and `body`. With `apply` the
+        request is carried out first and only the answer is an error (Discord did it, the bot never heard)."""
+        fault = Fault(method, path, status, body if body is not None else {"message": f"{status}: injected", "code": 0},
+                      count, apply, dict(headers or {}), when)
+        self.faults.append(fault)
+        return fault
+
+    def rate_limit(self, method: str, path: str, retry_after: float = 0.25, *, count: int | None = 1,
+                   is_global: bool = False) -> Fault:
+        """429 as Discord sends it (JSON body with `retry_after`, a `Via` header, rate-limit headers)."""
+        headers = {
+            "Via": "1.1 google",
+            "Retry-After": str(max(1, round(retry_after))),
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+            "X-RateLimit-Scope": "global" if is_global else "user",
+        }
+        body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global}
+        return self.inject(method, path, 429, body, count=count, headers=headers)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+        self.upload_limit = None
+
+    def _fault_for(self, call: Call) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(call):
+                fault.hits += 1
+                return fault
+        return None
+
+    def _fault_response(self, call: Call, fault: Fault) -> web.Response:
+        self.faulted.append((call, fault.status))
+        body = json.dumps(fault.body).encode()
+        return web.Response(body=body, status=fault.status, headers={"Content-Type": "application/json", **fault.headers})
 
     # --- gateway ------------------------------------------------------------------------------------------
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
@@ -512,17 +602,28 @@ class FakeDiscord:
         auth = request.headers.get("Authorization", "")
         path = "/" + request.match_info["tail"]
         body, files = await self._read_body(request)
-        self.calls.append(Call(request.method, path, dict(request.query), body, files))
+        call = Call(request.method, path, dict(request.query), body, files)
+        self.calls.append(call)
         parts = path.strip("/").split("/")
         needs_bot_auth = parts[0] not in ("interactions", "webhooks")
         if needs_bot_auth and auth != f"Bot {self.token}":
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
+        if self.upload_limit is not None and files and sum(len(d) for _, d in files) > self.upload_limit:
+            self.faulted.append((call, 413))
+            await self._notify()
+            return json_response({"message": "Request entity too large", "code": ENTITY_TOO_LARGE}, 413)
+        fault = self._fault_for(call)
+        if fault is not None and not fault.apply:
+            await self._notify()
+            return self._fault_response(call, fault)
         try:
             response = await self._route(request.method, parts, body, files, request.query)
         except _NotFound as exc:
             await self._notify()
-            return json_response({"message": f"Unknown {exc}", "code": 10008}, 404)
+            return json_response({"message": f"Unknown {exc}", "code": exc.code}, 404)
         await self._notify()
+        if fault is not None:
+            return self._fault_response(call, fault)
         if response is None:
             self.unhandled.append(f"{request.method} {path}")
             return json_response({"message": "404: Not Found", "code": 0}, 404)
@@ -547,14 +648,23 @@ class FakeDiscord:
             return self._webhook(method, p, body, files)
         if p[0] == "channels" and n == 2 and method == "GET":
             if p[1] not in self.channels:
-                raise _NotFound("Channel")
+                raise _NotFound("Channel", 10003)
             return json_response(self.channels[p[1]])
         if p[0] == "channels" and n >= 3 and p[2] == "messages":
             channel_id = p[1]
             if channel_id not in self.channels:
-                raise _NotFound("Channel")
+                raise _NotFound("Channel", 10003)
             if n == 3 and method == "POST":
-                message = self._create_message(channel_id, body or {}, files)
+                body = body or {}
+                nonce = body.get("nonce")
+                if nonce is not None and body.get("enforce_nonce"):
+                    seen = self._nonces.get((channel_id, str(nonce)))
+                    if seen is not None and time.monotonic() - seen[1] < NONCE_WINDOW and seen[0] in self.messages:
+                        return json_response(self.messages[seen[0]])  # Discord returns the first message again
+                message = self._create_message(channel_id, body, files)
+                if nonce is not None:
+                    message["nonce"] = str(nonce)
+                    self._nonces[(channel_id, str(nonce))] = (message["id"], time.monotonic())
                 return json_response(message)
             if n == 4:
                 return self._message_op(method, p[3], body, files)
@@ -592,18 +702,18 @@ class FakeDiscord:
         for record in self.interactions.values():
             if record.token == token:
                 return record
-        raise _NotFound("Webhook")
+        raise _NotFound("Webhook", 10015)
 
     def _callback(self, iid: str, token: str, body: dict[str, Any], files: list[tuple[str, bytes]]) -> web.Response:
         record = self.interactions.get(iid)
         if record is None or record.token != token:
-            raise _NotFound("Interaction")
+            raise _NotFound("interaction", UNKNOWN_INTERACTION)
         if record.callbacks:
             return json_response({"message": "Interaction has already been acknowledged.", "code": 40060}, 400)
         record.ack_delay = time.monotonic() - record.sent_at
         if record.ack_delay > ACK_DEADLINE:  # Discord forgets an interaction not answered within 3 seconds
             self.late_acks.append(record)
-            raise _NotFound("Interaction")
+            raise _NotFound("interaction", UNKNOWN_INTERACTION)
         record.callbacks.append(body)
         kind = body["type"]
         data = body.get("data") or {}
@@ -734,7 +844,11 @@ class FakeDiscord:
 
 
 class _NotFound(Exception):
-    pass
+    """A 404 with Discord's JSON code (10008 Unknown Message unless told)."""
+
+    def __init__(self, what: str, code: int = 10008):
+        super().__init__(what)
+        self.code = code
 
 
 def _content_type(name: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.hardening.reliability import Recorder
+from tests.natsutil import nats_server_fixture  # noqa: F401
 
 
 @pytest.fixture

@@ -1,0 +1,350 @@
+"""What the fault tests share: a ledger that says, for each accepted job, whether it was delivered once, refunded with
+a message, lost or duplicated; an in-process dispatch world (real SQLite services, real nats-server, real worker
+processes); and the real `python -m bot` process against the fake Discord.
+
+A job counts as
+- delivered: posted exactly once, its charge committed;
+- refunded: failed or cancelled, its charge refunded, and its owner told (an error text the bot shows, or for the
+  Discord-level tests a message the owner can see);
+- duplicated: posted (or run to a posted grid) more than once;
+- lost: anything else once the test has waited long enough (still queued or running, succeeded but never posted,
+  failed without a refund…).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.config import Settings
+from bot.db import create_engine
+from bot.dispatch import Dispatcher
+from bot.services import build_services
+from generation.queue import QueueConfig
+from tests.conftest import sqlite_url
+from tests.natsutil import REPO, WorkerProcess
+
+GUILD = 1000
+CHANNEL = 2000
+#: Short timings: a dead worker's job goes to another one within ~2 s.
+FAST = QueueConfig(ack_wait=2.0, max_deliver=3, duplicate_window=60.0)
+
+
+# --- accounting ----------------------------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    """What became of a set of jobs."""
+
+    delivered: list[int] = field(default_factory=list)
+    refunded: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    duplicated: list[int] = field(default_factory=list)
+    detail: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"lost": len(self.lost), "duplicated": len(self.duplicated)}
+
+    def __str__(self) -> str:
+        odd = sorted(set(self.lost) | set(self.duplicated))
+        return (f"delivered {len(self.delivered)}, refunded {len(self.refunded)}, lost {self.lost}, "
+                f"duplicated {self.duplicated}" + "".join(f"; {k}: {self.detail[k]}" for k in odd))
+
+
+def tally(rows: dict[int, dict[str, Any]], posts: Counter[int], *, told: set[int] | None = None) -> Tally:
+    """Classify jobs from their database rows (`id → row` with status, charge_state, error) and how often each was
+    posted. `told`: jobs whose owner saw a message about the refund (default: every failed job with an error text)."""
+    t = Tally()
+    for job_id, row in sorted(rows.items()):
+        status, charge, error = row["status"], row["charge_state"], row.get("error") or ""
+        n = posts.get(job_id, 0)
+        t.detail[job_id] = f"{status}/{charge}/posted {n}"
+        if n > 1:
+            t.duplicated.append(job_id)
+        elif status == "posted" and charge == "committed" and n == 1:
+            t.delivered.append(job_id)
+        elif status in ("failed", "cancelled") and charge == "refunded" and n == 0 and (
+            (job_id in told) if told is not None else (status == "cancelled" or bool(error.strip()))
+        ):
+            t.refunded.append(job_id)
+        else:
+            t.lost.append(job_id)
+    return t
+
+
+async def wait_until(pred, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll an async or plain predicate until it returns something truthy; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = pred()
+        if asyncio.iscoroutine(r):
+            r = await r
+        if r:
+            return r
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# --- in-process dispatch world -------------------------------------------------------------------------------------
+class PostingListener:
+    """Posts a succeeded job the way the presenter does (`mark_posted`, exactly once) and counts every post."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+        self.posts: Counter[int] = Counter()
+        self.failed: list[int] = []
+
+    async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
+        job = await self.jobs.find(job_id)
+        if job is None:
+            return
+        if str(job.status) == "succeeded" and await self.jobs.mark_posted(job_id, CHANNEL, 10_000 + job_id):
+            self.posts[job_id] += 1
+        elif str(job.status) == "failed":
+            self.failed.append(job_id)
+
+
+class DispatchWorld:
+    """Real services over a migrated SQLite copy, a dispatcher on a real nats-server, worker processes on demand."""
+
+    def __init__(self, tmp: Path, template: Path, url: str, *, config: QueueConfig = FAST, **dispatcher_kw: Any):
+        self.tmp = tmp
+        self.url = url
+        self.config = config
+        data = tmp / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.db_path = data / "bot.db"
+        shutil.copyfile(template, self.db_path)
+        self.settings = Settings(_env_file=None, data_dir=data, database_url=sqlite_url(self.db_path),
+                                 default_images_per_day=100_000, default_max_concurrent=10_000, default_max_steps=150)
+        self.engine = create_engine(self.settings.database_url)
+        self.services = build_services(self.settings, self.engine)
+        self.listener = PostingListener(self.services.jobs)
+        self.dispatcher = Dispatcher(url, self.services.jobs, self.services.images, config=config,
+                                     feed_interval=0.5, **dispatcher_kw)
+        self.workers: list[WorkerProcess] = []
+        self.created: list[int] = []
+        self._n = 0
+
+    async def start(self) -> None:
+        await self.dispatcher.start(listener=self.listener)
+
+    def worker(self, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        self._n += 1
+        w = WorkerProcess(self.url, self.tmp, f"w{self._n}", *(args or ("--fake-engine", "0.05")), config=self.config,
+                          env=env)
+        self.workers.append(w)
+        return w
+
+    async def submit(self, n: int = 1, *, user: int = 1, steps: int = 20, **kw: Any) -> list[int]:
+        ids = []
+        for _ in range(n):
+            job = await self.services.jobs.create(GUILD, CHANNEL, user, [], prompt=f"job {len(self.created)}",
+                                                  steps=steps, width=64, height=64, num_images=kw.pop("num_images", 1),
+                                                  **kw)
+            await self.dispatcher.publish(job)
+            self.created.append(job.id)
+            ids.append(job.id)
+        return ids
+
+    def rows(self, ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
+        with sqlite3.connect(self.db_path, timeout=30) as con:
+            con.row_factory = sqlite3.Row
+            rows = {r["id"]: dict(r) for r in con.execute("select * from job")}
+        return rows if ids is None else {i: rows[i] for i in ids}
+
+    async def all_final(self, ids: list[int] | None = None, timeout: float = 60.0) -> dict[int, dict[str, Any]]:
+        ids = self.created if ids is None else ids
+
+        def done():
+            rows = self.rows(ids)
+            return rows if all(r["status"] in ("posted", "failed", "cancelled") for r in rows.values()) else None
+
+        try:
+            return await wait_until(done, timeout, 0.2, "every job to finish")
+        except AssertionError:
+            return self.rows(ids)
+
+    async def settle(self, ids: list[int] | None = None, timeout: float = 60.0) -> Tally:
+        rows = await self.all_final(ids, timeout)
+        await asyncio.sleep(0.3)  # a late duplicate outcome would show up now
+        await self.dispatcher.drain_listeners(5.0)
+        return tally(rows, self.listener.posts)
+
+    async def close(self) -> None:
+        for w in self.workers:
+            w.stop(timeout=10)
+        await self.dispatcher.close()
+        await self.engine.dispose()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name}\n{w.log()[-2500:]}" for w in self.workers)
+
+
+def journal_runs(path: Path) -> Counter[str]:
+    """How often the fake engine finished each prompt (IMAGINE_FAKE_JOURNAL)."""
+    if not path.exists():
+        return Counter()
+    return Counter(line.split("\t")[0] for line in path.read_text().splitlines() if line.strip())
+
+
+# --- the real bot process against the fake Discord -----------------------------------------------------------------
+MODEL_CARD = {
+    "description": "The fake engine (solid colours).", "default_width": 64, "default_height": 64, "default_steps": 4,
+    "max_side": 256,
+}
+
+
+def fake_model_dir(root: Path) -> Path:
+    folder = root / "fake-model"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "imaginebot.json").write_text(json.dumps(MODEL_CARD))
+    return folder
+
+
+class BotProcess:
+    """`python -m bot` (embedded nats-server, local fake-engine worker) pointed at a FakeDiscord, own data folder."""
+
+    def __init__(self, fd, data_dir: Path, log_path: Path, *, worker_args: str = "--fake-engine 0.02",
+                 env: dict[str, str] | None = None):
+        self.fd = fd
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "DISCORD_TOKEN": fd.token,
+            "DISCORD_API_BASE": fd.api_base,
+            "DISCORD_GATEWAY_URL": fd.gateway_url,
+            "DATA_DIR": str(data_dir),
+            "MODEL_PATH": str(fake_model_dir(data_dir.parent)),
+            "NATS_URL": "",
+            "LOG_LEVEL": "INFO",
+            "HF_HUB_OFFLINE": "1",
+            "DEV_GUILD_ID": "",
+            "WORKER_ARGS": worker_args,
+            "DEFAULT_IMAGES_PER_DAY": "100000",
+            "DEFAULT_MAX_CONCURRENT": "1000",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+        self._log = None
+        self.starts = 0
+
+    def sync(self) -> None:
+        out = subprocess.run([sys.executable, "-m", "bot", "sync", "--guild", self.fd.guild_id], cwd=REPO,
+                             env=self.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")
+        self._log.write(f"\n===== start {self.starts + 1} =====\n".encode())
+        self._log.flush()
+        self.starts += 1
+        self._offset = self.log_path.stat().st_size
+        self.process = subprocess.Popen([sys.executable, "-m", "bot"], cwd=REPO, env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def current_log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(self._offset)
+            return f.read().decode(errors="replace")
+
+    async def wait_log(self, pattern: str, timeout: float = 60.0) -> re.Match:
+        def found():
+            return re.search(pattern, self.current_log())
+
+        try:
+            return await wait_until(found, timeout, 0.1, f"the bot to log {pattern!r}")
+        except AssertionError:
+            raise AssertionError(f"bot did not log {pattern!r}; log tail:\n{self.log()[-4000:]}") from None
+
+    async def ready(self, timeout: float = 90.0) -> None:
+        """Connected to the fake Discord and its local worker is taking jobs."""
+        await self.fd.wait_for(lambda: self.fd.identified >= self.starts and self.fd._sockets, timeout,
+                               "the bot to identify")
+        await self.wait_log(r"worker local: ready", timeout)
+
+    def children(self) -> tuple[int, int]:
+        """pids of the embedded nats-server and the local worker of the current run."""
+        log = self.current_log()
+        server = int(re.search(r"embedded nats-server ready on \S+ \(store .*?, pid (\d+)", log)[1])
+        worker = int(re.search(r"local worker local started \(pid (\d+)\)", log)[1])
+        return server, worker
+
+    def kill9(self) -> None:
+        """SIGKILL the bot process alone (its children get SIGTERM from the kernel, as in production)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        p = self.process
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if self._log is not None and not self._log.closed:
+            self._log.close()
+        return p.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rows(self) -> dict[int, dict[str, Any]]:
+        with sqlite3.connect(self.data_dir / "bot.db", timeout=30) as con:
+            con.row_factory = sqlite3.Row
+            return {r["id"]: dict(r) for r in con.execute("select * from job")}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+_JOB_ID = re.compile(r"^job:(\d+):")
+
+
+def grid_job_id(message: dict[str, Any]) -> int | None:
+    """The job a posted result grid belongs to (from its buttons), None for any other message."""
+    if "interaction_metadata" in message or not message.get("components"):
+        return None
+    for row in message["components"]:
+        for c in row.get("components", []):
+            m = _JOB_ID.match(c.get("custom_id") or "")
+            if m and not (c.get("custom_id") or "").endswith(":x"):
+                return int(m[1])
+    return None
+
+
+def grid_posts(fd, channel_id: str) -> Counter[int]:
+    """How many result grids were posted for each job in a channel (deleted ones count too: they were seen)."""
+    out: Counter[int] = Counter()
+    for m in list(fd.messages.values()) + list(fd.deleted.values()):
+        if m["channel_id"] == channel_id:
+            job_id = grid_job_id(m)
+            if job_id is not None:
+                out[job_id] += 1
+    return out

@@ -1,0 +1,149 @@
+"""Worker faults: `kill -9` of the worker in the middle of a job, many times in a row; a worker whose model does not
+load. Real nats-server, real `python -m generation.worker --fake-engine` processes, the real dispatcher and SQLite
+services in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.hardening.faultkit import FAST, DispatchWorld, journal_runs, wait_until
+from tests.hardening.reliability import soak_runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def world(tmp_path, migrated_template, nats_server):
+    w = DispatchWorld(tmp_path, migrated_template, nats_server.url)
+    await w.start()
+    try:
+        yield w
+    finally:
+        await w.close()
+
+
+async def test_worker_kill_9_mid_job_many_times_in_a_row(world, tmp_path, reliability):
+    """Each run: a job starts on the current worker, the worker is killed with SIGKILL half-way through, a fresh
+    worker starts. Every job must end posted exactly once (the killed attempt never counts twice)."""
+    runs = soak_runs(3, 20)
+    journal = tmp_path / "journal.txt"
+    env = {"IMAGINE_FAKE_JOURNAL": str(journal)}
+    events: list = []
+    world.dispatcher.subscribe(events.append)
+    worker = world.worker("--fake-engine", "0.05", "--max-batch", "1", env=env)
+    failures = 0
+    killed_jobs = []
+    for run in range(runs):
+        (job_id,) = await world.submit(1, steps=20)  # 20 steps × 0.05 s: one second of work
+
+        def mid_job(job_id=job_id, name=worker.name):
+            return any(e.job_id == job_id and e.kind == "progress" and e.worker == name and e.step >= 4 for e in events)
+
+        try:
+            await wait_until(mid_job, 30, 0.02, f"job {job_id} to be half-way on {worker.name}")
+        except AssertionError:
+            failures += 1
+            print(f"run {run}: the job never started on {worker.name}\n{world.logs()}")
+            continue
+        worker.kill9()
+        killed_jobs.append(job_id)
+        worker = world.worker("--fake-engine", "0.05", "--max-batch", "1", env=env)
+    tally = await world.settle(timeout=30 + 5 * runs)
+    runs_by_prompt = journal_runs(journal)
+    ran_twice = [p for p, n in runs_by_prompt.items() if n > 1]
+    print(f"{runs} kills: {tally}; journal {dict(runs_by_prompt)}")
+    reliability.record("worker kill -9 mid-job, fresh worker after each", runs=runs, failures=failures,
+                       lost=len(tally.lost), duplicated=len(tally.duplicated))
+    assert failures == 0
+    assert tally.lost == [] and tally.duplicated == [], str(tally)
+    assert sorted(tally.delivered) == sorted(world.created), str(tally)
+    assert ran_twice == [], f"a killed job also finished on the killed worker: {ran_twice}"
+    attempts = {i: r["attempts"] for i, r in world.rows(killed_jobs).items()}
+    assert all(n >= 2 for n in attempts.values()), attempts
+
+
+async def test_worker_kill_9_with_a_full_queue_and_a_second_worker(world, tmp_path, reliability):
+    """Two workers share a queue of jobs; one is killed mid-job repeatedly while the other keeps going. Every job is
+    posted exactly once."""
+    rounds = soak_runs(2, 10)
+    journal = tmp_path / "journal.txt"
+    env = {"IMAGINE_FAKE_JOURNAL": str(journal)}
+    events: list = []
+    world.dispatcher.subscribe(events.append)
+    steady = world.worker("--fake-engine", "0.03", "--max-batch", "2", env=env)
+    victim = world.worker("--fake-engine", "0.03", "--max-batch", "2", env=env)
+    await world.submit(4 * rounds, steps=15, user=1)
+    await world.submit(4 * rounds, steps=15, user=2)
+    failures = 0
+    for _ in range(rounds):
+        def working(name=victim.name):
+            return any(e.kind == "progress" and e.worker == name and e.step >= 3 for e in events)
+
+        try:
+            await wait_until(working, 30, 0.02, f"{victim.name} to be in the middle of a job")
+        except AssertionError:
+            failures += 1
+        victim.kill9()
+        victim = world.worker("--fake-engine", "0.03", "--max-batch", "2", env=env)
+    tally = await world.settle(timeout=60 + 10 * rounds)
+    runs_by_prompt = journal_runs(journal)
+    print(f"{rounds} kills beside a steady worker: {tally}; journal {dict(runs_by_prompt)}")
+    reliability.record("worker kill -9 beside a steady worker, full queue", runs=len(world.created),
+                       failures=failures, lost=len(tally.lost), duplicated=len(tally.duplicated),
+                       note=f"{rounds} kills")
+    assert failures == 0
+    assert tally.lost == [] and tally.duplicated == [], str(tally)
+    assert sorted(tally.delivered) == sorted(world.created), str(tally)
+    assert steady.proc.poll() is None
+
+
+async def test_a_worker_whose_model_does_not_load_takes_no_jobs(world, tmp_path, reliability):
+    """`--model` names a folder that is not a model: the worker says so, announces it failed, exits non-zero and
+    takes no job. Jobs for that model wait for a worker that can serve it, and when none comes within the
+    dispatcher's `unserved_timeout` they fail with a message naming the cause and are refunded."""
+    world.dispatcher.unserved_timeout = 3.0
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    (bad / "README.txt").write_text("nothing to load here")
+    runs = soak_runs(2, 6)
+    failures = 0
+    ids = []
+    for _ in range(runs):
+        w = world.worker("--model", str(bad), "--threads", "1")
+        ids += await world.submit(1, steps=4)
+        code = await asyncio.to_thread(w.proc.wait, 120)
+        log = w.log()
+        if code == 0 or "could not load" not in log or "Traceback" in log:
+            failures += 1
+            print(f"worker {w.name} exited {code}; log:\n{log[-3000:]}")
+    tally = await world.settle(ids, timeout=30)
+    rows = world.rows(ids)
+    errors = {i: r["error"] for i, r in rows.items()}
+    print(f"model load failures: {tally}; errors {errors}")
+    told = [i for i, e in errors.items() if e and "could not load" in e and str(bad.name) in e]
+    failures += len(ids) - len(told)
+    reliability.record("worker whose model fails to load", runs=runs, failures=failures, lost=len(tally.lost),
+                       duplicated=len(tally.duplicated))
+    assert failures == 0, errors
+    assert sorted(tally.refunded) == sorted(ids), str(tally)
+    assert FAST.ack_wait  # the config the workers ran with
+
+
+async def test_jobs_for_a_model_no_worker_serves_fail_with_a_message(world, reliability):
+    """No worker at all for a while: queued jobs are not stuck forever; they fail with a clear message and are
+    refunded. A worker that comes back in time gets them instead."""
+    world.dispatcher.unserved_timeout = 2.5
+    early = await world.submit(2, steps=4)
+    tally = await world.settle(early, timeout=20)
+    rows = world.rows(early)
+    assert sorted(tally.refunded) == sorted(early), str(tally)
+    assert all("no worker" in (r["error"] or "").lower() for r in rows.values()), rows
+    # A worker arrives within the timeout: jobs run normally.
+    world.worker("--fake-engine", "0.01")
+    late = await world.submit(3, steps=4)
+    tally2 = await world.settle(late, timeout=30)
+    reliability.record("jobs for a model no worker serves", runs=len(early) + len(late),
+                       lost=len(tally.lost) + len(tally2.lost), duplicated=len(tally.duplicated) + len(tally2.duplicated))
+    assert sorted(tally2.delivered) == sorted(late), str(tally2)
