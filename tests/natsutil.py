@@ -36,6 +36,15 @@ async def connect(server: NatsServer, config: QueueConfig = FAST, name: str = "t
     return await JobQueue.connect(server.url, config, name=name)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class WorkerProcess:
     """`python -m generation.worker --fake-engine ...` as a real child process, with its log in a file."""
 

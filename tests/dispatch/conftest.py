@@ -60,8 +60,8 @@ async def make_job(services, user: int = 1, prompt: str = "a red circle", **kw):
     return await services.jobs.create(GUILD, CHANNEL, user, [], prompt=prompt, **kw)
 
 
-async def wait_until(pred, timeout: float = 10.0, interval: float = 0.05):
-    """Poll an async or plain predicate until it returns something truthy."""
+async def wait_until(pred, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll an async or plain predicate until it returns something truthy; return it."""
     deadline = time.monotonic() + timeout
     while True:
         r = pred()
@@ -70,7 +70,7 @@ async def wait_until(pred, timeout: float = 10.0, interval: float = 0.05):
         if r:
             return r
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError(f"{what} not reached within {timeout:g} s")
         await asyncio.sleep(interval)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from generation.queue import QueueConfig
-from tests.natsutil import REPO, WorkerProcess, nats_server_fixture  # noqa: F401
+from tests.natsutil import REPO, WorkerProcess, nats_server_fixture, pid_alive  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -99,14 +99,6 @@ def test_bot_killed_with_jobs_queued_delivers_every_job_once(mode, tmp_path, req
             worker.stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_ctrl_c_stops_bot_worker_and_server_and_loses_nothing(tmp_path):
     """SIGINT to the bot (default mode): worker and embedded server stop with it, quickly; after a restart every
     job completes and is posted once."""
@@ -123,7 +115,7 @@ def test_ctrl_c_stops_bot_worker_and_server_and_loses_nothing(tmp_path):
         first.proc.send_signal(signal.SIGINT)
         first.proc.wait(timeout=20)
         assert time.monotonic() - t0 < 12
-        assert not _alive(server_pid) and not _alive(worker_pid)
+        assert not pid_alive(server_pid) and not pid_alive(worker_pid)
         err = first.err_path.read_text()
         assert "worker local stopped" in err and "embedded nats-server stopped" in err
         assert first.proc.returncode == 130 and "INTERRUPTED" in first.lines()

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +30,9 @@ from bot.dispatch import Dispatcher
 from bot.services import build_services
 from generation.queue import QueueConfig
 from tests.conftest import sqlite_url
-from tests.natsutil import REPO, WorkerProcess
+from tests.dispatch.conftest import wait_until
+from tests.e2e.conftest import BotProcess as E2EBotProcess
+from tests.natsutil import REPO, WorkerProcess, pid_alive  # noqa: F401
 
 GUILD = 1000
 CHANNEL = 2000
@@ -84,20 +82,6 @@ def tally(rows: dict[int, dict[str, Any]], posts: Counter[int], *, told: set[int
     return t
 
 
-async def wait_until(pred, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    """Poll an async or plain predicate until it returns something truthy; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = pred()
-        if asyncio.iscoroutine(r):
-            r = await r
-        if r:
-            return r
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 # --- in-process dispatch world -------------------------------------------------------------------------------------
 class PostingListener:
     """Posts a succeeded job the way the presenter does (`mark_posted`, exactly once) and counts every post."""
@@ -137,6 +121,11 @@ class DispatchWorld:
                                      feed_interval=0.5, **dispatcher_kw)
         self.workers: list[WorkerProcess] = []
         self.created: list[int] = []
+        #: Every job event the dispatcher saw, in order.
+        self.events: list = []
+        self.dispatcher.subscribe(self.events.append)
+        #: The fake engine appends each finished run here (see `journal_runs`).
+        self.journal = tmp / "journal.txt"
         self._n = 0
 
     async def start(self) -> None:
@@ -145,9 +134,18 @@ class DispatchWorld:
     def worker(self, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
         self._n += 1
         w = WorkerProcess(self.url, self.tmp, f"w{self._n}", *(args or ("--fake-engine", "0.05")), config=self.config,
-                          env=env)
+                          env={"IMAGINE_FAKE_JOURNAL": str(self.journal), **(env or {})})
         self.workers.append(w)
         return w
+
+    async def mid_job(self, worker: WorkerProcess, job_id: int | None = None, step: int = 3,
+                      timeout: float = 30.0) -> None:
+        """Wait until `worker` reported step `step` of a job (of `job_id`, when given)."""
+        def working():
+            return any(e.kind == "progress" and e.worker == worker.name and e.step >= step
+                       and (job_id is None or e.job_id == job_id) for e in self.events)
+
+        await wait_until(working, timeout, 0.02, f"{worker.name} to be in the middle of a job")
 
     async def submit(self, n: int = 1, *, user: int = 1, steps: int = 20, **kw: Any) -> list[int]:
         ids = []
@@ -215,60 +213,39 @@ def fake_model_dir(root: Path) -> Path:
     return folder
 
 
-class BotProcess:
-    """`python -m bot` (embedded nats-server, local fake-engine worker) pointed at a FakeDiscord, own data folder."""
+class BotProcess(E2EBotProcess):
+    """`python -m bot` (embedded nats-server, local fake-engine worker) pointed at a FakeDiscord, own data folder;
+    it can be killed and started again on the same data."""
 
     def __init__(self, fd, data_dir: Path, log_path: Path, *, worker_args: str = "--fake-engine 0.02",
                  env: dict[str, str] | None = None):
-        self.fd = fd
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
+        super().__init__(fd, data_dir, fake_model_dir(data_dir.parent), log_path)
+        self.env.update({
             "PYTHONUNBUFFERED": "1",
-            "DISCORD_TOKEN": fd.token,
-            "DISCORD_API_BASE": fd.api_base,
-            "DISCORD_GATEWAY_URL": fd.gateway_url,
-            "DATA_DIR": str(data_dir),
-            "MODEL_PATH": str(fake_model_dir(data_dir.parent)),
-            "NATS_URL": "",
-            "LOG_LEVEL": "INFO",
-            "HF_HUB_OFFLINE": "1",
-            "DEV_GUILD_ID": "",
             "WORKER_ARGS": worker_args,
             "DEFAULT_IMAGES_PER_DAY": "100000",
             "DEFAULT_MAX_CONCURRENT": "1000",
+            "IMAGINE_COOLDOWN_SECONDS": "0",
             **(env or {}),
-        }
-        self.process: subprocess.Popen | None = None
-        self._log = None
+        })
         self.starts = 0
-
-    def sync(self) -> None:
-        out = subprocess.run([sys.executable, "-m", "bot", "sync", "--guild", self.fd.guild_id], cwd=REPO,
-                             env=self.env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-3000:]
+        self._offset = 0
 
     def start(self) -> None:
-        self._log = open(self.log_path, "ab")
-        self._log.write(f"\n===== start {self.starts + 1} =====\n".encode())
-        self._log.flush()
         self.starts += 1
-        self._offset = self.log_path.stat().st_size
-        self.process = subprocess.Popen([sys.executable, "-m", "bot"], cwd=REPO, env=self.env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        super().start()
 
     def current_log(self) -> str:
+        """The log of the current run only."""
         with open(self.log_path, "rb") as f:
             f.seek(self._offset)
             return f.read().decode(errors="replace")
 
     async def wait_log(self, pattern: str, timeout: float = 60.0) -> re.Match:
-        def found():
-            return re.search(pattern, self.current_log())
-
         try:
-            return await wait_until(found, timeout, 0.1, f"the bot to log {pattern!r}")
+            return await wait_until(lambda: re.search(pattern, self.current_log()), timeout, 0.1,
+                                    f"the bot to log {pattern!r}")
         except AssertionError:
             raise AssertionError(f"bot did not log {pattern!r}; log tail:\n{self.log()[-4000:]}") from None
 
@@ -292,36 +269,10 @@ class BotProcess:
         self.process.wait()
         self._log.close()
 
-    def stop(self, timeout: float = 40.0) -> int | None:
-        p = self.process
-        if p is None:
-            return None
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        if self._log is not None and not self._log.closed:
-            self._log.close()
-        return p.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def rows(self) -> dict[int, dict[str, Any]]:
         with sqlite3.connect(self.data_dir / "bot.db", timeout=30) as con:
             con.row_factory = sqlite3.Row
             return {r["id"]: dict(r) for r in con.execute("select * from job")}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 _JOB_ID = re.compile(r"^job:(\d+):")

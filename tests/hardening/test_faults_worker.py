@@ -5,10 +5,11 @@ services in the test process."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 
-from tests.hardening.faultkit import FAST, DispatchWorld, journal_runs, wait_until
+from tests.hardening.faultkit import FAST, DispatchWorld, journal_runs
 from tests.hardening.reliability import soak_runs
 
 pytestmark = pytest.mark.slow
@@ -24,36 +25,28 @@ async def world(tmp_path, migrated_template, nats_server):
         await w.close()
 
 
-async def test_worker_kill_9_mid_job_many_times_in_a_row(world, tmp_path, reliability):
+async def test_worker_kill_9_mid_job_many_times_in_a_row(world, reliability):
     """Each run: a job starts on the current worker, the worker is killed with SIGKILL half-way through, a fresh
     worker starts. Every job must end posted exactly once (the killed attempt never counts twice)."""
     runs = soak_runs(3, 20)
-    journal = tmp_path / "journal.txt"
-    env = {"IMAGINE_FAKE_JOURNAL": str(journal)}
-    events: list = []
-    world.dispatcher.subscribe(events.append)
-    worker = world.worker("--fake-engine", "0.05", "--max-batch", "1", env=env)
+    worker = world.worker("--fake-engine", "0.05", "--max-batch", "1")
     failures = 0
     killed_jobs = []
     for run in range(runs):
         (job_id,) = await world.submit(1, steps=20)  # 20 steps × 0.05 s: one second of work
-
-        def mid_job(job_id=job_id, name=worker.name):
-            return any(e.job_id == job_id and e.kind == "progress" and e.worker == name and e.step >= 4 for e in events)
-
         try:
-            await wait_until(mid_job, 30, 0.02, f"job {job_id} to be half-way on {worker.name}")
+            await world.mid_job(worker, job_id, step=4)
         except AssertionError:
             failures += 1
             print(f"run {run}: the job never started on {worker.name}\n{world.logs()}")
             continue
         worker.kill9()
         killed_jobs.append(job_id)
-        worker = world.worker("--fake-engine", "0.05", "--max-batch", "1", env=env)
+        worker = world.worker("--fake-engine", "0.05", "--max-batch", "1")
     tally = await world.settle(timeout=30 + 5 * runs)
-    runs_by_prompt = journal_runs(journal)
+    runs_by_prompt = journal_runs(world.journal)
     ran_twice = [p for p, n in runs_by_prompt.items() if n > 1]
-    print(f"{runs} kills: {tally}; journal {dict(runs_by_prompt)}")
+    print(f"{runs} kills: {tally}; jobs that ran more than once: {ran_twice}")
     reliability.record("worker kill -9 mid-job, fresh worker after each", runs=runs, failures=failures,
                        lost=len(tally.lost), duplicated=len(tally.duplicated))
     assert failures == 0
@@ -64,32 +57,25 @@ async def test_worker_kill_9_mid_job_many_times_in_a_row(world, tmp_path, reliab
     assert all(n >= 2 for n in attempts.values()), attempts
 
 
-async def test_worker_kill_9_with_a_full_queue_and_a_second_worker(world, tmp_path, reliability):
+async def test_worker_kill_9_with_a_full_queue_and_a_second_worker(world, reliability):
     """Two workers share a queue of jobs; one is killed mid-job repeatedly while the other keeps going. Every job is
     posted exactly once."""
     rounds = soak_runs(2, 10)
-    journal = tmp_path / "journal.txt"
-    env = {"IMAGINE_FAKE_JOURNAL": str(journal)}
-    events: list = []
-    world.dispatcher.subscribe(events.append)
-    steady = world.worker("--fake-engine", "0.03", "--max-batch", "2", env=env)
-    victim = world.worker("--fake-engine", "0.03", "--max-batch", "2", env=env)
+    steady = world.worker("--fake-engine", "0.03", "--max-batch", "2")
+    victim = world.worker("--fake-engine", "0.03", "--max-batch", "2")
     await world.submit(4 * rounds, steps=15, user=1)
     await world.submit(4 * rounds, steps=15, user=2)
     failures = 0
     for _ in range(rounds):
-        def working(name=victim.name):
-            return any(e.kind == "progress" and e.worker == name and e.step >= 3 for e in events)
-
         try:
-            await wait_until(working, 30, 0.02, f"{victim.name} to be in the middle of a job")
+            await world.mid_job(victim)
         except AssertionError:
             failures += 1
         victim.kill9()
-        victim = world.worker("--fake-engine", "0.03", "--max-batch", "2", env=env)
+        victim = world.worker("--fake-engine", "0.03", "--max-batch", "2")
     tally = await world.settle(timeout=60 + 10 * rounds)
-    runs_by_prompt = journal_runs(journal)
-    print(f"{rounds} kills beside a steady worker: {tally}; journal {dict(runs_by_prompt)}")
+    runs_by_prompt = journal_runs(world.journal)
+    print(f"{rounds} kills beside a steady worker: {tally}; runs per job: {sorted(Counter(runs_by_prompt.values()).items())}")
     reliability.record("worker kill -9 beside a steady worker, full queue", runs=len(world.created),
                        failures=failures, lost=len(tally.lost), duplicated=len(tally.duplicated),
                        note=f"{rounds} kills")

@@ -6,8 +6,15 @@ the job from the database first and acts only if the job's state calls for it, s
 - `job_progress`: edits the job's progress message (queue position, progress bar, preview), at most once every
   `EDIT_INTERVAL` seconds per job (Discord rate-limits message edits).
 - `job_succeeded`: posts the result as a new channel message with the bot's token (not the interaction webhook,
-  whose token dies after 15 minutes), with the job buttons, and marks the job posted exactly once.
-- `job_failed` / `job_cancelled`: turn the progress message into the final word.
+  whose token dies after 15 minutes), with the job buttons, and marks the job posted exactly once. The post carries
+  a nonce made from the job id, so a repeated post (a lost answer, a restart between posting and marking) returns
+  the first message instead of a second; a 413 (upload too large) is answered by posting smaller.
+- `job_failed` / `job_cancelled`: turn the progress message into the final word (or, when that message is gone,
+  tell the owner in a new message).
+- `job_finished` (what the dispatcher calls): one of the above, tried again for a while when Discord fails.
+
+Edits of one job's progress message never overlap, and each re-reads the job first, so a slow "queued" edit cannot
+land after the final one.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 import discord
 
+from bot.db.engine import is_busy_error
 from bot.ui.buttons import grid_view, progress_view, single_view
 from bot.ui.embeds import (
     cancelled_embed,
@@ -30,11 +39,17 @@ from bot.ui.embeds import (
     queued_embed,
     result_embed,
 )
-from bot.ui.images import compose_grid, fit_to_limit
+from bot.ui.images import DEFAULT_UPLOAD_LIMIT, compose_grid, fit_to_limit
 
 log = logging.getLogger("bot.jobs")
 
 EDIT_INTERVAL = 1.5
+#: Seconds between attempts at showing a job's outcome while Discord (or the database) keeps failing.
+RETRY_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0)
+#: How many times a result refused as too large (413) is posted smaller before it goes without its picture.
+MAX_SHRINKS = 4
+#: Discord's JSON error code for "Request entity too large".
+ENTITY_TOO_LARGE = 40005
 #: Stop using an interaction token this long before it expires.
 TOKEN_MARGIN = timedelta(seconds=60)
 TOKEN_LIFETIME = timedelta(minutes=15)
@@ -55,6 +70,9 @@ class JobPresenter:
         self.bot = bot
         self._last_edit: dict[int, float] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        #: One edit of a job's progress message at a time, each after re-reading the job: a slow "queued" edit can
+        #: then never land after the final "done" one.
+        self._edit_locks: dict[int, asyncio.Lock] = {}
         #: The interaction whose response is a job's progress message, while its token lives (in memory only).
         self._interactions: dict[int, tuple[discord.Interaction, datetime]] = {}
         self._pending_preview: dict[int, bytes] = {}
@@ -71,6 +89,7 @@ class JobPresenter:
         self._shown_position[job_id] = (position, paused)
 
     def _forget(self, job_id: int) -> None:
+        self._edit_locks.pop(job_id, None)
         self._last_edit.pop(job_id, None)
         self._interactions.pop(job_id, None)
         self._pending_preview.pop(job_id, None)
@@ -84,6 +103,9 @@ class JobPresenter:
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
+    def _edit_lock(self, job_id: int) -> asyncio.Lock:
+        return self._edit_locks.setdefault(job_id, asyncio.Lock())
+
     async def _channel(self, channel_id: int) -> Any:
         channel = self.bot.get_channel(channel_id)
         if channel is None:
@@ -96,38 +118,68 @@ class JobPresenter:
         channel = await self._channel(job.progress_channel_id)
         return channel.get_partial_message(job.progress_message_id)
 
-    async def _edit_progress(self, job: Any, **fields: Any) -> None:
+    async def _edit_progress(self, job: Any, *, final: bool = False, preview: bytes | None = None,
+                             **fields: Any) -> bool:
+        """Edit the job's progress message: through the interaction while its token lives, else (or when Discord
+        refuses the token) through the channel with the bot's token. True when the message was edited.
+
+        `preview` is attached as PREVIEW_NAME (a fresh file per attempt: discord.py closes a file once sent).
+        With `final`, a transient Discord failure raises (the caller retries) instead of being logged and dropped."""
         fields.setdefault("allowed_mentions", discord.AllowedMentions.none())
+
+        def with_files() -> dict[str, Any]:
+            if preview is None:
+                return fields
+            return {**fields, "attachments": [discord.File(io.BytesIO(preview), filename=PREVIEW_NAME)]}
+
         interaction, usable_until = self._interactions.get(job.id, (None, None))
         if interaction is not None and discord.utils.utcnow() < usable_until:
             try:
-                await interaction.edit_original_response(**fields)
-                return
-            except discord.HTTPException:
-                log.info("job %s: editing through the interaction failed; using the channel", job.id)
+                await interaction.edit_original_response(**with_files())
+                return True
+            except discord.HTTPException as e:
+                log.info("job %s: editing through the interaction failed (%s %s); using the channel from now on",
+                         job.id, e.status, e.code)
+                self._interactions.pop(job.id, None)
         message = await self._progress_message(job)
         if message is None:
-            return
+            return False
         try:
-            await message.edit(**fields)
+            await message.edit(**with_files())
+            return True
         except discord.NotFound:
             log.info("job %s: its progress message is gone", job.id)
-        except discord.HTTPException:
+        except discord.HTTPException as e:
+            if final and is_transient(e):
+                raise
             log.warning("job %s: could not edit its progress message", job.id, exc_info=True)
+        return False
+
+    async def _tell_owner(self, job: Any, embed: discord.Embed) -> None:
+        """Show the final word on a job: on its progress message, or when that is gone, in a new message to the
+        owner in the job's channel (named, not pinged)."""
+        async with self._edit_lock(job.id):
+            if await self._edit_progress(job, final=True, embed=embed, attachments=[], view=None):
+                return
+            channel = await self._channel(job.channel_id)
+            await channel.send(content=f"<@{job.user_id}>", embed=embed, allowed_mentions=discord.AllowedMentions.none(),
+                               nonce=f"imagine-end-{job.id}"[:25])
+            log.info("job %s: its progress message is gone; told its owner in a new message", job.id)
 
     # --- while it runs --------------------------------------------------------------------------------------------
     async def job_queued(self, job_id: int) -> None:
         """Refresh the queue position shown on a waiting job."""
-        job = await self.deps.jobs.find(job_id)
-        if job is None or job.status != "queued":
-            return
-        position = await self.deps.jobs.position(job_id)
-        paused = await self.deps.moderation.is_paused(job.guild_id)
-        place = None if position is None else position + 1
-        if self._shown_position.get(job_id) == (place, paused):
-            return
-        self._shown_position[job_id] = (place, paused)
-        await self._edit_progress(job, embed=queued_embed(job, place, paused=paused), view=progress_view(job.id))
+        async with self._edit_lock(job_id):
+            job = await self.deps.jobs.find(job_id)
+            if job is None or job.status != "queued":
+                return
+            position = await self.deps.jobs.position(job_id)
+            paused = await self.deps.moderation.is_paused(job.guild_id)
+            place = None if position is None else position + 1
+            if self._shown_position.get(job_id) == (place, paused):
+                return
+            self._shown_position[job_id] = (place, paused)
+            await self._edit_progress(job, embed=queued_embed(job, place, paused=paused), view=progress_view(job.id))
 
     async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
         """Show step `step` of `total` (and the preview) on the job's progress message, rate-limited."""
@@ -137,23 +189,25 @@ class JobPresenter:
         if step < total and now - self._last_edit.get(job_id, 0.0) < EDIT_INTERVAL:
             return
         self._last_edit[job_id] = now
-        job = await self.deps.jobs.find(job_id)
-        if job is None or job.status not in ("queued", "running"):
-            return
-        fields: dict[str, Any] = {"view": progress_view(job.id)}
-        self._shown_position.pop(job_id, None)  # the message no longer shows the queue
-        preview = self._pending_preview.pop(job_id, None)
-        if preview:
-            fields["attachments"] = [discord.File(io.BytesIO(preview), filename=PREVIEW_NAME)]
-            self._sent_preview[job_id] = hash(preview)
-        # Without a new preview the message keeps its attachment; the embed keeps pointing at it.
-        shown = PREVIEW_NAME if job_id in self._sent_preview else None
-        fields["embed"] = progress_embed(job, step, total, preview_filename=shown)
-        await self._edit_progress(job, **fields)
+        async with self._edit_lock(job_id):
+            job = await self.deps.jobs.find(job_id)
+            if job is None or job.status not in ("queued", "running"):
+                return
+            self._shown_position.pop(job_id, None)  # the message no longer shows the queue
+            preview = self._pending_preview.pop(job_id, None) or None
+            if preview:
+                self._sent_preview[job_id] = hash(preview)
+            # Without a new preview the message keeps its attachment; the embed keeps pointing at it.
+            shown = PREVIEW_NAME if job_id in self._sent_preview else None
+            embed = progress_embed(job, step, total, preview_filename=shown)
+            await self._edit_progress(job, embed=embed, view=progress_view(job.id), preview=preview)
 
     # --- the end ---------------------------------------------------------------------------------------------------
     async def job_succeeded(self, job_id: int, *, timeline: bytes | None = None) -> discord.Message | None:
-        """Post the result of a succeeded job once; returns the posted message (None if it was posted already)."""
+        """Post the result of a succeeded job once; returns the posted message (None if it was posted already).
+
+        The post carries a nonce made from the job id (`enforce_nonce`), so if Discord created the message but its
+        answer was lost, posting again within a few minutes returns that message instead of a second one."""
         async with self._lock(job_id):
             job = await self.deps.jobs.find(job_id)
             if job is None or job.status != "succeeded":
@@ -163,43 +217,70 @@ class JobPresenter:
             shown = [img for img in job.images if not img.nsfw or nsfw_visible(str(policy), channel)]
             hidden = len(job.images) - len(shown)
             pngs = await asyncio.to_thread(lambda: [self.deps.images.read(img.path) for img in shown])
-            files: list[discord.File] = []
-            reencoded = False
-            filename = f"job{job.id}.png"
-            if pngs:
-                grid = await asyncio.to_thread(compose_grid, pngs)
-                limit = getattr(getattr(channel, "guild", None), "filesize_limit", 10 * 1024 * 1024)
-                if timeline and len(timeline) > limit // 2:
-                    log.info("job %s: timeline of %d bytes left out (upload limit %d)", job.id, len(timeline), limit)
-                    timeline = None
-                if timeline:
-                    limit -= len(timeline)
-                fitted = await asyncio.to_thread(fit_to_limit, grid, filename, limit)
-                filename, reencoded = fitted.filename, fitted.reencoded
-                files.append(discord.File(io.BytesIO(fitted.data), filename=filename))
-            if timeline:
-                files.append(discord.File(io.BytesIO(timeline), filename=f"job{job.id}_timeline.webp"))
-            owner = f"<@{job.user_id}>"
-            embed = result_embed(job, owner, filename=filename, reencoded=reencoded, hidden=hidden)
-            if not pngs:
-                embed.set_image(url=None)
-            view = single_view(job.id) if job.mode == "upscale" else grid_view(job.id, len(job.images))
-            message = await channel.send(embed=embed, files=files, view=view, allowed_mentions=discord.AllowedMentions.none())
+            grid = await asyncio.to_thread(compose_grid, pngs) if pngs else None
+            limit = getattr(getattr(channel, "guild", None), "filesize_limit", DEFAULT_UPLOAD_LIMIT)
+            message = await self._send_result(job, channel, grid, timeline, limit, hidden)
             if not await self.deps.jobs.mark_posted(job.id, channel.id, message.id):
-                # Someone else posted it between our read and now: keep theirs.
-                await message.delete()
+                posted = await self.deps.jobs.find(job.id)
+                if posted is None or posted.posted_message_id != message.id:
+                    # Someone else posted it between our read and now: keep theirs.
+                    await message.delete()
                 return None
             log.info("job %s posted as message %s in channel %s", job.id, message.id, channel.id)
         self._locks.pop(job_id, None)
-        await self._edit_progress(job, embed=finished_progress_embed(job, message.jump_url), attachments=[], view=None)
+        async with self._edit_lock(job_id):
+            await self._edit_progress(job, embed=finished_progress_embed(job, message.jump_url), attachments=[], view=None)
         self._forget(job_id)
         return message
+
+    async def _send_result(self, job: Any, channel: Any, grid: bytes | None, timeline: bytes | None, limit: int,
+                           hidden: int) -> discord.Message:
+        """Send the result message. When Discord refuses the upload as too large (413: the server's real limit is
+        below what the bot was told), the timeline is left out, then the grid is re-encoded smaller, at most
+        `MAX_SHRINKS` times; if even that is refused, the result is posted without its picture (the buttons still
+        work and say so)."""
+        view = single_view(job.id) if job.mode == "upscale" else grid_view(job.id, len(job.images))
+        owner = f"<@{job.user_id}>"
+        for attempt in range(MAX_SHRINKS + 1):
+            files: list[discord.File] = []
+            filename, reencoded = f"job{job.id}.png", False
+            note = ""
+            if timeline and len(timeline) > limit // 2:
+                log.info("job %s: timeline of %d bytes left out (upload limit %d)", job.id, len(timeline), limit)
+                timeline = None
+            if grid is not None:
+                try:
+                    fitted = await asyncio.to_thread(fit_to_limit, grid, filename, limit - len(timeline or b""))
+                    filename, reencoded = fitted.filename, fitted.reencoded
+                    files.append(discord.File(io.BytesIO(fitted.data), filename=filename))
+                except ValueError:
+                    note = "The picture was too large for this server's upload limit; the buttons below still work."
+            if timeline:
+                files.append(discord.File(io.BytesIO(timeline), filename=f"job{job.id}_timeline.webp"))
+            embed = result_embed(job, owner, filename=filename, reencoded=reencoded, hidden=hidden)
+            if not files or grid is None or note:
+                embed.set_image(url=None)
+            if note:
+                embed.description = f"{embed.description}\n{note}"
+            size = sum(len(f.fp.getbuffer()) for f in files)
+            try:
+                return await channel.send(embed=embed, files=files, view=view, nonce=result_nonce(job.id),
+                                          allowed_mentions=discord.AllowedMentions.none())
+            except discord.HTTPException as e:
+                if not (e.status == 413 or e.code == ENTITY_TOO_LARGE) or not files or attempt == MAX_SHRINKS:
+                    raise
+                log.warning("job %s: Discord refused %d bytes of upload as too large; posting it smaller", job.id, size)
+                if timeline:
+                    timeline = None
+                else:
+                    limit = max(1, min(limit, size) // 2) if attempt < MAX_SHRINKS - 1 else 1
+        raise AssertionError("unreachable")
 
     async def job_failed(self, job_id: int) -> None:
         job = await self.deps.jobs.find(job_id)
         if job is None or job.status != "failed":
             return
-        await self._edit_progress(job, embed=failed_embed(job, job.error or "unknown error"), attachments=[], view=None)
+        await self._tell_owner(job, failed_embed(job, job.error or "unknown error"))
         self._forget(job_id)
 
     async def job_cancelled(self, job_id: int) -> None:
@@ -207,11 +288,28 @@ class JobPresenter:
         if job is None or job.status != "cancelled":
             return
         by = f"<@{job.cancelled_by}>" if job.cancelled_by and job.cancelled_by != job.user_id else None
-        await self._edit_progress(job, embed=cancelled_embed(job, by), attachments=[], view=None)
+        await self._tell_owner(job, cancelled_embed(job, by))
         self._forget(job_id)
 
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
-        """Whatever the final state is, show it (the dispatcher calls this after storing an outcome)."""
+        """Whatever the final state is, show it (the dispatcher calls this after storing an outcome).
+
+        When Discord (or the database) fails for a while — a 5xx after discord.py's own retries, a 503, a long rate
+        limit, a network error, a locked database — it tries again after `RETRY_DELAYS`; a result still not posted
+        then is posted at the next start (the dispatcher hands over every succeeded, unposted job)."""
+        for attempt, delay in enumerate((0.0, *RETRY_DELAYS)):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                await self._show_outcome(job_id, timeline)
+                return
+            except Exception as e:
+                if not is_transient(e) or attempt == len(RETRY_DELAYS):
+                    raise
+                log.warning("job %s: showing its outcome failed (%s); trying again in %.0f s", job_id,
+                            describe(e), RETRY_DELAYS[attempt])
+
+    async def _show_outcome(self, job_id: int, timeline: bytes | None) -> None:
         job = await self.deps.jobs.find(job_id)
         if job is None:
             return
@@ -221,3 +319,25 @@ class JobPresenter:
             await self.job_failed(job_id)
         elif job.status == "cancelled":
             await self.job_cancelled(job_id)
+
+
+def result_nonce(job_id: int) -> str:
+    """The nonce of a job's result post (Discord allows 25 characters)."""
+    return f"imagine-job-{job_id}"[:25]
+
+
+def is_transient(e: BaseException) -> bool:
+    """A failure worth trying again later: Discord's 5xx and rate limits, network trouble, a busy database."""
+    if isinstance(e, discord.RateLimited | discord.DiscordServerError):
+        return True
+    if isinstance(e, discord.HTTPException):
+        return e.status >= 500 or e.status == 429
+    if isinstance(e, aiohttp.ClientError | asyncio.TimeoutError | ConnectionError):
+        return True
+    return is_busy_error(e)
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, discord.HTTPException):
+        return f"HTTP {e.status}, code {e.code}: {e.text[:200]}"
+    return f"{type(e).__name__}: {e}"
