@@ -579,6 +579,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=int(os.environ.get("WORKER_THREADS", "0")) or None,
                    help="torch CPU threads (env WORKER_THREADS; default: torch's own choice). On a machine whose "
                         "cores also run the bot or other work, 1 is often fastest")
+    p.add_argument("--channels-last", action="store_true",
+                   help="UNet and VAE weights in channels-last memory format (faster convolutions on GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet and the VAE decode (GPU; each new image or batch size compiles once, "
+                        "a minute or more)")
     p.add_argument("--name", default=os.environ.get("WORKER_NAME") or default_name(), help="worker name in logs")
     p.add_argument("--no-default", action="store_true", help="take only jobs that name this worker's model")
     p.add_argument("--max-batch", type=int, default=int(os.environ.get("WORKER_MAX_BATCH", "4")),
@@ -603,7 +608,8 @@ def engine_loader(args: argparse.Namespace) -> tuple[Callable[[], EngineLike], s
     def load() -> EngineLike:
         from generation.engine import Engine
 
-        return Engine.load(args.model, device=args.device, threads=args.threads)
+        return Engine.load(args.model, device=args.device, threads=args.threads, channels_last=args.channels_last,
+                           compile=args.compile)
 
     return load, str(args.model)
 
