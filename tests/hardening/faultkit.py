@@ -19,6 +19,8 @@ import re
 import shutil
 import signal
 import sqlite3
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +29,13 @@ from typing import Any
 from bot.config import Settings
 from bot.db import create_engine
 from bot.dispatch import Dispatcher
+from bot.exts.imagine.presenter import with_retries
 from bot.services import build_services
 from generation.queue import QueueConfig
 from tests.conftest import sqlite_url
 from tests.dispatch.conftest import wait_until
 from tests.e2e.conftest import BotProcess as E2EBotProcess
-from tests.natsutil import REPO, WorkerProcess, pid_alive  # noqa: F401
+from tests.natsutil import WorkerProcess, pid_alive  # noqa: F401 - pid_alive for the tests
 
 GUILD = 1000
 CHANNEL = 2000
@@ -84,14 +87,19 @@ def tally(rows: dict[int, dict[str, Any]], posts: Counter[int], *, told: set[int
 
 # --- in-process dispatch world -------------------------------------------------------------------------------------
 class PostingListener:
-    """Posts a succeeded job the way the presenter does (`mark_posted`, exactly once) and counts every post."""
+    """Posts a succeeded job the way the presenter does (`mark_posted`, exactly once, tried again through the
+    presenter's own `with_retries` while the database is busy) and counts every post."""
 
-    def __init__(self, jobs):
+    def __init__(self, jobs, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)):
         self.jobs = jobs
+        self.retry_delays = retry_delays
         self.posts: Counter[int] = Counter()
         self.failed: list[int] = []
 
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
+        await with_retries(lambda: self._post(job_id), f"job {job_id}: posting", self.retry_delays)
+
+    async def _post(self, job_id: int) -> None:
         job = await self.jobs.find(job_id)
         if job is None:
             return
@@ -299,3 +307,45 @@ def grid_posts(fd, channel_id: str) -> Counter[int]:
             if job_id is not None:
                 out[job_id] += 1
     return out
+
+
+def refund_notices(fd) -> set[int]:
+    """Jobs whose owner can read that the job ended without a charge: a message (the job's own progress message, or
+    a note) whose embed is about that job and says so."""
+    told = set()
+    for m in fd.messages.values():
+        for e in m.get("embeds") or []:
+            footer = (e.get("footer") or {}).get("text", "")
+            if footer.startswith("Job #") and "not charged" in (e.get("description") or "").lower().replace("nothing was charged", "not charged"):
+                told.add(int(footer[5:]))
+    return told
+
+
+class WriteLock:
+    """Another connection holding SQLite's write lock (`BEGIN IMMEDIATE`) for `seconds`, from a thread."""
+
+    def __init__(self, db_path: Path, seconds: float):
+        self.db_path = db_path
+        self.seconds = seconds
+        self.held = threading.Event()
+        self.released = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            self.held.set()
+            time.sleep(self.seconds)
+            con.execute("ROLLBACK")
+        finally:
+            con.close()
+            self.released.set()
+
+    async def __aenter__(self) -> WriteLock:
+        self._thread.start()
+        await asyncio.to_thread(self.held.wait, 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.released.wait, self.seconds + 30)

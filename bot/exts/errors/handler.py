@@ -2,6 +2,8 @@
 
 - A domain error (`bot.errors.BotError`) is the member's to fix: its `user_message` goes back ephemerally.
 - A request the contract refuses (`generation.contract.RequestError`) names the field and the rule: same.
+- The database stayed locked longer than the bot waits (`bot.db.engine.is_busy_error`): nothing was written, so
+  nothing was charged; the member is asked to try again.
 - A Discord-side check (missing permissions, cooldown, a transformer that refused a value): a short explanation.
 - Anything else is a bug: the member gets a short apology with the job id (when one is known) and an error id,
   and the log gets the full traceback on one line with the same ids.
@@ -18,6 +20,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.db.engine import is_busy_error
 from bot.errors import BotError
 from bot.ui.text import CONTENT, safe_text
 from generation.contract import RequestError
@@ -38,6 +41,9 @@ def user_message_for(error: BaseException) -> str | None:
         return error.user_message
     if isinstance(error, RequestError):
         return f"That request cannot run: {error}"
+    if is_busy_error(error):
+        return ("The bot is very busy right now and could not save that (its database stayed locked). "
+                "Nothing was charged; please try again in a minute.")
     if isinstance(error, app_commands.MissingPermissions | app_commands.MissingRole | app_commands.MissingAnyRole):
         return "Only moderators can use this command."
     if isinstance(error, app_commands.NoPrivateMessage):

@@ -7,18 +7,25 @@ refusal charges nothing).
 Discord wants an answer within 3 seconds. The checks and the reservation normally take milliseconds, so a refusal
 can be a plain ephemeral reply; when they are slow, the interaction is deferred at 2 seconds ("thinking…") and the
 answer follows (a refusal then replaces the thinking message with an ephemeral one).
+
+When Discord refuses the answer (`answer_refused`): if the interaction was never acknowledged (10062 Unknown
+interaction: it expired, or Discord kept failing), the member saw "the application did not respond", so the job is
+failed, refunded and withdrawn from the queue, and a note in the channel tells its owner that nothing was charged. If
+it was acknowledged but its token is refused (50027 Invalid Webhook Token and the like), the queued message is posted
+in the channel with the bot's token instead and the job goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import discord
 
-from bot.errors import BlockedPrompt
+from bot.errors import BlockedPrompt, IllegalTransition
 from bot.exts.common import deps, guild_id_of, role_ids_of
 from bot.ui.buttons import progress_view
 from bot.ui.embeds import failed_embed, queued_embed
@@ -31,6 +38,8 @@ T = TypeVar("T")
 DEFER_AFTER = 2.0
 PUBLIC_DEFER = "public_defer"
 NO_PINGS = discord.AllowedMentions.none()
+#: Discord's JSON error code for "Interaction has already been acknowledged".
+ALREADY_ACKNOWLEDGED = 40060
 
 
 async def answer_in_time(interaction: discord.Interaction, work: Awaitable[T], *, ephemeral: bool = False) -> T:
@@ -38,9 +47,13 @@ async def answer_in_time(interaction: discord.Interaction, work: Awaitable[T], *
     task = asyncio.ensure_future(work)
     done, _ = await asyncio.wait({task}, timeout=DEFER_AFTER)
     if not done and not interaction.response.is_done():
-        await interaction.response.defer(thinking=True, ephemeral=ephemeral)
-        if not ephemeral:
-            interaction.extras[PUBLIC_DEFER] = True
+        try:
+            await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+        except discord.HTTPException as e:  # expired already: the work still finishes, its answer is handled later
+            log.warning("interaction %s: Discord refused the deferral (%s %s)", interaction.id, e.status, e.code)
+        else:
+            if not ephemeral:
+                interaction.extras[PUBLIC_DEFER] = True
     return await task
 
 
@@ -78,15 +91,22 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
     )
     embed = queued_embed(job, None if position is None else position + 1, paused=paused)
     view = progress_view(job.id)
-    if interaction.response.is_done():
-        message = await interaction.edit_original_response(embed=embed, view=view, allowed_mentions=NO_PINGS)
-        interaction.extras.pop(PUBLIC_DEFER, None)
-    else:
-        callback = await interaction.response.send_message(embed=embed, view=view, allowed_mentions=NO_PINGS)
-        message = callback.resource if isinstance(callback.resource, discord.Message) else await interaction.original_response()
+    through_interaction = True
+    try:
+        if interaction.response.is_done():
+            message = await interaction.edit_original_response(embed=embed, view=view, allowed_mentions=NO_PINGS)
+            interaction.extras.pop(PUBLIC_DEFER, None)
+        else:
+            callback = await interaction.response.send_message(embed=embed, view=view, allowed_mentions=NO_PINGS)
+            message = callback.resource if isinstance(callback.resource, discord.Message) else await interaction.original_response()
+    except discord.HTTPException as e:
+        message = await answer_refused(interaction, job, e, embed=embed, view=view)
+        if message is None:
+            return job
+        through_interaction = False
     await d.jobs.set_progress_message(job.id, message.channel.id, message.id)
     presenter = getattr(interaction.client, "presenter", None)
-    if presenter is not None:
+    if presenter is not None and through_interaction:
         presenter.remember(job.id, interaction, position=None if position is None else position + 1, paused=paused)
     try:
         await d.dispatcher.publish(job)
@@ -95,3 +115,32 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
         failed = await d.jobs.fail(job.id, "The image queue could not be reached.")
         await message.edit(embed=failed_embed(failed, "the image queue could not be reached; please try again later"), view=None, allowed_mentions=NO_PINGS)
     return job
+
+
+async def answer_refused(interaction: discord.Interaction, job: Any, error: discord.HTTPException, *,
+                         embed: discord.Embed, view: discord.ui.View) -> discord.Message | None:
+    """Discord refused the answer that shows a new job. Returns the message that shows it instead, or None when the
+    job was withdrawn (failed and refunded; its owner is told in the channel)."""
+    d = deps(interaction)
+    log.warning("job %s: Discord refused its queued message (%s %s: %s)", job.id, error.status, error.code, error.text)
+    if error.code == ALREADY_ACKNOWLEDGED:
+        # An earlier try went through (only its answer was lost) and discord.py tried again: use that message.
+        with contextlib.suppress(discord.HTTPException):
+            return await interaction.original_response()
+    if interaction.response.is_done():
+        # Acknowledged, but the interaction's token is refused: show the job with the bot's own token.
+        return await interaction.channel.send(embed=embed, view=view, allowed_mentions=NO_PINGS)
+    reason = ("Discord gave up on the command before the bot could answer it. Nothing was charged; "
+              "please try again.")
+    try:
+        await d.jobs.fail(job.id, reason)
+    except IllegalTransition:
+        log.info("job %s: already %s; its result will be posted as usual", job.id, (await d.jobs.get(job.id)).status)
+        return None
+    log.info("job %s withdrawn and refunded: its interaction expired before it was answered", job.id)
+    with contextlib.suppress(Exception):
+        await d.dispatcher.cancel(job.id)
+    presenter = getattr(interaction.client, "presenter", None)
+    if presenter is not None:
+        await presenter.job_failed(job.id)  # no progress message: a note to the owner in the channel
+    return None

@@ -23,8 +23,9 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import discord
@@ -42,6 +43,7 @@ from bot.ui.embeds import (
 from bot.ui.images import DEFAULT_UPLOAD_LIMIT, compose_grid, fit_to_limit
 
 log = logging.getLogger("bot.jobs")
+T = TypeVar("T")
 
 EDIT_INTERVAL = 1.5
 #: Seconds between attempts at showing a job's outcome while Discord (or the database) keeps failing.
@@ -297,17 +299,7 @@ class JobPresenter:
         When Discord (or the database) fails for a while — a 5xx after discord.py's own retries, a 503, a long rate
         limit, a network error, a locked database — it tries again after `RETRY_DELAYS`; a result still not posted
         then is posted at the next start (the dispatcher hands over every succeeded, unposted job)."""
-        for attempt, delay in enumerate((0.0, *RETRY_DELAYS)):
-            if delay:
-                await asyncio.sleep(delay)
-            try:
-                await self._show_outcome(job_id, timeline)
-                return
-            except Exception as e:
-                if not is_transient(e) or attempt == len(RETRY_DELAYS):
-                    raise
-                log.warning("job %s: showing its outcome failed (%s); trying again in %.0f s", job_id,
-                            describe(e), RETRY_DELAYS[attempt])
+        await with_retries(lambda: self._show_outcome(job_id, timeline), f"job {job_id}: showing its outcome")
 
     async def _show_outcome(self, job_id: int, timeline: bytes | None) -> None:
         job = await self.deps.jobs.find(job_id)
@@ -319,6 +311,20 @@ class JobPresenter:
             await self.job_failed(job_id)
         elif job.status == "cancelled":
             await self.job_cancelled(job_id)
+
+
+async def with_retries(fn: Callable[[], Awaitable[T]], what: str, delays: Sequence[float] = RETRY_DELAYS) -> T:
+    """`await fn()`, again after each of `delays` while it fails with a transient error (`is_transient`)."""
+    for attempt, delay in enumerate((0.0, *delays)):
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            return await fn()
+        except Exception as e:
+            if not is_transient(e) or attempt == len(delays):
+                raise
+            log.warning("%s failed (%s); trying again in %.0f s", what, describe(e), delays[attempt])
+    raise AssertionError("unreachable")
 
 
 def result_nonce(job_id: int) -> str:
