@@ -112,15 +112,27 @@ def build_unet():
     )
 
 
-def build_train_scheduler():
+#: Stable Diffusion 1.x's own schedule, used by the first stage of the shipped model's training (see docs/model.md).
+LEGACY_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+)
+
+
+def build_train_scheduler(legacy: bool = False):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**SCHEDULE, clip_sample=False)
+    return DDPMScheduler(**(LEGACY_SCHEDULE if legacy else SCHEDULE), clip_sample=False)
 
 
-def build_sample_scheduler():
+def build_sample_scheduler(legacy: bool = False):
     from diffusers import DPMSolverMultistepScheduler
 
+    if legacy:
+        return DPMSolverMultistepScheduler(**LEGACY_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2, steps_offset=1)
     return DPMSolverMultistepScheduler(**SCHEDULE, algorithm_type="dpmsolver++", solver_order=2)
 
 

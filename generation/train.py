@@ -62,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--init-from", type=Path, default=None,
                    help="start a new UNet phase from the EMA weights of this checkpoint (unet_NNNNNN.pt of an earlier run)")
+    p.add_argument("--legacy-schedule", action="store_true",
+                   help="train (and export) with Stable Diffusion 1.x's epsilon schedule instead of the zero-terminal-SNR "
+                        "v-prediction one (the first stage of the shipped model, see docs/model.md)")
     p.add_argument("--offset-noise", type=float, default=0.0,
                    help="std of a per-image, per-channel constant added to the noise (see train_unet)")
     p.add_argument("--offset-from-step", type=int, default=0, help="first UNet step that uses --offset-noise")
@@ -318,7 +321,7 @@ def train_unet(args, tokenizer) -> None:
     ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    sched = build_train_scheduler()
+    sched = build_train_scheduler(args.legacy_schedule)
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
     v_pred = sched.config.prediction_type == "v_prediction"
@@ -440,7 +443,7 @@ def export(args, tokenizer) -> Path:
     te.load_state_dict(ck["te" if args.export_live else "ema_te"])
     vae = load_vae(args, scaling=ck["scaling"])
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet.eval(), scheduler=build_sample_scheduler(),
+        vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet.eval(), scheduler=build_sample_scheduler(args.legacy_schedule),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     out = args.out
