@@ -110,11 +110,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("DISCORD_TOKEN is not set; put the bot token in the environment or in .env (see .env.example)")
         return 2
     point_at_discord(getattr(settings, "discord_api_base", None), getattr(settings, "discord_gateway_url", None))
-    if args.command == "sync":
-        guild = None if args.global_ else (args.guild or getattr(settings, "dev_guild_id", None))
-        asyncio.run(run_sync(settings, guild))
-        return 0
-    asyncio.run(_until_signal(run_bot(settings)))
+    import discord
+
+    try:
+        if args.command == "sync":
+            guild = None if args.global_ else (args.guild or getattr(settings, "dev_guild_id", None))
+            asyncio.run(run_sync(settings, guild))
+            return 0
+        asyncio.run(_until_signal(run_bot(settings)))
+    except discord.LoginFailure:
+        # Never echo the token itself: say which setting is wrong and where to get a new one.
+        log.error("Discord refused DISCORD_TOKEN (401 Unauthorized); copy a new one from the developer portal "
+                  "(Bot → Reset Token) into the environment or .env")
+        return 2
     return 0
 
 

@@ -15,6 +15,7 @@ import yarl
 from discord.ext import commands
 
 from bot.exts import EXTENSIONS
+from bot.exts.common import add_option_checks
 from bot.ui.buttons import JobButton
 
 log = logging.getLogger("bot.app")
@@ -62,6 +63,8 @@ class ImagineBot(commands.Bot):
         self.add_dynamic_items(JobButton)
         for name in self.extensions_to_load:
             await self.load_extension(name)
+        # Every option is checked against its declared bounds here too, not only by Discord's client.
+        add_option_checks(self.tree)
         log.info("loaded %d extensions; commands are synced only by `python -m bot sync`", len(self.extensions_to_load))
 
     async def on_ready(self) -> None:

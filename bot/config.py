@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     default_max_steps: int = Field(50, ge=1, le=MAX_STEPS)
     #: Longest image side (pixels) a member may ask for.
     default_max_side: int = Field(1024, ge=64, le=MAX_SIDE)
+    #: Seconds a member waits between two new jobs in a guild (/imagine and the U, V, 🔄, ✏️ buttons). 0: no wait.
+    imagine_cooldown_seconds: float = Field(3.0, ge=0, le=3600)
 
     #: Level of the bot's log lines.
     log_level: LogLevel = "INFO"

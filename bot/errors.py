@@ -6,6 +6,7 @@ All of them derive from `BotError`; anything else that reaches the error handler
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 
@@ -60,6 +61,20 @@ class TooManyActiveJobs(QuotaError):
         super().__init__(
             f"You already have {active} job(s) queued or running; at most {limit} at a time are allowed. "
             "Wait for one to finish or cancel it."
+        )
+
+
+class OnCooldown(QuotaError):
+    """The member started a job moments ago; the per-member cooldown (setting IMAGINE_COOLDOWN_SECONDS) holds the
+    next one until `retry_at`. Nothing was charged."""
+
+    def __init__(self, retry_at: datetime, cooldown: float):
+        self.retry_at = retry_at
+        self.cooldown = cooldown
+        ts = math.ceil(retry_at.timestamp())
+        super().__init__(
+            f"You are starting images a little fast: one every {cooldown:g} s. "
+            f"You can start the next one <t:{ts}:R>; nothing was charged."
         )
 
 

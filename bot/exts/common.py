@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import discord
+from discord import app_commands
 
 from bot.errors import BotError
 
@@ -19,6 +21,73 @@ class NotInGuild(BotError):
 class NotModerator(BotError):
     def __init__(self) -> None:
         super().__init__("Only moderators (Manage Server permission or the moderator role) can do that.")
+
+
+class OptionOutOfRange(BotError, app_commands.CheckFailure):
+    """An option value outside what its command declares. Discord enforces the declared bounds in its client, but a
+    stale command list or a hand-made request can still deliver one, so every command checks them again here."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def option_problem(param: app_commands.Parameter, value: Any) -> str | None:
+    """What is wrong with `value` for the declared option `param` (its type, choices, length or range), or None."""
+    kind = param.type
+    lo, hi = param.min_value, param.max_value
+    if param.choices:
+        allowed = [c.value for c in param.choices]
+        if value not in allowed:
+            return f"is {_shown(value)}, but it has to be one of: {', '.join(str(a) for a in allowed[:25])}."
+        return None
+    if kind is discord.AppCommandOptionType.string:
+        if not isinstance(value, str):
+            return "has to be text."
+        if lo is not None and len(value) < lo:
+            return f"needs at least {lo:g} character(s)."
+        if hi is not None and len(value) > hi:
+            return f"is {len(value)} characters long, but at most {hi:g} are allowed."
+        return None
+    if kind is discord.AppCommandOptionType.integer:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"is {_shown(value)}, but it has to be a whole number."
+    elif kind is discord.AppCommandOptionType.number:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"is {_shown(value)}, but it has to be a number."
+    else:
+        return None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if lo is not None and hi is not None:
+            return f"is {value:g}, but it has to be from {lo:g} to {hi:g}."
+        return f"is {value:g}, but it has to be at least {lo:g}." if lo is not None else f"is {value:g}, but at most {hi:g} is allowed."
+    return None
+
+
+async def check_declared_options(interaction: discord.Interaction) -> bool:
+    """A command check: every option value within what the command declares (see OptionOutOfRange)."""
+    command = interaction.command
+    if not isinstance(command, app_commands.Command):
+        return True
+    for param in command.parameters:
+        value = getattr(interaction.namespace, param.display_name, None)
+        if value is None:
+            continue
+        problem = option_problem(param, value)
+        if problem is not None:
+            raise OptionOutOfRange(f"`{param.display_name}` {problem}")
+    return True
+
+
+def add_option_checks(tree: app_commands.CommandTree) -> int:
+    """Add `check_declared_options` to every slash command of `tree` (once); returns how many got it."""
+    n = 0
+    for command in tree.walk_commands():
+        if isinstance(command, app_commands.Command) and check_declared_options not in command.checks:
+            command.add_check(check_declared_options)
+            n += 1
+    return n
 
 
 def deps(interaction: discord.Interaction) -> Any:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, func, or_, select, update
@@ -42,7 +42,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.engine import run_read, run_write
 from bot.db.models import ChargeState, GuildSetting, Image, Job, JobStatus
-from bot.errors import IllegalTransition, InvalidRequest, JobNotFound, NotJobOwner, SourceImageNotFound
+from bot.errors import (
+    IllegalTransition,
+    InvalidRequest,
+    JobNotFound,
+    NotJobOwner,
+    OnCooldown,
+    SourceImageNotFound,
+)
 from bot.services.quota import QuotaService
 from generation.contract import GenerationRequest, RequestError
 
@@ -226,15 +233,18 @@ class JobService:
         source_job_id: int | None = None,
         source_image_index: int | None = None,
         cost: int | None = None,
+        cooldown: float = 0.0,
     ) -> JobView:
         """Check the request, reserve its images and insert the job — one transaction. Returns the queued job.
 
         Parameters left as None take `GenerationRequest`'s defaults; `seed=None` draws a random seed.
         Variations and upscales name their init image as (`source_job_id`, `source_image_index`), an image of a
-        succeeded job. `cost` (images charged) defaults to `num_images`.
+        succeeded job. `cost` (images charged) defaults to `num_images`. `cooldown` (seconds, 0 = none): refuse the
+        job if the member started one in this guild less than that long ago — checked inside the same write
+        transaction, so a burst of simultaneous requests lets exactly one through.
 
         Raises: InvalidRequest (a parameter out of range), LimitExceeded (steps/side above the member's roles),
-        SourceImageNotFound, QuotaExceeded / TooManyActiveJobs (nothing charged).
+        SourceImageNotFound, OnCooldown, QuotaExceeded / TooManyActiveJobs (nothing charged).
         """
         from generation.contract import random_seed
 
@@ -265,6 +275,8 @@ class JobService:
         role_ids = list(role_ids)
 
         async def work(s: AsyncSession) -> JobView:
+            if cooldown > 0:
+                await self._check_cooldown(s, guild_id, user_id, cooldown)
             if mode != "txt2img":
                 await self._check_source(s, guild_id, source_job_id, source_image_index)  # type: ignore[arg-type]
             limits = await self.quota.limits_in(s, guild_id, user_id, role_ids)
@@ -302,6 +314,25 @@ class JobService:
 
         return await run_write(self.sessions, work)
 
+    async def _check_cooldown(self, s: AsyncSession, guild_id: int, user_id: int, cooldown: float) -> None:
+        """Raise OnCooldown if the member's newest job in the guild was made less than `cooldown` seconds ago."""
+        latest = (
+            await s.execute(
+                select(Job.created_at)
+                .where(Job.guild_id == guild_id, Job.user_id == user_id)
+                .order_by(Job.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if latest is None:
+            return
+        now = self.clock()
+        wait = timedelta(seconds=cooldown)
+        # A clock that went back never stretches the wait beyond one cooldown.
+        retry_at = min(latest + wait, now + wait)
+        if now < retry_at:
+            raise OnCooldown(retry_at, cooldown)
+
     async def _check_source(self, s: AsyncSession, guild_id: int, job_id: int, index: int) -> None:
         found = (
             await s.execute(
@@ -336,6 +367,8 @@ class JobService:
             raise IllegalTransition(job_id, current, to.value, tuple(a.value for a in allowed))
 
     async def _view_in(self, s: AsyncSession, job_id: int) -> JobView:
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 0 < job_id < 2**63:
+            raise JobNotFound(job_id)  # SQLite keeps 64-bit integers: such an id cannot exist
         job = await s.get(Job, job_id, populate_existing=True)
         if job is None:
             raise JobNotFound(job_id)

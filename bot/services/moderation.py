@@ -4,9 +4,13 @@ transaction (see bot.services.audit).
 
 Blocked terms
 -------------
-Terms and prompts are compared after normalising both: Unicode NFKC, accents removed, casefolded, invisible
-characters (zero-width space/joiners, soft hyphen, BOM…) dropped, and everything that is not a letter or digit
-ignored. So "NSFW", "n s f w", "n.s.f.w", "n\u200bsfw" and "ｎｓｆｗ" all match the term "nsfw".
+Terms and prompts are compared after normalising both: Unicode NFKC, accents and other combining marks removed,
+casefolded, invisible characters (every format character — zero-width space/joiners, bidi marks and overrides, soft
+hyphen, BOM, tag characters — and the Hangul fillers) dropped, letter-like symbols (🇳🇸🇫🇼, 🅝🅢🅕🅦) read as their
+letters, and everything that is not a letter or digit ignored. Words that look Latin but are spelled with Cyrillic,
+Greek or Armenian lookalikes ("nѕfw" with a Cyrillic ѕ, "gοre" with a Greek ο) are read as the Latin letters they
+imitate; a word with letters that have no Latin lookalike (real Russian or Greek text) is left alone. So "NSFW",
+"n s f w", "n.s.f.w", "n\u200bsfw", "ｎｓｆｗ" and "nѕfw" all match the term "nsfw".
 
 A term matches on word edges: it has to start where a word starts and end where a word ends in the prompt
 (letters spread out with spaces count as one word), so "ass" does not match "class". A `*` at either end of a term
@@ -47,20 +51,68 @@ from generation.contract import MAX_SIDE, MAX_STEPS, MIN_SIDE
 MAX_TERM_CHARS = 100
 
 # --- prompt normalisation ----------------------------------------------------------------------------------------
-_INVISIBLE = dict.fromkeys(
-    map(
-        ord,
-        "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff",
-    ),
-    None,
-)
+#: Characters dropped outright besides the format (Cf) category: Hangul fillers (letters that draw nothing) and
+#: the combining grapheme joiner.
+_INVISIBLE_EXTRA = frozenset("\u034f\u115f\u1160\u3164\uffa0\u17b4\u17b5")
+
+#: Lookalikes of Latin letters (lower case, after casefolding) in Cyrillic, Greek, Armenian and IPA, from Unicode's
+#: confusables list (the ones that pass for a Latin letter in ordinary fonts).
+_CONFUSABLES = {
+    # Cyrillic
+    "а": "a", "в": "b", "с": "c", "ԁ": "d", "е": "e", "һ": "h", "н": "h", "і": "i", "ӏ": "l", "ј": "j", "к": "k",
+    "м": "m", "о": "o", "р": "p", "ԛ": "q", "ѕ": "s", "т": "t", "у": "y", "ү": "y", "х": "x", "ԝ": "w", "ѡ": "w",
+    "ɡ": "g", "ԍ": "g",
+    # Greek
+    "α": "a", "β": "b", "ϲ": "c", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
+    "υ": "u", "χ": "x", "γ": "y", "ω": "w", "μ": "u", "ϳ": "j",
+    # Armenian
+    "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g",
+    # IPA and other Latin lookalikes
+    "ɑ": "a", "ı": "i", "ȷ": "j", "ɩ": "i", "ʋ": "u", "ɣ": "y", "ʏ": "y", "ᴠ": "v", "ᴡ": "w", "ᴢ": "z", "ᴄ": "c",
+    "ᴏ": "o", "ᴜ": "u", "ꜱ": "s", "ʀ": "r", "ɴ": "n", "ʜ": "h", "ᴋ": "k", "ᴍ": "m", "ᴛ": "t", "ʟ": "l", "ɢ": "g",
+}
+#: Letter-like symbols NFKC leaves alone: regional indicators 🇦–🇿, negative circled 🅐–🅩, negative squared 🅰–🆉.
+_SYMBOL_LETTERS = {
+    first + i: chr(ord("a") + i) for first in (0x1F1E6, 0x1F150, 0x1F170) for i in range(26)
+}
+
+
+def _visible(ch: str) -> bool:
+    return unicodedata.category(ch) != "Cf" and ch not in _INVISIBLE_EXTRA
+
+
+def _fold_lookalikes(text: str) -> str:
+    """Read every word written only with Latin letters, digits and Latin lookalikes as Latin (one char for one, so
+    positions do not move). Words holding any other letter (genuine Cyrillic, Greek…) are left as they are."""
+    out: list[str] = []
+    word: list[str] = []
+
+    def flush() -> None:
+        if word and any(ch in _CONFUSABLES for ch in word) and all(ch.isascii() or ch in _CONFUSABLES for ch in word):
+            out.extend(_CONFUSABLES.get(ch, ch) for ch in word)
+        else:
+            out.extend(word)
+        word.clear()
+
+    for ch in text:
+        if ch.isalnum():
+            word.append(ch)
+        else:
+            flush()
+            out.append(ch)
+    flush()
+    return "".join(out)
 
 
 def _prepare(text: str) -> str:
-    """NFKC, invisible characters out, accents off, casefolded."""
-    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+    """NFKC, invisible characters out, symbol letters read, accents off, casefolded, lookalikes read as Latin."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(_SYMBOL_LETTERS.get(ord(ch), ch) for ch in text if _visible(ch))
     text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
-    return unicodedata.normalize("NFKC", text.casefold())
+    text = unicodedata.normalize("NFKC", text.casefold())
+    # Casefolding and NFKC can bring back a format character or a combining mark in rare cases: drop them again.
+    text = "".join(ch for ch in text if _visible(ch) and not unicodedata.combining(ch))
+    return _fold_lookalikes(text)
 
 
 def normalize_term(term: str) -> str:
@@ -95,7 +147,9 @@ def match_term(text: str, terms: list[str]) -> str | None:
     compact, starts, ends = _compact(text)
     for term in terms:
         free_start, free_end = term.startswith("*"), term.endswith("*")
-        core = term.strip("*")
+        # Stored terms are normalised already; normalising again is a no-op for them and keeps terms stored by an
+        # older version of the rules matching under the current ones.
+        core = normalize_term(term).strip("*")
         if not core:
             continue
         i = compact.find(core)

@@ -1,7 +1,7 @@
 """Echoing text a member typed, safely: it never pings anyone, never formats, never breaks a Discord limit.
 
 Every place that puts user text (prompts, reasons, terms) into a message, an embed, a label or a modal goes through
-`safe_text`. Discord's limits are named here once.
+`safe_text`, which also drops control characters and bidi overrides. Discord's limits are named here once.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ CHOICES = 25
 ELLIPSIS = "…"
 _ZWSP = "\u200b"
 _WHITESPACE = re.compile(r"\s+")
+#: Characters never echoed: C0/C1 controls (except tab and newline) and the bidi embeddings, overrides and isolates
+#: (U+202A–U+202E, U+2066–U+2069), which would flip the direction of the bot's own text that follows them.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def strip_unsafe(text: str) -> str:
+    """`text` without control characters (tab and newline stay) and without bidi overrides/embeddings/isolates."""
+    return _UNSAFE.sub("", text)
 
 
 def neutralize_mentions(text: str) -> str:
@@ -55,7 +63,7 @@ def safe_text(text: str | None, limit: int = CONTENT, *, single_line: bool = Fal
 
     `single_line` folds every run of whitespace (newlines included) into one space, for titles and labels.
     """
-    text = "" if text is None else str(text)
+    text = strip_unsafe("" if text is None else str(text))
     if single_line:
         text = _WHITESPACE.sub(" ", text).strip()
     if not markdown:
@@ -66,7 +74,7 @@ def safe_text(text: str | None, limit: int = CONTENT, *, single_line: bool = Fal
 
 def plain_text(text: str | None, limit: int, *, single_line: bool = True) -> str:
     """Text for places that show no markdown and cannot ping (button labels, modal values, choice names)."""
-    text = "" if text is None else str(text)
+    text = strip_unsafe("" if text is None else str(text))
     if single_line:
         text = _WHITESPACE.sub(" ", text).strip()
     return truncate(text, limit)
@@ -74,7 +82,7 @@ def plain_text(text: str | None, limit: int, *, single_line: bool = True) -> str
 
 def code_text(text: str | None, limit: int) -> str:
     """Text shown inside a ``` code block: only the fence itself needs breaking; mentions are neutralised anyway."""
-    text = ("" if text is None else str(text)).replace("```", "`" + _ZWSP + "``")
+    text = strip_unsafe("" if text is None else str(text)).replace("```", "`" + _ZWSP + "``")
     text = neutralize_mentions(text)
     return "```\n" + truncate(text, max(0, limit - 8)) + "\n```"
 

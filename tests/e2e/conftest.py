@@ -63,6 +63,7 @@ class BotProcess:
             "HF_HUB_OFFLINE": "1",
             "DEV_GUILD_ID": "",
             "WORKER_ARGS": "",
+            "IMAGINE_COOLDOWN_SECONDS": "0",  # the tests start jobs back to back; the cooldown has its own tests
         }
         self.process: subprocess.Popen | None = None
 

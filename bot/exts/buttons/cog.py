@@ -21,6 +21,7 @@ from bot.errors import JobNotFound, NotJobOwner, SourceImageNotFound
 from bot.exts.common import audit, deps, guild_id_of, is_moderator
 from bot.exts.errors import report_error
 from bot.exts.imagine.flow import start_job
+from bot.exts.imagine.options import clean_prompt
 from bot.ui import buttons as b
 from bot.ui.embeds import cancelled_embed, parameters_embed
 from generation.contract import STRENGTH_STRONG, STRENGTH_SUBTLE
@@ -118,6 +119,8 @@ class JobActions(commands.Cog):
 
     async def remix(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
         job = await self._job(interaction, job_id)
+        # A banned member would only be refused on submit: say so before they type.
+        await deps(interaction).moderation.check_not_banned(job.guild_id, interaction.user.id)
         await interaction.response.send_modal(b.RemixModal(job.id, job.prompt, job.negative_prompt))
 
     @commands.Cog.listener()
@@ -132,8 +135,8 @@ class JobActions(commands.Cog):
         try:
             values = _modal_values(interaction.data or {})
             job = await self._job(interaction, job_id)
-            prompt = (values.get("prompt") or "").strip()
-            negative = (values.get("negative") or "").strip()
+            prompt = clean_prompt(values.get("prompt"))
+            negative = clean_prompt(values.get("negative"), "negative", required=False)
             params = same_params(job)
             if job.mode != "txt2img":  # a remix of a variation/upscale starts fresh from text
                 params |= {"mode": "txt2img", "source_job_id": None, "source_image_index": None, "num_images": 4 if job.mode == "upscale" else job.num_images}

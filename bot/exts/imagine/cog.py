@@ -11,7 +11,15 @@ from discord.ext import commands
 from bot.errors import InvalidRequest
 from bot.exts.common import deps, model_card
 from bot.exts.imagine.flow import start_job
-from bot.exts.imagine.options import ASPECTS, SCHEDULER_NAMES, ModelDefaults, aspect_size, parse_size, size_suggestions
+from bot.exts.imagine.options import (
+    ASPECTS,
+    SCHEDULER_NAMES,
+    ModelDefaults,
+    aspect_size,
+    clean_prompt,
+    parse_size,
+    size_suggestions,
+)
 from bot.exts.imagine.presenter import JobPresenter
 from bot.ui.text import CHOICE_NAME, plain_text
 from generation.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, SCHEDULERS
@@ -79,8 +87,8 @@ class Imagine(commands.Cog):
             width, height = defaults.width, defaults.height
         await start_job(
             interaction,
-            prompt=prompt.strip(),
-            negative_prompt=(negative or "").strip(),
+            prompt=clean_prompt(prompt),
+            negative_prompt=clean_prompt(negative, "negative", required=False),
             seed=seed,
             steps=steps if steps is not None else defaults.steps,
             guidance=guidance if guidance is not None else defaults.guidance,

@@ -1,8 +1,8 @@
 """Starting a job from an interaction: the checks, the reservation, the queued message, the hand-off to the queue.
 
 /imagine and the buttons that make new jobs (U, V, 🔄, ✏️) all go through `start_job`, so every new job is checked
-the same way: art channel, ban, blocked terms, then `JobService.create` (limits and quota, one transaction; a
-refusal charges nothing).
+the same way: art channel, ban, blocked terms, then `JobService.create` (the per-member cooldown, limits and quota,
+one transaction; a refusal charges nothing).
 
 Discord wants an answer within 3 seconds. The checks and the reservation normally take milliseconds, so a refusal
 can be a plain ephemeral reply; when they are slow, the interaction is deferred at 2 seconds ("thinking…") and the
@@ -80,7 +80,10 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
 
     async def prepare():
         await check_member_may_generate(interaction, params.get("prompt", ""))
-        job = await d.jobs.create(guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), **params)
+        cooldown = float(getattr(d.settings, "imagine_cooldown_seconds", 0) or 0)
+        job = await d.jobs.create(
+            guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), cooldown=cooldown, **params
+        )
         return job, await d.moderation.is_paused(guild_id), await d.jobs.position(job.id)
 
     # Everything before the first answer runs under the deadline (deferred if it gets slow).

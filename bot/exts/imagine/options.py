@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,13 @@ SCHEDULER_NAMES: dict[str, str] = {
     "ddim": "DDIM",
     "pndm": "PNDM",
 }
+#: C0 and C1 control characters (newlines and tabs included): a prompt is one line of text for the model.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Unicode categories that draw nothing on their own: spaces, controls, format characters, lone combining marks,
+#: surrogates, private use and unassigned code points.
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn", "Mn", "Me"})
+#: Letters and symbols that draw nothing: Hangul fillers, braille blank.
+_BLANK_CHARS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _SIZE = re.compile(r"^\s*(\d{2,4})\s*[x×*,]\s*(\d{2,4})\s*$", re.IGNORECASE)
 
 
@@ -57,6 +65,26 @@ class ModelDefaults:
             return d
 
 
+def has_visible_text(text: str) -> bool:
+    return any(ch not in _BLANK_CHARS and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in text)
+
+
+def clean_prompt(text: str | None, field: str = "prompt", *, required: bool = True) -> str:
+    """A prompt as the model gets it: control characters (newlines included) become spaces and the ends are trimmed.
+    A required prompt with nothing visible in it (only spaces, zero-width or other invisible characters) is refused;
+    an optional one becomes empty."""
+    text = _CONTROL.sub(" ", text or "").strip()
+    if has_visible_text(text):
+        return text
+    if required:
+        raise InvalidRequest(
+            f"`{field}` has nothing to draw in it: write what you want to see (spaces and invisible characters alone "
+            "do not count).",
+            field,
+        )
+    return ""
+
+
 def round_side(x: float) -> int:
     return max(MIN_SIDE, min(MAX_SIDE, int(round(x / SIDE_MULTIPLE)) * SIDE_MULTIPLE))
 
@@ -64,7 +92,7 @@ def round_side(x: float) -> int:
 def aspect_size(aspect: str, base_width: int, base_height: int) -> tuple[int, int]:
     """Width and height for `aspect` with about the pixel count of the model's default size."""
     if aspect not in ASPECTS:
-        raise InvalidRequest(f"`aspect` is {aspect!r}, but it has to be one of {', '.join(ASPECTS)}.", "aspect")
+        raise InvalidRequest(f"`aspect` is {aspect[:20]!r}, but it has to be one of {', '.join(ASPECTS)}.", "aspect")
     a, b = ASPECTS[aspect]
     area = base_width * base_height
     width = math.sqrt(area * a / b)

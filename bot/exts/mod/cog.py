@@ -92,7 +92,7 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         days: app_commands.Range[int, 1, 3650] | None = None,
     ) -> None:
         require_moderator(interaction)
-        until = datetime.now(UTC) + timedelta(days=days) if days else None
+        until = datetime.now(UTC) + timedelta(days=min(days, 3650)) if days else None
         await deps(interaction).moderation.ban(guild_id_of(interaction), member.id, interaction.user.id, reason=reason, until=until)
         await reply(interaction, f"{member.mention} can no longer generate images" + (f" until {ts(until, 'f')}" if until else "") + ".")
 
@@ -157,8 +157,9 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
     @app_commands.choices(policy=[app_commands.Choice(name=f"{p}: {t}"[:100], value=p) for p, t in POLICY_TEXT.items()])
     async def nsfw(self, interaction: discord.Interaction, policy: str) -> None:
         require_moderator(interaction)
-        await deps(interaction).moderation.set_nsfw_policy(guild_id_of(interaction), NsfwPolicy(policy), interaction.user.id)
-        await reply(interaction, f"NSFW policy: **{policy}** — {POLICY_TEXT[policy]}.")
+        # The service names the allowed values if `policy` is not one of them (InvalidSetting).
+        await deps(interaction).moderation.set_nsfw_policy(guild_id_of(interaction), policy, interaction.user.id)
+        await reply(interaction, f"NSFW policy: **{NsfwPolicy(policy).value}** — {POLICY_TEXT[NsfwPolicy(policy).value]}.")
 
     # --- queue -------------------------------------------------------------------------------------------------------
     queue = app_commands.Group(name="queue", description="The job queue of this server")

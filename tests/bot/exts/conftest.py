@@ -67,7 +67,10 @@ class World:
             '{"description": "Flat shapes on simple backgrounds.", "knows": {"shapes": ["circle", "square"], "colors": ["red", "blue"]},'
             ' "default_width": 64, "default_height": 64, "default_steps": 4}'
         )
-        self.settings = Settings(_env_file=None, data_dir=data, model_path=str(model), discord_token=None)
+        # No per-member cooldown here: these tests start jobs back to back; tests/hardening/test_abuse*.py cover it.
+        self.settings = Settings(
+            _env_file=None, data_dir=data, model_path=str(model), discord_token=None, imagine_cooldown_seconds=0
+        )
         self.engine = create_engine(self.settings.database_url)
         self.services = build_services(self.settings, self.engine)
         self.dispatcher = RecordingDispatcher()

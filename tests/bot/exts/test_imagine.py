@@ -317,3 +317,31 @@ async def test_repeated_preview_is_uploaded_once(world):
     assert len(edits) == 2
     assert edits[-1].json["embeds"][0]["image"]["url"] == "attachment://preview.png"
     assert edits[0].json.get("attachments") and "attachments" not in edits[1].json
+
+
+async def test_prompt_of_invisible_characters_is_refused(world):
+    """A prompt of spaces, zero-width and control characters only is refused by name; nothing is queued."""
+    result = await world.alice.slash(world.art, "imagine", prompt="\u200b\u200d \u3164\x00")
+    assert result.ephemeral and "`prompt` has nothing to draw" in result.response.content
+    assert world.dispatcher.published == []
+
+
+async def test_control_characters_in_a_prompt_become_spaces(world):
+    """Newlines and other control characters never reach the job's prompt."""
+    await world.alice.slash(world.art, "imagine", prompt="a red\ncircle\x1b[0m")
+    job = await world.latest_job()
+    assert job.prompt == "a red circle [0m"
+
+
+def test_declared_option_bounds_are_checked_again():
+    """Values outside a command's declared type, range, length or choices are named with the rule."""
+    from bot.exts.common import option_problem
+    from bot.exts.imagine.cog import Imagine
+
+    params = {p.name: p for p in Imagine.imagine.parameters}
+    assert option_problem(params["count"], 3) is None
+    assert "from 1 to 4" in option_problem(params["count"], 9)
+    assert "a number" in option_problem(params["guidance"], float("nan"))
+    assert "at most 1500" in option_problem(params["prompt"], "x" * 1501)
+    assert "one of" in option_problem(params["aspect"], "5:4")
+    assert option_problem(params["aspect"], "16:9") is None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from bot.db.models import ChargeState, JobStatus
-from bot.errors import IllegalTransition, InvalidRequest, JobNotFound, NotJobOwner, SourceImageNotFound
+from bot.errors import IllegalTransition, InvalidRequest, JobNotFound, NotJobOwner, OnCooldown, SourceImageNotFound
 from bot.services.jobs import TRANSITIONS, NewImage
 from tests.bot.conftest import CHANNEL, GUILD, MOD
 
@@ -373,3 +375,24 @@ async def test_every_state_and_action_follows_the_transition_table(roomy):
                 with pytest.raises(IllegalTransition):
                     await act(job.id, action)
                 assert (await roomy.jobs.get(job.id)).status is state, (state, action)
+
+
+async def test_cooldown_refuses_a_second_job_too_soon_and_charges_nothing(services, clock):
+    """With a cooldown, a member's next job within it is refused with the moment to retry; after it, it runs.
+    Other members and other guilds are not held."""
+    await make_job(services, cooldown=5)
+    clock.advance(seconds=2)
+    with pytest.raises(OnCooldown) as refused:
+        await make_job(services, cooldown=5)
+    assert refused.value.retry_at == clock.now + timedelta(seconds=3)
+    assert "<t:" in refused.value.user_message and ":R>" in refused.value.user_message
+    assert (await services.quota.status(GUILD, A, [])).used == 1
+    await make_job(services, user=B, cooldown=5)
+    await make_job(services, guild=GUILD + 1, cooldown=5)
+    clock.advance(seconds=3)
+    await make_job(services, cooldown=5)
+    assert (await services.quota.status(GUILD, A, [])).used == 2
+
+
+async def test_job_ids_beyond_64_bits_are_simply_not_found(services):
+    assert await services.jobs.find(2**64) is None and await services.jobs.find(-1) is None

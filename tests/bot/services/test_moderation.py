@@ -26,6 +26,36 @@ async def test_blocked_term_matches_whatever_the_case_spacing_or_invisible_chara
     assert await services.moderation.check_prompt(GUILD, prompt) == "nsfw"
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a n\u0455fw picture",  # Cyrillic dze
+        "\u043d\u0455f\u0448",  # no: only some letters have lookalikes -> tested below as not matching
+        "n\u202esfw",  # right-to-left override
+        "n\u2066s\u2069fw",  # isolates
+        "\U0001f1f3\U0001f1f8\U0001f1eb\U0001f1fc",  # regional indicator letters
+        "\U0001f15d\U0001f162\U0001f155\U0001f166",  # negative circled letters
+        "n\u0336s\u0336f\u0336w\u0336",  # strike-through combining marks
+        "n\u3164sfw",  # Hangul filler
+        "\u03b7sfw",  # Greek eta for n
+        "NS\U000e0041FW",  # tag character
+    ],
+)
+async def test_blocked_term_matches_lookalikes_and_invisible_tricks(services, prompt):
+    """Cyrillic/Greek lookalikes, bidi and tag characters, symbol letters and combining marks are seen through."""
+    await services.moderation.add_blocked_term(GUILD, "nsfw", by=MOD)
+    expected = None if prompt.startswith("\u043d") else "nsfw"
+    assert await services.moderation.check_prompt(GUILD, prompt) == expected
+
+
+@pytest.mark.parametrize("prompt", ["\u0441\u043e\u0431\u0430\u043a\u0430", "\u03c3\u03bf\u03c6\u03b9\u03b1"])
+async def test_genuine_cyrillic_and_greek_words_are_left_alone(services, prompt):
+    """Words with letters that have no Latin lookalike (собака, σοφια) are not read as Latin."""
+    from bot.services.moderation import _prepare
+
+    assert _prepare(prompt) == prompt
+
+
 @pytest.mark.parametrize("prompt", ["a classic castle", "grass on a hill", "a bassoon"])
 async def test_blocked_term_does_not_match_inside_other_words(services, prompt):
     """'ass' does not flag words that merely contain it."""

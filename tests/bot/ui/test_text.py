@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.ui.text import CONTENT, EMBED_TITLE, code_text, safe_text, truncate
+from bot.ui.text import CONTENT, EMBED_TITLE, code_text, plain_text, safe_text, truncate
 
 PING = re.compile(r"@(everyone|here)|<@[!&]?\d+>")
 
@@ -52,3 +52,12 @@ def test_safe_text_respects_any_limit_and_never_pings(text, limit):
     out = safe_text(text, limit)
     assert len(out) <= limit
     assert not PING.search(out)
+
+
+def test_control_characters_and_bidi_overrides_are_never_echoed():
+    """C0/C1 controls (tab and newline aside) and bidi overrides/isolates are dropped; ordinary text stays."""
+    hostile = "a\x00b\x1b[31mc\x9bd\u202eevil\u2066x\u2069\n\tok \u200f"
+    for shown in (safe_text(hostile), plain_text(hostile, 100, single_line=False), code_text(hostile, 100)):
+        assert not any(ch in shown for ch in "\x00\x1b\x9b\u202e\u2066\u2069")
+        assert "evil" in shown and "ok" in shown
+    assert "\n\tok" in safe_text(hostile)
