@@ -29,6 +29,16 @@ worker: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# The hardening suite in its long form (SOAK=1: more runs per fault); every test's figures go to SOAK_RECORDS and
+# then into the table of docs/reliability.md. Pick a part with e.g. `make soak SOAK_ARGS="-k faults"`.
+SOAK_RECORDS ?= $(or $(TMPDIR),/tmp)/imaginebot-soak/records.jsonl
+SOAK_ARGS ?=
+
+soak: $(STAMP)
+	mkdir -p $(dir $(SOAK_RECORDS)) && rm -f $(SOAK_RECORDS)
+	HF_HUB_OFFLINE=1 SOAK=1 RELIABILITY_OUT=$(SOAK_RECORDS) $(PY) -m pytest tests/hardening -q $(SOAK_ARGS); \
+	status=$$?; $(PY) -m tests.hardening.report $(SOAK_RECORDS) && exit $$status
+
 lint: $(STAMP)
 	$(PY) -m ruff check bot generation tests bench
 

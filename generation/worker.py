@@ -39,6 +39,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import nats.errors
@@ -606,6 +607,8 @@ def engine_loader(args: argparse.Namespace) -> tuple[Callable[[], EngineLike], s
         return (lambda: FakeEngine(args.fake_engine, name=args.fake_name, noise=args.fake_noise)), args.fake_name
 
     def load() -> EngineLike:
+        if not Path(args.model).exists():  # say so now, not after importing torch for seconds
+            raise FileNotFoundError("that path does not exist; pass a diffusers folder or a .safetensors/.ckpt file")
         from generation.engine import Engine
 
         return Engine.load(args.model, device=args.device, threads=args.threads, channels_last=args.channels_last,

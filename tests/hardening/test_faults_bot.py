@@ -12,14 +12,15 @@ import pytest
 
 from tests.fakediscord.server import FakeDiscord
 from tests.hardening.faultkit import BotProcess, grid_posts, pid_alive, tally, wait_until
-from tests.hardening.reliability import soak_runs
+from tests.hardening.reliability import soak, soak_runs
 
 pytestmark = pytest.mark.slow
 
 FINAL = ("posted", "failed", "cancelled")
 
 
-@pytest.mark.parametrize("victims", ["bot", "bot+children"])
+@pytest.mark.parametrize("victims", ["bot", pytest.param("bot+children", marks=pytest.mark.skipif(
+    not soak(), reason="the long form only (SOAK=1, make soak): `bot` covers the fast run"))])
 async def test_bot_kill_9_with_jobs_queued_then_restart(victims, tmp_path, reliability):
     """`kill -9` of the bot (`bot`), or of the bot, its nats-server and its worker at once (`bot+children`, as when
     the machine's OOM killer takes the whole group), with N jobs accepted and mostly still queued; then a restart on

@@ -267,7 +267,7 @@ async def test_413_upload_too_large_posts_smaller(world, reliability):
 async def test_everything_at_once_under_load(world, reliability):
     """A burst of jobs from several members while Discord randomly rate-limits, fails with 5xx (sometimes after
     doing the work) and refuses the interaction token: every job is posted exactly once or refunded with a note."""
-    n = soak_runs(8, 40)
+    n = soak_runs(6, 40)
     members = [world.member() for _ in range(4)]
     world.fd.rate_limit("*", r"^/(channels|webhooks)/", retry_after=0.2, count=n // 2)
     world.fd.inject("POST", world.post_path, 502, count=n // 4, when=lambda c: bool(c.files))

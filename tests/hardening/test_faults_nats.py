@@ -30,7 +30,7 @@ async def world(tmp_path, migrated_template, nats_server):
 async def test_nats_server_restart_mid_stream(world, how, reliability):
     """Each run: jobs waiting and running on two workers, the server goes down for a second (SIGTERM, or SIGKILL
     for `crash`) and comes back on the same port and store. All jobs of all runs end posted exactly once."""
-    runs = soak_runs(2, 10)
+    runs = soak_runs(1, 10)
     server = world.server
     workers = [world.worker("--fake-engine", "0.03", "--max-batch", "2") for _ in range(2)]
     failures = 0

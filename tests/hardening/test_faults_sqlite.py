@@ -52,7 +52,7 @@ async def test_write_lock_shorter_than_the_busy_timeout(make_world, reliability)
     arrive and results are posted. Everything waits for the lock and goes through: each job posted once."""
     world = await make_world()
     worker = world.worker("--fake-engine", "0.02", "--max-batch", "2")
-    runs = soak_runs(2, 10)
+    runs = soak_runs(1, 10)
     for run in range(runs):
         await world.submit(3, steps=10, user=run % 2 + 1)
         await world.mid_job(worker, timeout=30)

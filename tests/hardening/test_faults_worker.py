@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from tests.hardening.faultkit import FAST, DispatchWorld, journal_runs
+from tests.hardening.faultkit import DispatchWorld, journal_runs
 from tests.hardening.reliability import soak_runs
 
 pytestmark = pytest.mark.slow
@@ -86,35 +86,34 @@ async def test_worker_kill_9_with_a_full_queue_and_a_second_worker(world, reliab
 
 
 async def test_a_worker_whose_model_does_not_load_takes_no_jobs(world, tmp_path, reliability):
-    """`--model` names a folder that is not a model: the worker says so, announces it failed, exits non-zero and
-    takes no job. Jobs for that model wait for a worker that can serve it, and when none comes within the
-    dispatcher's `unserved_timeout` they fail with a message naming the cause and are refunded."""
-    world.dispatcher.unserved_timeout = 3.0
-    bad = tmp_path / "not-a-model"
-    bad.mkdir()
-    (bad / "README.txt").write_text("nothing to load here")
-    runs = soak_runs(2, 6)
+    """`--model` names a path that is missing, or (long form) a folder that is not a model (the worker then imports
+    torch and diffusers first): the worker says so, announces it failed, exits with status 1 and takes no job. The
+    jobs waiting for that model fail at once with the worker's reason and are refunded."""
+    world.dispatcher.unserved_timeout = 60.0  # the reason comes from the worker, not from this timeout
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "README.txt").write_text("nothing to load here")
+    runs = soak_runs(1, 4)
     failures = 0
     ids = []
-    for _ in range(runs):
+    for run in range(runs):
+        bad = tmp_path / "missing-model" if run % 2 == 0 else not_a_model
         w = world.worker("--model", str(bad), "--threads", "1")
         ids += await world.submit(1, steps=4)
         code = await asyncio.to_thread(w.proc.wait, 120)
         log = w.log()
-        if code == 0 or "could not load" not in log or "Traceback" in log:
+        if code != 1 or "could not load" not in log or "Traceback" in log:
             failures += 1
             print(f"worker {w.name} exited {code}; log:\n{log[-3000:]}")
-    tally = await world.settle(ids, timeout=30)
-    rows = world.rows(ids)
-    errors = {i: r["error"] for i, r in rows.items()}
+        tally = await world.settle(ids, timeout=20)
+        errors = {i: r["error"] for i, r in world.rows(ids).items()}
+        if not (errors[ids[-1]] and "could not load" in errors[ids[-1]] and bad.name in errors[ids[-1]]):
+            failures += 1
     print(f"model load failures: {tally}; errors {errors}")
-    told = [i for i, e in errors.items() if e and "could not load" in e and str(bad.name) in e]
-    failures += len(ids) - len(told)
     reliability.record("worker whose model fails to load", runs=runs, failures=failures, lost=len(tally.lost),
                        duplicated=len(tally.duplicated))
     assert failures == 0, errors
     assert sorted(tally.refunded) == sorted(ids), str(tally)
-    assert FAST.ack_wait  # the config the workers ran with
 
 
 async def test_jobs_for_a_model_no_worker_serves_fail_with_a_message(world, reliability):
