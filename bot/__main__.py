@@ -1,5 +1,8 @@
 """Run the bot: `python -m bot`, or sync its slash commands on purpose: `python -m bot sync [--guild ID | --global]`.
 
+Data: `python -m bot backup [--to PATH]` (a consistent archive of the database and images, also while the bot
+runs) and `python -m bot restore PATH [--force]` (with the bot stopped); see bot/backup.py.
+
 Start-up: logging, settings, database migrations (`alembic upgrade head`, inside `open_services`), the queue
 dispatcher (with NATS_URL unset: an embedded nats-server and a local worker, started by bot.dispatch), then the bot.
 Ctrl-C or SIGTERM closes the Discord connection, stops the dispatcher (and the embedded server and worker with it)
@@ -18,6 +21,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("bot")
@@ -31,6 +35,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     where = s.add_mutually_exclusive_group()
     where.add_argument("--guild", type=int, default=None, help="sync to this guild only (instant)")
     where.add_argument("--global", dest="global_", action="store_true", help="sync globally (all servers)")
+    b = sub.add_parser("backup", help="write a backup archive of the database and images (safe while the bot runs)")
+    b.add_argument("--to", type=Path, default=None,
+                   help="archive file (….tar.gz) or folder for it (default: backups/ next to the data folder)")
+    r = sub.add_parser("restore", help="replace the database and images with a backup's (bot stopped)")
+    r.add_argument("path", type=Path, help="a backup archive (or an unpacked backup folder)")
+    r.add_argument("--force", action="store_true", help="restore even though the bot seems to be running")
     return p.parse_args(argv)
 
 
@@ -55,6 +65,14 @@ async def open_dispatch(settings: Any, services: Any) -> AsyncIterator[Any]:
 
 
 async def run_bot(settings: Any) -> None:
+    from bot.backup import running_lock
+
+    # The shared lock tells `python -m bot restore` that the data folder is in use.
+    with running_lock(settings.data_dir):
+        await _run_bot(settings)
+
+
+async def _run_bot(settings: Any) -> None:
     from bot.app import Deps, ImagineBot
     from bot.loopmon import lag_monitor
     from bot.services import open_services
@@ -99,6 +117,28 @@ async def _until_signal(main: Any) -> None:
         log.info("stopped")
 
 
+def run_data_command(args: argparse.Namespace, settings: Any) -> int:
+    """`backup` and `restore` (no Discord involved)."""
+    from bot.backup import BackupError, backup, restore
+
+    try:
+        if args.command == "backup":
+            done = backup(settings.data_dir, settings.database_url, args.to)
+            print(f"backup written to {done.path}: {done.jobs} job(s), {done.images} image(s) in the database, "
+                  f"{done.files} file(s), {done.seconds:.1f} s")
+            if done.missing:
+                print(f"warning: {len(done.missing)} image file(s) named by the database were missing", file=sys.stderr)
+            return 0
+        done = restore(args.path, settings.data_dir, settings.database_url, force=args.force)
+    except BackupError as exc:
+        log.error("%s failed: %s", args.command, exc)
+        return 1
+    print(f"restored {done.jobs} job(s) and {done.images} image(s) from {args.path}"
+          + (f"; the previous data is in {done.previous}" if done.previous else "")
+          + ". Start the bot: it migrates the database if needed and re-queues unfinished jobs.")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from bot.app import point_at_discord
@@ -106,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = get_settings()
     setup_logging((args.log_level or settings.log_level).upper())
+    if args.command in ("backup", "restore"):
+        return run_data_command(args, settings)
     if settings.discord_token is None:
         log.error("DISCORD_TOKEN is not set; put the bot token in the environment or in .env (see .env.example)")
         return 2

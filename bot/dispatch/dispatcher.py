@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from bot.errors import IllegalTransition, JobNotFound
+from bot.services.images import ImageWriteError
 from generation.contract import GenerationRequest, RequestError
 from generation.queue import (
     JobQueue,
@@ -90,6 +91,7 @@ class ImagesLike(Protocol):
     def save(self, job_id: int, index: int, png_bytes: bytes, *, suffix: str = ".png") -> Any: ...
     def read(self, path: str, sha256: str | None = None) -> bytes: ...
     def relative_path(self, job_id: int, index: int, suffix: str = ".png") -> str: ...
+    def delete(self, path: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -548,16 +550,26 @@ class Dispatcher:
         waited = self._started_at.pop(out.job_id, None)
         if out.status == "succeeded":
             new_images = []
-            for img in out.images:
-                data = await q.get_object(img.object)
-                if hashlib.sha256(data).hexdigest() != img.sha256:
-                    raise ValueError(f"image {img.index} of job {out.job_id} arrived damaged (sha256 mismatch)")
-                stored = await asyncio.to_thread(self.images.save, out.job_id, img.index, data)
-                new_images.append((img.index, img.seed, stored.path, stored.sha256, img.nsfw))
             timeline = None
-            if out.timeline_object:
-                timeline = await q.get_object(out.timeline_object)
-                await asyncio.to_thread(self.images.save, out.job_id, 0, timeline, suffix=TIMELINE_SUFFIX)
+            try:
+                for img in out.images:
+                    data = await q.get_object(img.object)
+                    if hashlib.sha256(data).hexdigest() != img.sha256:
+                        raise ValueError(f"image {img.index} of job {out.job_id} arrived damaged (sha256 mismatch)")
+                    stored = await asyncio.to_thread(self.images.save, out.job_id, img.index, data)
+                    new_images.append((img.index, img.seed, stored.path, stored.sha256, img.nsfw))
+                if out.timeline_object:
+                    timeline = await q.get_object(out.timeline_object)
+                    await asyncio.to_thread(self.images.save, out.job_id, 0, timeline, suffix=TIMELINE_SUFFIX)
+            except ImageWriteError as e:
+                # Disk full or failing: keep nothing of this job, fail it (refunded) and tell its owner why.
+                log.error("job %d: writing %s failed: %s", out.job_id, e.path, e)
+                for _, _, path, _, _ in new_images:
+                    with contextlib.suppress(OSError, ValueError):
+                        self.images.delete(path)
+                changed = await self._fail(out.job_id, f"{e}; please try again later", worker=out.worker)
+                await self._drop_objects(out)
+                return changed
             if str(job.status) == "queued":  # its `started` event was missed (the bot was down)
                 with contextlib.suppress(IllegalTransition):
                     await self.jobs.start(out.job_id, out.worker)

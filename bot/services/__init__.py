@@ -21,7 +21,7 @@ from bot.db.engine import create_engine, make_sessionmaker
 from bot.db.migrate import migrate
 from bot.db.models import utcnow
 from bot.services.audit import AuditEntry, AuditService
-from bot.services.images import ImageStore, StoredImage
+from bot.services.images import ImageStore, ImageWriteError, StoredImage
 from bot.services.jobs import ImageView, JobService, JobView, NewImage
 from bot.services.moderation import ModerationService
 from bot.services.quota import Limits, QuotaService, QuotaStatus
@@ -61,7 +61,9 @@ async def open_services(settings: Settings, *, run_migrations: bool = True) -> A
         await migrate(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
-        yield build_services(settings, engine)
+        services = build_services(settings, engine)
+        services.images.sweep_temp()  # nothing writes images yet: whatever temporary file exists, a crash left
+        yield services
     finally:
         await engine.dispose()
 
@@ -70,6 +72,7 @@ __all__ = [
     "AuditEntry",
     "AuditService",
     "ImageStore",
+    "ImageWriteError",
     "ImageView",
     "JobService",
     "JobView",
