@@ -46,9 +46,9 @@ def option_problem(param: app_commands.Parameter, value: Any) -> str | None:
         if not isinstance(value, str):
             return "has to be text."
         if lo is not None and len(value) < lo:
-            return f"needs at least {lo:g} character(s)."
+            return f"needs at least {_num(lo)} character(s)."
         if hi is not None and len(value) > hi:
-            return f"is {len(value)} characters long, but at most {hi:g} are allowed."
+            return f"is {len(value)} characters long, but at most {_num(hi)} are allowed."
         return None
     if kind is discord.AppCommandOptionType.integer:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -59,10 +59,17 @@ def option_problem(param: app_commands.Parameter, value: Any) -> str | None:
     else:
         return None
     if (lo is not None and value < lo) or (hi is not None and value > hi):
+        v, low, high = _num(value), _num(lo), _num(hi)
         if lo is not None and hi is not None:
-            return f"is {value:g}, but it has to be from {lo:g} to {hi:g}."
-        return f"is {value:g}, but it has to be at least {lo:g}." if lo is not None else f"is {value:g}, but at most {hi:g} is allowed."
+            return f"is {v}, but it has to be from {low} to {high}."
+        return f"is {v}, but it has to be at least {low}." if lo is not None else f"is {v}, but at most {high} is allowed."
     return None
+
+
+def _num(x: float | int | None) -> str:
+    if x is None:
+        return ""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 async def check_declared_options(interaction: discord.Interaction) -> bool:

@@ -345,3 +345,7 @@ def test_declared_option_bounds_are_checked_again():
     assert "at most 1500" in option_problem(params["prompt"], "x" * 1501)
     assert "one of" in option_problem(params["aspect"], "5:4")
     assert option_problem(params["aspect"], "16:9") is None
+    from bot.exts.account.cog import Account
+
+    job = next(p for p in Account.show.parameters if p.name == "job")
+    assert option_problem(job, 0) == "is 0, but it has to be at least 1." and option_problem(job, 2**53) is None
