@@ -48,13 +48,14 @@ def test_compile_wraps_the_unet_and_the_vae_decode(tiny_model_dir, request_for, 
     assert len(varied.images) == 1
 
 
-def test_worker_flags_reach_engine_load(monkeypatch):
+def test_worker_flags_reach_engine_load(tiny_model_dir, monkeypatch):
     """`--channels-last --compile` on the worker's command line load the engine with both switches on."""
     seen = {}
     monkeypatch.setattr(Engine, "load", classmethod(lambda cls, path, **kw: seen.update(kw, path=path) or "engine"))
-    load, _ = worker.engine_loader(worker.parse_args(["--model", "m", "--channels-last", "--compile"]))
+    model = str(tiny_model_dir)
+    load, _ = worker.engine_loader(worker.parse_args(["--model", model, "--channels-last", "--compile"]))
     assert load() == "engine"
-    assert seen["path"] == "m" and seen["channels_last"] is True and seen["compile"] is True
-    load, _ = worker.engine_loader(worker.parse_args(["--model", "m"]))
+    assert seen["path"] == model and seen["channels_last"] is True and seen["compile"] is True
+    load, _ = worker.engine_loader(worker.parse_args(["--model", model]))
     load()
     assert seen["channels_last"] is False and seen["compile"] is False
