@@ -65,6 +65,11 @@ def parse_args(argv=None):
     p.add_argument("--legacy-schedule", action="store_true",
                    help="train (and export) with Stable Diffusion 1.x's epsilon schedule instead of the zero-terminal-SNR "
                         "v-prediction one (the first stage of the shipped model, see docs/model.md)")
+    p.add_argument("--high-t-frac", type=float, default=0.0,
+                   help="fraction of each batch whose timestep is drawn from the noisiest 30%% of the schedule, where "
+                        "the layout (position, size) is decided")
+    p.add_argument("--shape-loss-weight", type=float, default=1.0,
+                   help="weight of latent pixels that differ from the image's dominant value in the UNet loss")
     p.add_argument("--offset-noise", type=float, default=0.0,
                    help="std of a per-image, per-channel constant added to the noise (see train_unet)")
     p.add_argument("--offset-from-step", type=int, default=0, help="first UNet step that uses --offset-noise")
@@ -381,6 +386,13 @@ def train_unet(args, tokenizer) -> None:
             # per-channel constant in the noise hides the mean at high noise levels, so the caption has to decide it.
             noise = noise + args.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
+        n_high = int(round(args.high_t_frac * args.batch))
+        if n_high:
+            # At 16x16 the layout is settled in the first, noisiest sampling steps; after switching to the
+            # zero-terminal-SNR schedule the warm-started model still ignored position words, so part of every batch
+            # is spent where only the caption can say where the shape goes.
+            T = sched.config.num_train_timesteps
+            t[:n_high] = torch.randint(int(0.7 * T), T, (n_high,), generator=gen)
         xt = sched.add_noise(x0, noise, t)
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         for g in opt.param_groups:
@@ -396,7 +408,15 @@ def train_unet(args, tokenizer) -> None:
             # min-SNR-5 weighting for epsilon prediction: weight = min(snr, 5) / snr
             target = noise
             w = (torch.clamp(snr[t], max=5.0) / snr[t]).float()
-        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        err = F.mse_loss(pred, target, reduction="none")
+        if args.shape_loss_weight != 1.0:
+            # The shape covers a small part of the latent, so its placement moves the loss little next to the
+            # background's; latent pixels away from the image's median weigh more.
+            med = x0.flatten(2).median(dim=2).values[:, :, None, None]
+            mask = ((x0 - med).abs().mean(dim=1, keepdim=True) > 0.3).float()
+            sw = 1.0 + (args.shape_loss_weight - 1.0) * mask
+            err = err * sw / sw.mean(dim=(1, 2, 3), keepdim=True)
+        loss = (err.mean(dim=(1, 2, 3)) * w).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
