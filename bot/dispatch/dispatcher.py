@@ -20,9 +20,10 @@ What happens to a job here:
   commits or refunds exactly once), then the outcome message is acked and `listener.job_finished(job_id, timeline=…)`
   is called. A second outcome for the same job finds the job final and changes nothing;
 - the stream's max-deliveries advisory (workers died on the job `max_deliver` times): `fail` + refund;
-- no live worker serves the job's model: when a worker announced that it could not load that model, the job fails at
-  once with the worker's reason; otherwise it waits `unserved_timeout` seconds for one to come, then fails. Either
-  way it is refunded and taken out of the stream, never left waiting forever.
+- no live worker serves the job's model: when a worker announced that it could not load that model, the job fails
+  with the worker's reason after `load_error_grace` seconds (10) in which no other worker came; otherwise it waits
+  `unserved_timeout` seconds for one, then fails. Either way it is refunded and taken out of the stream, never left
+  waiting forever.
 
 `reconcile()` (run by `start`) walks every unfinished job row: collects outcomes stored while the bot was down,
 re-publishes dispatched jobs the stream lacks, and hands succeeded-but-unposted jobs to the listener for posting.
@@ -63,6 +64,9 @@ log = logging.getLogger("bot.dispatch")
 WORKER_TIMEOUT = 10.0
 #: Seconds a job waits for a worker that serves its model before it fails (refunded) with a message saying so.
 UNSERVED_TIMEOUT = 300.0
+#: Seconds a job still waits after a worker reported that it could not load the job's model (another worker, or the
+#: same one restarted with a fixed model, may announce itself meanwhile).
+LOAD_ERROR_GRACE = 10.0
 #: Worker states in which a worker takes (or finishes) jobs of its model.
 SERVING_STATES = ("loading", "ready", "busy", "stopping")
 TIMELINE_SUFFIX = "_timeline.webp"
@@ -161,6 +165,7 @@ class Dispatcher:
         self._previews: dict[int, bytes] = {}
         self._started = False
         self.unserved_timeout = unserved_timeout
+        self.load_error_grace = LOAD_ERROR_GRACE
         #: When a worker last served each model token, and the latest load failure reported for it.
         self._token_seen: dict[str, float] = {}
         self._load_errors: dict[str, tuple[str, float]] = {}
@@ -369,7 +374,7 @@ class Dispatcher:
         """Fail (and refund) the waiting or running jobs whose model no live worker serves: at once when a worker
         reported that it could not load that model, else after `unserved_timeout` seconds. Returns their ids."""
         now = time.monotonic()
-        interval = min(5.0, max(0.5, self.unserved_timeout / 4))
+        interval = min(5.0, max(0.5, min(self.unserved_timeout, self.load_error_grace) / 4))
         if not force and now - self._last_unserved_check < interval:
             return []
         self._last_unserved_check = now
@@ -388,7 +393,8 @@ class Dispatcher:
             last_served = self._token_seen.get(token, self._started_mono)
             load_error = self._load_errors.get(token)
             what = f"model `{job.model}`" if job.model else "the default model"
-            if load_error is not None and load_error[1] >= last_served:
+            grace = min(self.load_error_grace, self.unserved_timeout)
+            if load_error is not None and load_error[1] >= last_served and now - max(since, load_error[1]) >= grace:
                 reason = f"No worker can run {what}: {load_error[0]}"
             elif now - max(since, last_served, self._started_mono) >= self.unserved_timeout:
                 reason = (f"No worker is serving {what}: none was seen for {self.unserved_timeout:.0f} s, so the job "

@@ -87,9 +87,11 @@ async def test_worker_kill_9_with_a_full_queue_and_a_second_worker(world, reliab
 
 async def test_a_worker_whose_model_does_not_load_takes_no_jobs(world, tmp_path, reliability):
     """`--model` names a path that is missing, or (long form) a folder that is not a model (the worker then imports
-    torch and diffusers first): the worker says so, announces it failed, exits with status 1 and takes no job. The
-    jobs waiting for that model fail at once with the worker's reason and are refunded."""
+    torch and diffusers first): the worker says so, announces it failed, exits with status 1 and takes no job. A job
+    for that model then fails with the worker's reason (after the dispatcher's short grace for another worker to
+    come) and is refunded."""
     world.dispatcher.unserved_timeout = 60.0  # the reason comes from the worker, not from this timeout
+    world.dispatcher.load_error_grace = 1.5
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
     (not_a_model / "README.txt").write_text("nothing to load here")
@@ -99,8 +101,8 @@ async def test_a_worker_whose_model_does_not_load_takes_no_jobs(world, tmp_path,
     for run in range(runs):
         bad = tmp_path / "missing-model" if run % 2 == 0 else not_a_model
         w = world.worker("--model", str(bad), "--threads", "1")
-        ids += await world.submit(1, steps=4)
         code = await asyncio.to_thread(w.proc.wait, 120)
+        ids += await world.submit(1, steps=4)
         log = w.log()
         if code != 1 or "could not load" not in log or "Traceback" in log:
             failures += 1
