@@ -144,10 +144,11 @@ def read_lag(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def worst_lag(windows: list[dict], start: float, end: float) -> tuple[float, int]:
-    """Worst lag (ms) over the windows that end within [start, end], and how many there were."""
+def worst_lag(windows: list[dict], start: float, end: float, key: str = "worst_ms") -> tuple[float, int]:
+    """Worst lag (ms; or another figure, `key`) over the windows that end within [start, end], and how many there
+    were."""
     chosen = [w for w in windows if start < w["t"] <= end]
-    return (max((w["worst_ms"] for w in chosen), default=float("nan")), len(chosen))
+    return (max((w.get(key, float("nan")) for w in chosen), default=float("nan")), len(chosen))
 
 
 async def run(args) -> dict:
@@ -221,14 +222,24 @@ async def run(args) -> dict:
                     shutil.copy(tmp_path / name, args.keep_logs / name)
     burst_lag, burst_windows = worst_lag(windows, burst_from, burst_to + 1.0)
     idle_lag, idle_windows = worst_lag(windows, idle_from + 1.0, idle_to)
+    burst_gc, _ = worst_lag(windows, burst_from, burst_to + 1.0, "gc_worst_ms")
+    full_gcs = sum(w.get("gc_full", 0) for w in windows if burst_from < w["t"] <= burst_to + 1.0)
     callback_types = [r.callback_types[0] if r.callback_types else None for r in records]
     return {
         "echo": summary_ms(echo), "single": summary_ms(single), "burst": summary_ms([r.ack_delay for r in records]),
         "late": len({r.id for r in fd.late_acks} & {r.id for r in records}), "grids": grids, "deferred": callback_types.count(5), "answered": callback_types.count(4),
         "fired_s": fired_s, "acked_s": acked_s, "drained_s": drained_s,
         "lag_burst_ms": burst_lag, "lag_burst_windows": burst_windows, "lag_idle_ms": idle_lag,
-        "lag_idle_windows": idle_windows, "exit_code": code, "load": os.getloadavg()[0], "model": model, "errors": log_text.count(" ERROR "),
+        "lag_idle_windows": idle_windows, "gc_burst_ms": burst_gc, "gc_full": full_gcs, "exit_code": code, "load": os.getloadavg()[0], "model": model, "errors": log_text.count(" ERROR "),
+        "defer_after": defer_after(),
     }
+
+
+def defer_after() -> float:
+    """The bot's wait before deferring an interaction that arrived on an idle bot (bot/exts/imagine/flow.py)."""
+    from bot.exts.imagine.flow import DEFER_AFTER
+
+    return DEFER_AFTER
 
 
 def _without_keep_logs(argv: list[str] | None) -> list[str]:
@@ -280,14 +291,16 @@ def report(args, r: dict, argv: list[str] | None) -> str:
         "",
         f"- Acknowledgements: p99 {b['p99']:.0f} ms in the burst (goal <= {ACK_GOAL_MS:.0f} ms: {ack_verdict}); "
         f"{b['p50'] / s['p50']:.1f}x the p50 of one interaction at a time. {r['answered']} answered directly with "
-        f"the queued message, {r['deferred']} deferred first (the bot defers after 2 s of checks), {r['late']} "
+        f"the queued message, {r['deferred']} deferred first (the bot defers at once when other interactions are being "
+        f"admitted, else after {r['defer_after']:g} s of checks), {r['late']} "
         "acknowledged after Discord's 3 s deadline.",
         f"- The fake Discord sent the burst in {r['fired_s'] * 1000:.0f} ms; the last acknowledgement came {r['acked_s']:.2f} s "
         f"after the first interaction; {r['grids']} of {b['n']} grids were posted, the last {r['drained_s']:.1f} s after "
         f"it ({r['grids'] / r['drained_s']:.1f} grids/s).",
         f"- Event-loop lag: worst {r['lag_burst_ms']:.1f} ms over the {r['lag_burst_windows']} seconds of the burst "
         f"(the worker generating, the bot editing progress messages and posting grids; goal <= {LAG_GOAL_MS:.0f} ms: "
-        f"{lag_verdict}); worst {r['lag_idle_ms']:.1f} ms over {r['lag_idle_windows']} idle seconds before it.",
+        f"{lag_verdict}); worst {r['lag_idle_ms']:.1f} ms over {r['lag_idle_windows']} idle seconds before it. "
+        f"Garbage collection in the burst: longest {r['gc_burst_ms']:.1f} ms, {r['gc_full']} full collection(s).",
         f"- The bot logged {r['errors']} ERROR line(s) and exited with code {r['exit_code']} on Ctrl-C.",
     ])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -25,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("bot")
+
+#: Middle-generation collections between two full ones (Python's default is 10); see freeze_startup_heap.
+FULL_GC_EVERY = 100
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -90,8 +94,23 @@ async def _run_bot(settings: Any) -> None:
             report = await dispatcher.start(listener=bot.presenter)
             if report is not None:
                 log.info("reconciled unfinished jobs: %s", report)
+            freeze_startup_heap()
             log.info("bot starting (commands are not synced on connect; use `python -m bot sync`)")
             await bot.connect(reconnect=True)
+
+
+def freeze_startup_heap() -> None:
+    """Keep garbage collection out of the event loop's way (bench/bot_burst.py: a full collection stopped the loop
+    for a quarter of a second under load).
+
+    Everything alive after start-up (the imported libraries, the migrations, the services) is taken out of the
+    collector's view (`gc.freeze`): a full collection walks only what the bot made since. Full collections still
+    take tens of milliseconds in a burst, with hundreds of interactions in flight, so they come ten times less often
+    (FULL_GC_EVERY); the young generations, where nearly all garbage dies, are collected as before."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_GC_EVERY)
 
 
 async def run_sync(settings: Any, guild_id: int | None) -> None:

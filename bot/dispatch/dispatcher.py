@@ -87,6 +87,7 @@ class JobsLike(Protocol):
     async def next_for_dispatch(self, limit: int = 1) -> list[Any]: ...
     async def unfinished(self) -> list[Any]: ...
     async def get_image(self, job_id: int, index: int) -> Any: ...
+    async def waiting(self, limit: int | None = None) -> list[int]: ...
 
 
 class ImagesLike(Protocol):
@@ -162,6 +163,7 @@ class Dispatcher:
         self._started_at: dict[int, float] = {}
         self._listener_tasks: set[asyncio.Task] = set()
         self._positions_task: asyncio.Task | None = None
+        self._positions_stale = False
         self._previews: dict[int, bytes] = {}
         self._started = False
         self.unserved_timeout = unserved_timeout
@@ -653,27 +655,40 @@ class Dispatcher:
         self._refresh_positions_soon()
 
     def _refresh_positions_soon(self, delay: float = 2.0, limit: int = 25) -> None:
-        """After a job starts or ends the waiting jobs move up: let the listener refresh the first `limit` of them,
-        at most once per `delay` seconds (message edits are rate-limited)."""
+        """After a job starts or ends the waiting jobs move up: let the listener refresh the first `limit` of them.
+
+        Coalesced: at most one refresh runs at a time, at most once per `delay` seconds (message edits are
+        rate-limited); a request while one runs makes it go round once more. Each round reads the line once (job ids
+        only, `JobService.waiting`) and refreshes the jobs one after the other, so a long queue costs neither a load
+        of the whole queue nor a burst of database sessions."""
         if self.listener is None or getattr(self.listener, "job_queued", None) is None:
             return
-        if self._positions_task is not None and not self._positions_task.done():
+        waiting_fn = getattr(self.jobs, "waiting", None)
+        if waiting_fn is None:
             return
-        queue_fn = getattr(self.jobs, "queue", None)
-        if queue_fn is None:
+        self._positions_stale = True
+        if self._positions_task is not None and not self._positions_task.done():
             return
 
         async def refresh() -> None:
-            await asyncio.sleep(delay)
-            try:
-                waiting = [j.id for j in await queue_fn() if str(j.status) == "queued"][:limit]
-            except Exception:
-                log.warning("dispatch: could not read the queue to refresh positions", exc_info=True)
-                return
-            for job_id in waiting:
-                await self._call_listener("job_queued", job_id)
+            while self._positions_stale and not self._closing:
+                await asyncio.sleep(delay)
+                self._positions_stale = False
+                try:
+                    waiting = await waiting_fn(limit)
+                except Exception:
+                    log.warning("dispatch: could not read the queue to refresh positions", exc_info=True)
+                    continue
+                for job_id in waiting:
+                    fn = getattr(self.listener, "job_queued", None)
+                    if fn is None or self._closing:
+                        return
+                    try:
+                        await fn(job_id)
+                    except Exception:
+                        log.exception("dispatch: listener job_queued failed for job %s", job_id)
 
-        self._positions_task = asyncio.create_task(refresh())
+        self._positions_task = asyncio.create_task(refresh(), name="dispatch-positions")
 
     async def _emit(self, ev: JobEvent) -> None:
         for cb in list(self._subscribers):

@@ -612,12 +612,67 @@ class JobService:
         return await run_read(self.sessions, work)
 
     async def position(self, job_id: int) -> int | None:
-        """How many jobs are ahead of this one in `queue()` (0 = next or running); None if it is not queued."""
-        line = await self.queue()
-        for i, job in enumerate(line):
-            if job.id == job_id:
-                return 0 if job.status is R else i - sum(1 for j in line if j.status is R)
-        return None
+        """How many jobs are ahead of this one in `queue()` (0 = next or running); None if it is not queued.
+
+        Counted in SQL (no job is loaded): a dispatched job has the dispatched jobs before it (by dispatch time)
+        ahead; a pending one has every dispatched job and the pending jobs before it in fair order (round, id)."""
+
+        async def work(s: AsyncSession) -> int | None:
+            row = (await s.execute(select(JOB.c.status, JOB.c.dispatched_at).where(JOB.c.id == job_id))).first()
+            if row is None or row.status not in (Q.value, R.value):
+                return None
+            if row.status == R.value:
+                return 0
+            me = JOB.alias("me")
+            dispatched = and_(JOB.c.status == Q.value, JOB.c.dispatched_at.is_not(None))
+            if row.dispatched_at is not None:
+                # Compared with the job's own row in SQL, so the order is exactly ORDER BY dispatched_at, id.
+                ahead = (
+                    select(func.count())
+                    .select_from(JOB.join(me, me.c.id == job_id))
+                    .where(
+                        dispatched,
+                        or_(
+                            JOB.c.dispatched_at < me.c.dispatched_at,
+                            and_(JOB.c.dispatched_at == me.c.dispatched_at, JOB.c.id < me.c.id),
+                        ),
+                    )
+                )
+                return (await s.execute(ahead)).scalar_one()
+            pending = self._pending_in_fair_order(skip_paused=False)
+            mine = pending.alias("mine")
+            n_dispatched = select(func.count()).select_from(JOB).where(dispatched).scalar_subquery()
+            n_pending = (
+                select(func.count())
+                .select_from(pending.join(mine, mine.c.id == job_id))
+                .where(or_(pending.c.round < mine.c.round, and_(pending.c.round == mine.c.round, pending.c.id < mine.c.id)))
+                .scalar_subquery()
+            )
+            return (await s.execute(select(n_dispatched + n_pending))).scalar_one()
+
+        return await run_read(self.sessions, work)
+
+    async def waiting(self, limit: int | None = None) -> list[int]:
+        """Ids of the queued jobs in `queue()` order (dispatched by dispatch time, then pending in fair order), the
+        first `limit` of them; the i-th has position i. Only ids are read, not whole jobs."""
+
+        async def work(s: AsyncSession) -> list[int]:
+            dispatched = (
+                select(JOB.c.id)
+                .where(JOB.c.status == Q.value, JOB.c.dispatched_at.is_not(None))
+                .order_by(JOB.c.dispatched_at, JOB.c.id)
+                .limit(limit)
+            )
+            ids = list((await s.execute(dispatched)).scalars())
+            if limit is not None and len(ids) >= limit:
+                return ids
+            pending = self._pending_in_fair_order(skip_paused=False)
+            rest = select(pending.c.id).order_by(pending.c.round, pending.c.id)
+            if limit is not None:
+                rest = rest.limit(limit - len(ids))
+            return ids + list((await s.execute(rest)).scalars())
+
+        return await run_read(self.sessions, work)
 
     async def unfinished(self) -> list[JobView]:
         """Jobs to reconcile at start, oldest first: queued, running, and succeeded but not yet posted."""

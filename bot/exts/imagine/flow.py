@@ -4,9 +4,13 @@
 the same way: art channel, ban, blocked terms, then `JobService.create` (the per-member cooldown, limits and quota,
 one transaction; a refusal charges nothing).
 
-Discord wants an answer within 3 seconds. The checks and the reservation normally take milliseconds, so a refusal
-can be a plain ephemeral reply; when they are slow, the interaction is deferred at 2 seconds ("thinking…") and the
-answer follows (a refusal then replaces the thinking message with an ephemeral one).
+Discord wants an answer within 3 seconds, and the member sees nothing happen until the first one. The checks and
+the reservation (`admit`) normally take milliseconds, so on an idle bot the answer is the queued message itself, or
+a plain ephemeral refusal. When the interaction cannot be answered at once it is deferred first ("thinking…") and the
+answer follows (a refusal then replaces the thinking message with an ephemeral one): at once when other interactions
+are being admitted, else after `DEFER_AFTER` seconds of checks. In a burst, `Admission` lets only `ADMISSION_SLOTS`
+run together (a burst can not take every database connection) and lets the deferrals go out first
+(bench/bot_burst.py measures it).
 
 When Discord refuses the answer (`answer_refused`): if the interaction was never acknowledged (10062 Unknown
 interaction: it expired, or Discord kept failing), the member saw "the application did not respond", so the job is
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
 import discord
@@ -34,26 +38,110 @@ log = logging.getLogger("bot.jobs")
 
 T = TypeVar("T")
 
-#: Seconds to wait for the checks before deferring (Discord allows 3).
-DEFER_AFTER = 2.0
+#: Seconds to wait for the checks of an interaction that arrived on an idle bot before deferring (Discord allows 3).
+#: They take tens of milliseconds, so an idle bot answers directly (one message, a refusal plainly ephemeral); the
+#: wait only bounds a slow database (a locked writer, a loaded machine). Busy bots defer at once instead.
+DEFER_AFTER = 0.5
+#: How many admissions (the database work of starting a job) run at once; well below the database pool (5 + 10).
+ADMISSION_SLOTS = 4
+#: Longest an admission waits for the deferrals in progress to go out first, and the pause in deferrals it waits for.
+ACKS_FIRST_MAX = 1.0
+ACKS_QUIET = 0.05
 PUBLIC_DEFER = "public_defer"
 NO_PINGS = discord.AllowedMentions.none()
 #: Discord's JSON error code for "Interaction has already been acknowledged".
 ALREADY_ACKNOWLEDGED = 40060
 
 
+class Admission:
+    """The bot's gate for starting jobs.
+
+    - At most `slots` admissions (`slot()`) do their database work together, first come first served, so a burst
+      of interactions queues here instead of taking every connection of the database pool.
+    - `busy`: another interaction is being admitted (`entering()`, from its arrival to its job's creation or its
+      refusal) or every slot is taken, so a new interaction can not be answered at once: defer it.
+    - Acknowledgements first: an admission whose turn has come still waits while deferrals are going out
+      (`deferring()`) and until none went out for `ACKS_QUIET` seconds, at most `ACKS_FIRST_MAX` seconds, so in a
+      burst every member sees "thinking…" before the bot gets on with the jobs.
+    """
+
+    def __init__(self, slots: int = ADMISSION_SLOTS):
+        self._slots = asyncio.Semaphore(slots)
+        self._in_flight = 0
+        self._deferring = 0
+        self._last_deferral = float("-inf")
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight > 0 or self._slots.locked()
+
+    @contextlib.contextmanager
+    def entering(self) -> Iterator[bool]:
+        """Count an interaction as being admitted; yields whether the gate was busy when it came."""
+        busy = self.busy
+        self._in_flight += 1
+        try:
+            yield busy
+        finally:
+            self._in_flight -= 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            await self.acknowledgements_first()
+            yield
+
+    async def acknowledgements_first(self) -> None:
+        """Return once no deferral is going out and none went out for ACKS_QUIET seconds, or ACKS_FIRST_MAX
+        seconds from now; at once on a quiet bot. Slots wait here before their turn; an admission also between its
+        steps, so one that began just before a burst does not slow down the burst's deferrals."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACKS_FIRST_MAX
+        while (now := loop.time()) < deadline:
+            quiet = now - self._last_deferral
+            if not self._deferring and quiet >= ACKS_QUIET:
+                return
+            await asyncio.sleep(min(deadline - now, ACKS_QUIET if self._deferring else ACKS_QUIET - quiet))
+
+    @contextlib.asynccontextmanager
+    async def deferring(self) -> AsyncIterator[None]:
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+            self._last_deferral = asyncio.get_running_loop().time()
+
+
+def admission(client: Any) -> Admission:
+    """The client's admission gate (made on first use, in the client's event loop)."""
+    gate = getattr(client, "imagine_admission", None)
+    if gate is None:
+        gate = Admission()
+        client.imagine_admission = gate
+    return gate
+
+
+async def defer(interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
+    """Acknowledge with "thinking…" unless answered already; a public deferral is marked (a refusal then replaces
+    it with an ephemeral message). A refused deferral is only logged: the answer is handled when it comes."""
+    if interaction.response.is_done():
+        return
+    try:
+        await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+    except discord.HTTPException as e:
+        log.warning("interaction %s: Discord refused the deferral (%s %s)", interaction.id, e.status, e.code)
+    else:
+        if not ephemeral:
+            interaction.extras[PUBLIC_DEFER] = True
+
+
 async def answer_in_time(interaction: discord.Interaction, work: Awaitable[T], *, ephemeral: bool = False) -> T:
     """Run `work`; if it is not done within DEFER_AFTER seconds, defer the interaction meanwhile."""
     task = asyncio.ensure_future(work)
-    done, _ = await asyncio.wait({task}, timeout=DEFER_AFTER)
-    if not done and not interaction.response.is_done():
-        try:
-            await interaction.response.defer(thinking=True, ephemeral=ephemeral)
-        except discord.HTTPException as e:  # expired already: the work still finishes, its answer is handled later
-            log.warning("interaction %s: Discord refused the deferral (%s %s)", interaction.id, e.status, e.code)
-        else:
-            if not ephemeral:
-                interaction.extras[PUBLIC_DEFER] = True
+    await asyncio.wait({task}, timeout=DEFER_AFTER)
+    if not task.done():
+        await defer(interaction, ephemeral=ephemeral)
     return await task
 
 
@@ -78,16 +166,25 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
     d = deps(interaction)
     guild_id = guild_id_of(interaction)
 
-    async def prepare():
-        await check_member_may_generate(interaction, params.get("prompt", ""))
-        cooldown = float(getattr(d.settings, "imagine_cooldown_seconds", 0) or 0)
-        job = await d.jobs.create(
-            guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), cooldown=cooldown, **params
-        )
-        return job, await d.moderation.is_paused(guild_id), await d.jobs.position(job.id)
+    gate = admission(interaction.client)
 
-    # Everything before the first answer runs under the deadline (deferred if it gets slow).
-    job, paused, position = await answer_in_time(interaction, prepare())
+    async def admit():
+        async with gate.slot():
+            await check_member_may_generate(interaction, params.get("prompt", ""))
+            await gate.acknowledgements_first()
+            cooldown = float(getattr(d.settings, "imagine_cooldown_seconds", 0) or 0)
+            job = await d.jobs.create(
+                guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), cooldown=cooldown, **params
+            )
+            await gate.acknowledgements_first()
+            return job, await d.moderation.is_paused(guild_id), await d.jobs.position(job.id)
+
+    with gate.entering() as busy:
+        if busy:  # other interactions are ahead: acknowledge at once
+            async with gate.deferring():
+                await defer(interaction)
+        # Everything before the first answer runs under the deadline (deferred if it gets slow).
+        job, paused, position = await answer_in_time(interaction, admit())
     log.info(
         "job %s created: user %s guild %s mode %s %dx%d steps %s images %s",
         job.id, job.user_id, job.guild_id, job.mode, job.width, job.height, job.steps, job.num_images,
@@ -107,7 +204,8 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
         if message is None:
             return job
         through_interaction = False
-    await d.jobs.set_progress_message(job.id, message.channel.id, message.id)
+    async with gate.slot():
+        await d.jobs.set_progress_message(job.id, message.channel.id, message.id)
     presenter = getattr(interaction.client, "presenter", None)
     if presenter is not None and through_interaction:
         presenter.remember(job.id, interaction, position=None if position is None else position + 1, paused=paused)

@@ -68,3 +68,66 @@ async def test_refusal_after_public_defer_is_made_private():
     assert interaction.calls[0] == ("delete_original",)
     kind, content, kwargs = interaction.calls[1]
     assert kind == "followup" and "<#42>" in content and kwargs["ephemeral"]
+
+
+async def test_defer_marks_a_public_deferral_and_does_not_defer_twice():
+    """`defer` acknowledges with "thinking…" once; an answered interaction is left alone."""
+    interaction = stub_interaction()
+    await flow.defer(interaction)
+    await flow.defer(interaction)
+    assert interaction.response.calls == [("defer", {"thinking": True, "ephemeral": False})]
+    assert interaction.extras[flow.PUBLIC_DEFER]
+
+
+async def test_admissions_wait_for_the_deferrals_in_progress():
+    """Acknowledgements first: an admission starts only when the deferrals going out are done (or after
+    ACKS_FIRST_MAX)."""
+    gate = flow.Admission(4)
+    events = []
+    sent = asyncio.Event()
+
+    async def deferral():
+        async with gate.deferring():
+            await sent.wait()
+            events.append("deferred")
+
+    async def admit():
+        async with gate.slot():
+            events.append("admitted")
+
+    tasks = [asyncio.create_task(deferral()), asyncio.create_task(admit())]
+    await asyncio.sleep(0.05)
+    assert events == []
+    sent.set()
+    await asyncio.gather(*tasks)
+    assert events == ["deferred", "admitted"]
+
+
+async def test_admission_lets_a_few_in_at_a_time_and_says_when_it_is_busy():
+    """The gate runs at most its slots' admissions together, in arrival order; it is busy while an interaction is
+    being admitted or every slot is taken."""
+    gate = flow.Admission(2)
+    assert not gate.busy
+    with gate.entering() as busy:
+        assert not busy and gate.busy
+        with gate.entering() as busy:
+            assert busy
+    assert not gate.busy
+    inside, most, order = 0, 0, []
+    release = asyncio.Event()
+
+    async def admit(i):
+        nonlocal inside, most
+        async with gate.slot():
+            inside += 1
+            most = max(most, inside)
+            order.append(i)
+            await release.wait()
+            inside -= 1
+
+    tasks = [asyncio.create_task(admit(i)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert gate.busy and order == [0, 1]
+    release.set()
+    await asyncio.gather(*tasks)
+    assert most == 2 and order == [0, 1, 2, 3, 4] and not gate.busy

@@ -288,6 +288,34 @@ async def test_queue_lists_running_then_dispatched_then_pending(roomy):
     assert await roomy.jobs.queue(guild_id=GUILD + 1) == []
 
 
+async def test_position_is_the_place_in_queue_for_a_mixed_line(roomy, clock):
+    """position() (counted in SQL) agrees with queue() for every job of a mixed line: several members with several
+    jobs each, some running, some dispatched (two at the same instant), a paused guild, finished jobs left out;
+    waiting() lists the queued ones in that order."""
+    D = 104
+    made = {u: [(await make_job(roomy, user=u, guild=GUILD + (u == D))).id for _ in range(n)]
+            for u, n in ((A, 5), (B, 3), (C, 2), (D, 3))}
+    await roomy.moderation.pause(GUILD + 1, by=MOD)
+    await roomy.jobs.start(made[A][0], worker="w1")
+    await roomy.jobs.start(made[C][0], worker="w1")
+    await roomy.jobs.mark_dispatched(made[D][0])  # dispatched first although made last
+    clock.advance(seconds=1)
+    for job_id in (made[B][0], made[A][1]):  # one dispatch instant: the id decides
+        await roomy.jobs.mark_dispatched(job_id)
+    await roomy.jobs.cancel(made[B][1], by=B)
+    done = await finished_job(roomy, user=C)
+    line = await roomy.jobs.queue()
+    running = sum(1 for j in line if j.status is JobStatus.RUNNING)
+    expected = [0 if j.status is JobStatus.RUNNING else i - running for i, j in enumerate(line)]
+    assert [await roomy.jobs.position(j.id) for j in line] == expected
+    assert expected == [0, 0, *range(len(line) - 2)]
+    assert await roomy.jobs.position(made[B][1]) is None and await roomy.jobs.position(done.id) is None
+    assert await roomy.jobs.position(10**9) is None
+    waiting = [j.id for j in line if j.status is JobStatus.QUEUED]
+    assert await roomy.jobs.waiting() == waiting and await roomy.jobs.waiting(4) == waiting[:4]
+    assert await roomy.jobs.waiting(2) == waiting[:2]
+
+
 # --- queries -----------------------------------------------------------------------------------------------------
 async def test_history_lists_a_members_jobs_newest_first(roomy):
     """history() returns only that member's jobs in that guild, newest first, with their images."""
