@@ -42,8 +42,25 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check bot generation tests bench
 
+# The shipped default model in its two stages (docs/model.md, "Training"). Every command resumes from what is
+# already in its run folder, so an interrupted `make train` is continued by running it again.
+STAGE1 ?= runs/default
+STAGE2 ?= runs/v2
+UNET_STEPS ?= 4776
+TRAIN := $(PY) -m generation.train
 train: $(STAMP)
-	$(PY) -m generation.train
+	$(TRAIN) --run $(STAGE1) --legacy-schedule --phase vae
+	$(TRAIN) --run $(STAGE1) --legacy-schedule --phase latents
+	$(TRAIN) --run $(STAGE1) --legacy-schedule --phase decoder
+	$(TRAIN) --run $(STAGE1) --legacy-schedule --phase unet --unet-steps 1078
+	$(TRAIN) --run $(STAGE1) --legacy-schedule --phase unet --unet-steps 2750 --offset-noise 0.15
+	$(TRAIN) --run $(STAGE2) --phase vae --vae-init $(STAGE1)/decoder_final.pt --vae-steps 1200 --vae-batch 32 \
+		--vae-lr 1e-3 --anchor-weight 0.1 --shape-weight 5
+	$(TRAIN) --run $(STAGE2) --phase latents
+	$(TRAIN) --run $(STAGE2) --phase unet --init-from $(STAGE1)/unet_002750.pt --unet-steps 1541
+	$(TRAIN) --run $(STAGE2) --phase unet --unet-steps 1855 --high-t-frac 0.5
+	$(TRAIN) --run $(STAGE2) --phase unet --unet-steps $(UNET_STEPS) --high-t-frac 0.5 --shape-loss-weight 4
+	$(TRAIN) --run $(STAGE2) --phase export --decoder-steps 0
 
 evaluate: $(STAMP)
 	$(PY) -m generation.evaluate
