@@ -22,15 +22,17 @@ LATENT_CHANNELS = 4
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 
-SCHEDULE = dict(
+#: Stable Diffusion 1.x's own schedule, used by the first stage of the shipped model's training (see docs/model.md).
+LEGACY_SCHEDULE = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
-    prediction_type="v_prediction",
-    rescale_betas_zero_snr=True,
-    timestep_spacing="trailing",
+    prediction_type="epsilon",
 )
+#: The same betas rescaled to zero terminal SNR, with v-prediction and trailing timesteps (the shipped model).
+SCHEDULE = {**LEGACY_SCHEDULE, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+            "timestep_spacing": "trailing"}
 
 
 def build_tokenizer(words: list[str]):
@@ -110,16 +112,6 @@ def build_unet():
         attention_head_dim=32,
         norm_num_groups=16,
     )
-
-
-#: Stable Diffusion 1.x's own schedule, used by the first stage of the shipped model's training (see docs/model.md).
-LEGACY_SCHEDULE = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    prediction_type="epsilon",
-)
 
 
 def build_train_scheduler(legacy: bool = False):
