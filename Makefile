@@ -60,7 +60,7 @@ train: $(STAMP)
 	$(TRAIN) --run $(STAGE2) --phase unet --init-from $(STAGE1)/unet_002750.pt --unet-steps 1541
 	$(TRAIN) --run $(STAGE2) --phase unet --unet-steps 1855 --high-t-frac 0.5
 	$(TRAIN) --run $(STAGE2) --phase unet --unet-steps $(UNET_STEPS) --high-t-frac 0.5 --shape-loss-weight 4
-	$(TRAIN) --run $(STAGE2) --phase export --decoder-steps 0
+	$(TRAIN) --run $(STAGE2) --phase export
 
 evaluate: $(STAMP)
 	$(PY) -m generation.evaluate
