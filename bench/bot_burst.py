@@ -147,8 +147,21 @@ def read_lag(path: Path) -> list[dict]:
 def worst_lag(windows: list[dict], start: float, end: float, key: str = "worst_ms") -> tuple[float, int]:
     """Worst lag (ms; or another figure, `key`) over the windows that end within [start, end], and how many there
     were."""
-    chosen = [w for w in windows if start < w["t"] <= end]
+    chosen = [w for w in windows if start < w["t"] <= end and "worst_ms" in w]
     return (max((w.get(key, float("nan")) for w in chosen), default=float("nan")), len(chosen))
+
+
+def stalls_in(lines: list[dict], start: float, end: float) -> list[dict]:
+    """The lag monitor's stall records (the loop stopped past its threshold, with the loop thread's stack) in
+    [start, end]."""
+    return [w for w in lines if "stall_ms" in w and start < w["t"] <= end]
+
+
+def stall_place(stall: dict) -> str:
+    """Where a stall happened: the innermost frame of the project's code, else the innermost frame."""
+    stack = stall.get("stack") or ["?"]
+    own = [f for f in stack if f.startswith(("bot/", "generation/"))]
+    return (own or stack)[-1]
 
 
 async def run(args) -> dict:
@@ -224,6 +237,7 @@ async def run(args) -> dict:
     idle_lag, idle_windows = worst_lag(windows, idle_from + 1.0, idle_to)
     burst_gc, _ = worst_lag(windows, burst_from, burst_to + 1.0, "gc_worst_ms")
     full_gcs = sum(w.get("gc_full", 0) for w in windows if burst_from < w["t"] <= burst_to + 1.0)
+    stalls = stalls_in(windows, burst_from, burst_to + 1.0)
     callback_types = [r.callback_types[0] if r.callback_types else None for r in records]
     return {
         "echo": summary_ms(echo), "single": summary_ms(single), "burst": summary_ms([r.ack_delay for r in records]),
@@ -231,7 +245,7 @@ async def run(args) -> dict:
         "fired_s": fired_s, "acked_s": acked_s, "drained_s": drained_s,
         "lag_burst_ms": burst_lag, "lag_burst_windows": burst_windows, "lag_idle_ms": idle_lag,
         "lag_idle_windows": idle_windows, "gc_burst_ms": burst_gc, "gc_full": full_gcs, "exit_code": code, "load": os.getloadavg()[0], "model": model, "errors": log_text.count(" ERROR "),
-        "defer_after": defer_after(),
+        "defer_after": defer_after(), "stalls": stalls,
     }
 
 
@@ -251,7 +265,33 @@ def _without_keep_logs(argv: list[str] | None) -> list[str]:
     return args
 
 
-def report(args, r: dict, argv: list[str] | None) -> str:
+def stall_line(stalls: list[dict]) -> str:
+    if not stalls:
+        return "the loop never stopped for 40 ms or more in the burst (the monitor's watchdog took no stack)"
+    places: dict[str, int] = {}
+    for st in stalls:
+        places[stall_place(st)] = places.get(stall_place(st), 0) + 1
+    named = ", ".join(f"`{place}` x{n}" for place, n in sorted(places.items(), key=lambda kv: -kv[1])[:3])
+    return (f"the watchdog caught {len(stalls)} stop(s) of 40 ms or more in the burst (longest "
+            f"{max(st['stall_ms'] for st in stalls):.0f} ms), in {named}")
+
+
+def repeat_lines(runs: list[dict]) -> list[str]:
+    """One line over all runs of `--repeat`: each run's p99 and worst lag, and how many met each goal."""
+    if len(runs) < 2:
+        return []
+    p99s = [r["burst"]["p99"] for r in runs]
+    lags = [r["lag_burst_ms"] for r in runs]
+    return [
+        f"- Over {len(runs)} runs of the same command in a row (`--repeat {len(runs)}`; the table and the lines above "
+        f"are the last): ack p99 {', '.join(f'{v:.0f}' for v in p99s)} ms (median {statistics.median(p99s):.0f}, goal "
+        f"met in {sum(v <= ACK_GOAL_MS for v in p99s)} of {len(runs)}); worst loop lag "
+        f"{', '.join(f'{v:.1f}' for v in lags)} ms (median {statistics.median(lags):.1f}, goal met in "
+        f"{sum(v <= LAG_GOAL_MS for v in lags)} of {len(runs)}).",
+    ]
+
+
+def report(args, r: dict, argv: list[str] | None, runs: list[dict] | None = None) -> str:
     e, s, b = r["echo"], r["single"], r["burst"]
     worker = ("the real engine on " + str(r["model"].relative_to(ROOT) if r["model"].is_relative_to(ROOT) else r["model"])
               if args.real_engine else
@@ -277,7 +317,8 @@ def report(args, r: dict, argv: list[str] | None) -> str:
         f"{worker}, at most {args.max_batch} same-shape jobs per batch, so the figures are the bot's. "
         "Acknowledgement latency: from the fake Discord creating the INTERACTION_CREATE to it receiving the "
         "interaction callback. Event-loop lag: the bot's opt-in lag monitor (`LOOP_LAG_LOG`, bot/loopmon.py; a task "
-        "sleeping 10 ms, worst overshoot per second). The echo baseline is the same burst against a bare gateway "
+        "sleeping 10 ms, worst overshoot per second; a watchdog thread takes the loop thread's stack whenever the loop stops "
+        "for 40 ms or more). The echo baseline is the same burst against a bare gateway "
         "client that defers every interaction at once: the fake Discord's own round trip on this machine.",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores, {len(os.sched_getaffinity(0))} usable by the benchmark, "
@@ -300,8 +341,10 @@ def report(args, r: dict, argv: list[str] | None) -> str:
         f"- Event-loop lag: worst {r['lag_burst_ms']:.1f} ms over the {r['lag_burst_windows']} seconds of the burst "
         f"(the worker generating, the bot editing progress messages and posting grids; goal <= {LAG_GOAL_MS:.0f} ms: "
         f"{lag_verdict}); worst {r['lag_idle_ms']:.1f} ms over {r['lag_idle_windows']} idle seconds before it. "
-        f"Garbage collection in the burst: longest {r['gc_burst_ms']:.1f} ms, {r['gc_full']} full collection(s).",
+        f"Garbage collection in the burst: longest {r['gc_burst_ms']:.1f} ms, {r['gc_full']} full collection(s); "
+        f"{stall_line(r['stalls'])}.",
         f"- The bot logged {r['errors']} ERROR line(s) and exited with code {r['exit_code']} on Ctrl-C.",
+        *repeat_lines(runs or [r]),
     ])
 
 
@@ -316,14 +359,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stall-timeout", type=float, default=60.0,
                    help="stop waiting for the burst's grids when none was posted for this many seconds")
     p.add_argument("--keep-logs", type=Path, default=None, metavar="DIR", help="copy the bot's log and lag file here")
+    p.add_argument("--repeat", type=int, default=1, help="run the whole benchmark this many times in a row and report "
+                   "every run's p99 and lag (the table shows the last)")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     p.add_argument("--echo-client", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.echo_client:
         asyncio.run(echo_client(os.environ["ECHO_GATEWAY"], os.environ["ECHO_API_BASE"], os.environ["ECHO_TOKEN"]))
         return {}
-    results = asyncio.run(run(args))
-    body = report(args, results, argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
+    runs = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            print(f"run {i + 1} of {args.repeat}", flush=True)
+        runs.append(asyncio.run(run(args)))
+    results = runs[-1]
+    body = report(args, results, argv, runs)
     print(body)
     if not args.no_write:
         write_section(body)

@@ -10,6 +10,14 @@ something else (a blocking call, a long callback). Every `window` seconds one JS
 
 `t` is the wall-clock end of the window (`time.time()`), so a benchmark can pick the windows of its burst.
 `bench/bot_burst.py` reads it; nothing else does.
+
+A lag figure says how long the loop was stopped, not by what. A watchdog thread therefore checks the loop's heartbeat
+every few milliseconds; when the loop has not beaten for `stall_ms` (40 ms), it takes the loop thread's stack
+(`sys._current_frames`) and appends it as one line of its own, so the callback that held the loop is named:
+
+    {"t": 1790000000.12, "stall_ms": 41.0, "stack": ["bot/app.py:120 in on_interaction", ...]}
+
+One stack per stall (the first look past the threshold); the innermost project frames come last.
 """
 
 from __future__ import annotations
@@ -18,9 +26,13 @@ import asyncio
 import contextlib
 import gc
 import json
+import sys
+import threading
 import time
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 
 class _GcTimes:
@@ -44,30 +56,86 @@ class _GcTimes:
         return figures
 
 
-async def watch_lag(path: Path, interval: float = 0.01, window: float = 1.0) -> None:
-    """Append one line of lag figures to `path` every `window` seconds, until cancelled."""
+class _StallWatch(threading.Thread):
+    """Takes the loop thread's stack when the loop misses its heartbeat for `stall` seconds."""
+
+    def __init__(self, out: Any, lock: threading.Lock, stall: float, poll: float = 0.005) -> None:
+        super().__init__(name="loop-stall-watch", daemon=True)
+        self.out, self.lock, self.stall, self.poll = out, lock, stall, poll
+        self.loop_thread = threading.get_ident()
+        self.beat = time.monotonic()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        reported = 0.0  # the heartbeat already reported: one stack per stall
+        while not self.stopped.wait(self.poll):
+            beat = self.beat
+            late = time.monotonic() - beat
+            if late < self.stall or beat == reported:
+                continue
+            frame = sys._current_frames().get(self.loop_thread)
+            if frame is None:
+                continue
+            reported = beat
+            stack = [f"{_short(f.filename)}:{f.lineno} in {f.name}" for f in traceback.extract_stack(frame)]
+            line = {"t": round(time.time(), 3), "stall_ms": round(late * 1000, 1), "stack": stack[-12:]}
+            with self.lock:
+                self.out.write(json.dumps(line) + "\n")
+                self.out.flush()
+
+
+_ROOT = str(Path(__file__).resolve().parent.parent) + "/"
+
+
+def _short(filename: str) -> str:
+    """The project's files from its root (`bot/app.py`); a library's from its package (`discord/state.py`)."""
+    if filename.startswith(_ROOT):
+        return filename[len(_ROOT):]
+    for marker in ("site-packages/", "/lib/python"):
+        at = filename.rfind(marker)
+        if at >= 0:
+            return filename[at + len(marker):]
+    return filename
+
+
+async def watch_lag(path: Path, interval: float = 0.01, window: float = 1.0, stall_ms: float = 40.0) -> None:
+    """Append one line of lag figures to `path` every `window` seconds, until cancelled; with `stall_ms` > 0, also
+    the loop thread's stack whenever the loop stops for longer than that."""
     loop = asyncio.get_running_loop()
     lags: list[float] = []
     collections = _GcTimes()
     gc.callbacks.append(collections)
     window_end = loop.time() + window
+    lock = threading.Lock()
+    watch: _StallWatch | None = None
     try:
         with open(path, "a", encoding="utf-8") as out:
+            if stall_ms > 0:
+                watch = _StallWatch(out, lock, stall_ms / 1000)
+                watch.start()
             while True:
                 before = loop.time()
+                if watch is not None:
+                    watch.beat = time.monotonic()
                 await asyncio.sleep(interval)
                 now = loop.time()
+                if watch is not None:
+                    watch.beat = time.monotonic()
                 lags.append(max(0.0, now - before - interval))
                 if now >= window_end:
                     line = {"t": round(time.time(), 3), "worst_ms": round(max(lags) * 1000, 2),
                             "mean_ms": round(sum(lags) / len(lags) * 1000, 2), "samples": len(lags),
                             **collections.take()}
-                    out.write(json.dumps(line) + "\n")
-                    out.flush()
+                    with lock:
+                        out.write(json.dumps(line) + "\n")
+                        out.flush()
                     lags.clear()
                     window_end = now + window
     finally:
         gc.callbacks.remove(collections)
+        if watch is not None:
+            watch.stopped.set()
+            watch.join()
 
 
 @contextlib.asynccontextmanager
