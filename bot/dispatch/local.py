@@ -39,6 +39,10 @@ DEFAULT_NATS_PORT = 4222
 LOCAL_DRAIN_TIMEOUT = 5.0
 
 
+#: Settings of the bot that its local worker must not inherit (a worker's crash dump or log can not leak them).
+WORKER_HIDDEN_ENV = frozenset({"DISCORD_TOKEN"})
+
+
 class LocalWorker:
     """`python -m generation.worker` as a child process of the bot; its log lines go to the bot's terminal."""
 
@@ -63,7 +67,8 @@ class LocalWorker:
         if model_path and "--fake-engine" not in args:
             self.cmd += ["--model", str(model_path)]
         self.cmd += list(args)
-        self.env = {**os.environ, **(env or {})}
+        # The worker talks only to the queue: it never gets the bot's Discord token.
+        self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in WORKER_HIDDEN_ENV}
         self.cwd = cwd
         self.name = name
         self.drain_timeout = drain_timeout
