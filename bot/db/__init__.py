@@ -7,7 +7,7 @@
 
 import warnings
 
-from bot.db.engine import create_engine, is_busy_error, make_sessionmaker, run_read, run_write
+from bot.db.engine import create_engine, is_busy_error, is_full_error, make_sessionmaker, run_read, run_write
 from bot.db.migrate import current_revision, downgrade, migrate, upgrade
 
 # `python -m bot.db.migrate` imports this package first, which has already imported bot.db.migrate for the functions
@@ -20,6 +20,7 @@ __all__ = [
     "current_revision",
     "downgrade",
     "is_busy_error",
+    "is_full_error",
     "make_sessionmaker",
     "migrate",
     "run_read",

@@ -94,6 +94,13 @@ def is_busy_error(exc: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text or "database table is locked" in text
 
 
+def is_full_error(exc: BaseException) -> bool:
+    """True for SQLite's "database or disk is full": nothing was written; it lasts until someone frees space."""
+    if not isinstance(exc, OperationalError):
+        return False
+    return "database or disk is full" in str(exc.orig if exc.orig is not None else exc).lower()
+
+
 async def run_write(
     sessions: async_sessionmaker[AsyncSession],
     fn: Callable[[AsyncSession], Awaitable[T]],

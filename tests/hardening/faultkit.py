@@ -349,3 +349,31 @@ class WriteLock:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.released.wait, self.seconds + 30)
+
+
+class DiskFull:
+    """The disk under the database fills up: every write statement of `engine` fails the way SQLite reports it
+    ("database or disk is full", an OperationalError) until the block ends; reads go on. Injected at SQLAlchemy's
+    cursor level (a real full disk would also fail the other processes of the test machine)."""
+
+    def __init__(self, engine: Any):
+        self.sync_engine = engine.sync_engine
+        self.refused = 0
+
+    def _refuse_writes(self, conn, cursor, statement: str, parameters, context, executemany) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "REPLACE"):
+            from sqlalchemy.exc import OperationalError
+
+            self.refused += 1
+            raise OperationalError(statement, parameters, sqlite3.OperationalError("database or disk is full"))
+
+    async def __aenter__(self) -> DiskFull:
+        from sqlalchemy import event
+
+        event.listen(self.sync_engine, "before_cursor_execute", self._refuse_writes)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        from sqlalchemy import event
+
+        event.remove(self.sync_engine, "before_cursor_execute", self._refuse_writes)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 import bot.db.engine as db_engine
 from bot.exts.errors.handler import user_message_for
-from tests.hardening.faultkit import DispatchWorld, WriteLock
+from tests.hardening.faultkit import DiskFull, DispatchWorld, WriteLock
 from tests.hardening.reliability import soak_runs
 
 pytestmark = pytest.mark.slow
@@ -109,3 +109,41 @@ def _used(world: DispatchWorld, user_id: int) -> int:
     with sqlite3.connect(world.db_path, timeout=30) as con:
         row = con.execute("select sum(used) from user_quota where user_id = ?", (user_id,)).fetchone()
     return row[0] or 0
+
+
+async def test_database_disk_full_refuses_new_jobs_and_keeps_every_accepted_one(make_world, reliability):
+    """Each run: jobs running, then the database's disk is full for 4 s. A job asked for meanwhile is refused with a
+    message that says so (no row, no charge); outcomes that arrive meanwhile can not be recorded, go back to the queue
+    and are recorded once space is free again: every accepted job is posted exactly once."""
+    world = await make_world()
+    worker = world.worker("--fake-engine", "0.02", "--max-batch", "2")
+    runs = soak_runs(1, 5)
+    failures = refused = 0
+    for run in range(runs):
+        await world.submit(3, steps=15, user=1)
+        await world.mid_job(worker, timeout=30)
+        before = world.rows()
+        used_before = _used(world, 2)
+        async with DiskFull(world.engine) as full:
+            try:
+                await world.services.jobs.create(1000, 2000, 2, [], prompt=f"while the disk is full {run}", steps=4,
+                                                 width=64, height=64, num_images=1)
+            except OperationalError as e:
+                refused += 1
+                message = user_message_for(e)
+                if message is None or "disk is full" not in message or "Nothing was charged" not in message:
+                    failures += 1
+            else:
+                failures += 1
+            await asyncio.sleep(4.0)  # the running jobs finish meanwhile; recording their outcomes fails
+            if len(world.rows()) != len(before) or _used(world, 2) != used_before:
+                failures += 1
+        if full.refused < 2:  # the refused create and at least one outcome
+            failures += 1
+    tally = await world.settle(timeout=90)
+    print(f"disk full 4 s ×{runs}: {tally}; {refused} request(s) refused")
+    reliability.record("SQLite database disk full for 4 s", runs=runs, failures=failures, lost=len(tally.lost),
+                       duplicated=len(tally.duplicated), note=f"{len(world.created)} jobs")
+    assert failures == 0 and refused == runs
+    assert tally.lost == [] and tally.duplicated == [], str(tally)
+    assert sorted(tally.delivered) == sorted(world.created), str(tally)

@@ -4,6 +4,8 @@
 - A request the contract refuses (`generation.contract.RequestError`) names the field and the rule: same.
 - The database stayed locked longer than the bot waits (`bot.db.engine.is_busy_error`): nothing was written, so
   nothing was charged; the member is asked to try again.
+- The disk under the database is full (`bot.db.engine.is_full_error`): nothing was written or charged either; the
+  member is told so, and the log gets an ERROR line for the moderators (it lasts until someone frees space).
 - A Discord-side check (missing permissions, cooldown, a transformer that refused a value): a short explanation.
 - Anything else is a bug: the member gets a short apology with the job id (when one is known) and an error id,
   and the log gets the full traceback on one line with the same ids.
@@ -20,7 +22,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.db.engine import is_busy_error
+from bot.db.engine import is_busy_error, is_full_error
 from bot.errors import BotError
 from bot.ui.text import CONTENT, safe_text
 from generation.contract import RequestError
@@ -44,6 +46,9 @@ def user_message_for(error: BaseException) -> str | None:
     if is_busy_error(error):
         return ("The bot is very busy right now and could not save that (its database stayed locked). "
                 "Nothing was charged; please try again in a minute.")
+    if is_full_error(error):
+        return ("The bot's disk is full, so that could not be saved. Nothing was charged; "
+                "please let a moderator know.")
     if isinstance(error, app_commands.MissingPermissions | app_commands.MissingRole | app_commands.MissingAnyRole):
         return "Only moderators can use this command."
     if isinstance(error, app_commands.NoPrivateMessage):
@@ -77,7 +82,12 @@ async def report_error(interaction: discord.Interaction, error: BaseException, *
     """Reply to `interaction` about `error`: friendly for domain errors, an apology plus a log line for bugs."""
     message = user_message_for(error)
     if message is not None:
-        log.info("refused interaction %s of user %s: %s", interaction.id, interaction.user.id, _unwrap(error).__class__.__name__)
+        if is_full_error(_unwrap(error)):
+            log.error("interaction %s refused: the database's disk is full (%s); free space so the bot can save again",
+                      interaction.id, _unwrap(error))
+        else:
+            log.info("refused interaction %s of user %s: %s", interaction.id, interaction.user.id,
+                     _unwrap(error).__class__.__name__)
         await send_ephemeral(interaction, message)
         return
     original = _unwrap(error)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 import discord
 
-from bot.db.engine import is_busy_error
+from bot.db.engine import is_busy_error, is_full_error
 from bot.ui.buttons import grid_view, progress_view, single_view
 from bot.ui.embeds import (
     cancelled_embed,
@@ -333,14 +333,14 @@ def result_nonce(job_id: int) -> str:
 
 
 def is_transient(e: BaseException) -> bool:
-    """A failure worth trying again later: Discord's 5xx and rate limits, network trouble, a busy database."""
+    """A failure worth trying again later: Discord's 5xx and rate limits, network trouble, a busy or full database."""
     if isinstance(e, discord.RateLimited | discord.DiscordServerError):
         return True
     if isinstance(e, discord.HTTPException):
         return e.status >= 500 or e.status == 429
     if isinstance(e, aiohttp.ClientError | asyncio.TimeoutError | ConnectionError):
         return True
-    return is_busy_error(e)
+    return is_busy_error(e) or is_full_error(e)
 
 
 def describe(e: BaseException) -> str:

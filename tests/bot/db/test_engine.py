@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from bot.db import create_engine, is_busy_error, make_sessionmaker, run_write
+from bot.db import create_engine, is_busy_error, is_full_error, make_sessionmaker, run_write
 from tests.conftest import sqlite_url
 
 
@@ -70,6 +70,23 @@ def test_only_lock_errors_count_as_busy():
     assert is_busy_error(OperationalError("x", {}, Exception("database is locked")))
     assert not is_busy_error(OperationalError("x", {}, Exception("no such table: foo")))
     assert not is_busy_error(ValueError("database is locked"))
+
+
+async def test_a_full_database_is_recognised_from_sqlites_own_error(tmp_path):
+    """SQLite's real "database or disk is full" (its size capped with max_page_count) is a full error, not a busy one."""
+    engine = create_engine(sqlite_url(tmp_path / "full.db"))
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("CREATE TABLE blob (data BLOB)")
+            await conn.commit()
+            pages = (await conn.exec_driver_sql("PRAGMA page_count")).scalar()
+            await conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+            with pytest.raises(OperationalError) as caught:
+                await conn.exec_driver_sql("INSERT INTO blob VALUES (zeroblob(100000))")
+    finally:
+        await engine.dispose()
+    assert is_full_error(caught.value) and not is_busy_error(caught.value)
+    assert not is_full_error(OperationalError("x", {}, Exception("database is locked")))
 
 
 async def test_create_engine_makes_the_folder_of_a_sqlite_file(tmp_path):

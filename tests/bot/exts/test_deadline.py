@@ -13,6 +13,7 @@ from bot.exts.imagine import flow
 class StubResponse:
     def __init__(self):
         self.calls: list[tuple] = []
+        self.texts: list[str] = []
         self._done = False
 
     def is_done(self) -> bool:
@@ -24,6 +25,7 @@ class StubResponse:
 
     async def send_message(self, *args, **kwargs):
         self.calls.append(("send_message", kwargs))
+        self.texts.append(args[0] if args else kwargs.get("content"))
         self._done = True
 
 
@@ -68,6 +70,23 @@ async def test_refusal_after_public_defer_is_made_private():
     assert interaction.calls[0] == ("delete_original",)
     kind, content, kwargs = interaction.calls[1]
     assert kind == "followup" and "<#42>" in content and kwargs["ephemeral"]
+
+
+async def test_a_full_database_disk_is_explained_and_logged_as_an_error(caplog):
+    """The member is told the disk is full and that nothing was charged; the moderators get an ERROR line."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    interaction = stub_interaction()
+    full = OperationalError("INSERT INTO job ...", {}, sqlite3.OperationalError("database or disk is full"))
+    with caplog.at_level("INFO", logger="bot.errors"):
+        await report_error(interaction, full)
+    kind, kwargs = interaction.response.calls[0]
+    assert kind == "send_message" and kwargs["ephemeral"]
+    assert "disk is full" in interaction.response.texts[0] and "Nothing was charged" in interaction.response.texts[0]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "disk is full" in errors[0].getMessage()
 
 
 async def test_defer_marks_a_public_deferral_and_does_not_defer_twice():
