@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--cooldown-steps", type=int, default=0,
+                   help="the last N UNet steps train at --cooldown-lr instead of --lr (a lower rate to finish on)")
+    p.add_argument("--cooldown-lr", type=float, default=1e-4)
     p.add_argument("--init-from", type=Path, default=None,
                    help="start a new UNet phase from the EMA weights of this checkpoint (unet_NNNNNN.pt of an earlier run)")
     p.add_argument("--legacy-schedule", action="store_true",
@@ -395,6 +398,8 @@ def train_unet(args, tokenizer) -> None:
             t[:n_high] = torch.randint(int(0.7 * T), T, (n_high,), generator=gen)
         xt = sched.add_noise(x0, noise, t)
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        if step >= args.unet_steps - args.cooldown_steps:
+            lr = args.cooldown_lr
         for g in opt.param_groups:
             g["lr"] = lr
         pred = unet(xt, t, encode_text(tokenizer, te, caps)).sample

@@ -83,16 +83,9 @@ async def test_write_lock_longer_than_the_bot_waits(make_world, monkeypatch, rel
         before = world.rows()
         used_before = _used(world, 2)
         async with WriteLock(world.db_path, 6.0):
-            try:
-                await world.services.jobs.create(1000, 2000, 2, [], prompt=f"during the lock {run}", steps=4,
-                                                 width=64, height=64, num_images=1)
-            except OperationalError as e:
-                refused += 1
-                message = user_message_for(e)
-                if message is None or "try again" not in message or "Nothing was charged" not in message:
-                    failures += 1
-            else:
-                failures += 1  # it should not have got through a 6 s lock
+            outcome = await _create_refused(world, f"during the lock {run}", "try again")
+            refused += outcome == "refused"
+            failures += outcome != "refused"  # it should not have got through a 6 s lock
         if len(world.rows()) != len(before) or _used(world, 2) != used_before:
             failures += 1
     tally = await world.settle(timeout=90)
@@ -103,6 +96,18 @@ async def test_write_lock_longer_than_the_bot_waits(make_world, monkeypatch, rel
     assert tally.lost == [] and tally.duplicated == [], str(tally)
     assert sorted(tally.delivered) == sorted(world.created), str(tally)
     await asyncio.sleep(0)
+
+
+async def _create_refused(world: DispatchWorld, prompt: str, says: str) -> str:
+    """Ask for a job for member 2: "refused" when the database refuses it with a message that contains `says` and
+    that nothing was charged, "accepted" when it got through, "bad message" otherwise."""
+    try:
+        await world.services.jobs.create(1000, 2000, 2, [], prompt=prompt, steps=4, width=64, height=64, num_images=1)
+    except OperationalError as e:
+        message = user_message_for(e)
+        ok = message is not None and says in message and "Nothing was charged" in message
+        return "refused" if ok else "bad message"
+    return "accepted"
 
 
 def _used(world: DispatchWorld, user_id: int) -> int:
@@ -125,16 +130,9 @@ async def test_database_disk_full_refuses_new_jobs_and_keeps_every_accepted_one(
         before = world.rows()
         used_before = _used(world, 2)
         async with DiskFull(world.engine) as full:
-            try:
-                await world.services.jobs.create(1000, 2000, 2, [], prompt=f"while the disk is full {run}", steps=4,
-                                                 width=64, height=64, num_images=1)
-            except OperationalError as e:
-                refused += 1
-                message = user_message_for(e)
-                if message is None or "disk is full" not in message or "Nothing was charged" not in message:
-                    failures += 1
-            else:
-                failures += 1
+            outcome = await _create_refused(world, f"while the disk is full {run}", "disk is full")
+            refused += outcome == "refused"
+            failures += outcome != "refused"
             await asyncio.sleep(4.0)  # the running jobs finish meanwhile; recording their outcomes fails
             if len(world.rows()) != len(before) or _used(world, 2) != used_before:
                 failures += 1
