@@ -42,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's default_steps)")
+    p.add_argument("--scheduler", default=None, help="sampler through the engine (default: the model's default_scheduler)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N evaluation prompts")
     p.add_argument("--classifier", type=Path, default=Path("runs/classifier.pt"), help="classifier cache")
     p.add_argument("--docs", type=Path, default=ROOT / "docs")
@@ -71,6 +72,9 @@ class _Sampler:
             self.engine = Engine.load(model, device="cpu")
             self.size = self.engine.limits.default_width
             self.steps = self.engine.limits.default_steps
+        info_path = model / "imaginebot.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        self.scheduler = str(info.get("default_scheduler", "dpmpp_2m"))
 
     @property
     def vae(self):
@@ -93,7 +97,7 @@ class _Sampler:
         from generation.contract import GenerationRequest
 
         reqs = [GenerationRequest(prompt=p, seed=s, steps=steps, guidance=float(guidance), width=self.size,
-                                  height=self.size, num_images=n, scheduler="dpmpp_2m") for p, s in zip(prompts, seeds, strict=True)]
+                                  height=self.size, num_images=n, scheduler=self.scheduler) for p, s in zip(prompts, seeds, strict=True)]
         results = self.engine.generate_many(reqs)
         return np.stack([np.asarray(Image.open(io.BytesIO(im.png)).convert("RGB")) for r in results for im in r.images])
 
@@ -180,6 +184,10 @@ def main(argv=None) -> dict:
     seeds = [10_000 + 100 * i for i in range(len(prompts))]
     labels = np.repeat(np.array([s.labels() for s in samples]), n, axis=0)
     sampler = _Sampler(args.model, args.direct)
+    if args.scheduler:
+        from generation.schedulers import scheduler_name
+
+        sampler.scheduler = scheduler_name(args.scheduler)
     steps = args.steps or sampler.steps
     # What the VAE alone lets through: real images of the eval combinations, encoded and decoded by the model's VAE.
     roundtrip = vae_roundtrip_accuracy(model, sampler.vae, sampler.size)
@@ -202,6 +210,8 @@ def main(argv=None) -> dict:
     print(f"evaluation took {(time.time() - t0) / 60:.1f} min")
 
     if not args.no_write:
+        from generation.schedulers import sampler_label
+
         info_path = args.model / "imaginebot.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         info["default_guidance"] = float(best)
@@ -213,7 +223,7 @@ def main(argv=None) -> dict:
             "## Prompt adherence (written by `python -m generation.evaluate`)",
             "",
             f"Model: `{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}`, "
-            f"trained steps: {info.get('trained_steps', '?')}. Sampler: DPM-Solver++ 2M, {steps} steps, "
+            f"trained steps: {info.get('trained_steps', '?')}. Sampler: {sampler_label(sampler.scheduler)}, {steps} steps, "
             f"{sampler.size}x{sampler.size}, through `generation.engine.Engine`"
             + (" (here: plain diffusers)" if args.direct else "") + ".",
             f"Run on {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}; took {(time.time() - t0) / 60:.1f} min.",
