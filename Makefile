@@ -46,7 +46,8 @@ lint: $(STAMP)
 # already in its run folder, so an interrupted `make train` is continued by running it again.
 STAGE1 ?= runs/default
 STAGE2 ?= runs/v2
-UNET_STEPS ?= 4776
+UNET_STEPS ?= 10000
+COOLDOWN_STEPS ?= 1000
 TRAIN := $(PY) -m generation.train
 train: $(STAMP)
 	$(TRAIN) --run $(STAGE1) --legacy-schedule --phase vae
@@ -59,7 +60,8 @@ train: $(STAMP)
 	$(TRAIN) --run $(STAGE2) --phase latents
 	$(TRAIN) --run $(STAGE2) --phase unet --init-from $(STAGE1)/unet_002750.pt --unet-steps 1541
 	$(TRAIN) --run $(STAGE2) --phase unet --unet-steps 1855 --high-t-frac 0.5
-	$(TRAIN) --run $(STAGE2) --phase unet --unet-steps $(UNET_STEPS) --high-t-frac 0.5 --shape-loss-weight 4
+	$(TRAIN) --run $(STAGE2) --phase unet --unet-steps $(UNET_STEPS) --high-t-frac 0.5 --shape-loss-weight 4 \
+		--cooldown-steps $(COOLDOWN_STEPS) --cooldown-lr 1e-4
 	$(TRAIN) --run $(STAGE2) --phase export
 
 evaluate: $(STAMP)
