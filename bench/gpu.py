@@ -318,7 +318,8 @@ def section(arch: str, spec: dict[str, Any], flops: dict[str, float], result: di
                   "its figures mean nothing.", ""]
     if result is None:
         lines += [
-            "Figures not recorded: no GPU was lent to the sessions that wrote this benchmark. On a machine with an "
+            "Figures not recorded: no GPU was lent to any of the three sessions that wrote this benchmark (the `device` "
+            "tool's status: `can_start_another: false` in each). On a machine with an "
             f"NVIDIA GPU and this project installed: `python bench/gpu.py --arch {arch}`. On the `device` tool's "
             "H100/H200, whose python3 has torch and transformers but not diffusers, carry the diffusers wheel: here "
             "`echo /.whl/ >> .git/info/exclude; pip download --no-deps --only-binary=:all: --python-version 3.12 -d "
