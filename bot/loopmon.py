@@ -107,35 +107,34 @@ async def watch_lag(path: Path, interval: float = 0.01, window: float = 1.0, sta
     gc.callbacks.append(collections)
     window_end = loop.time() + window
     lock = threading.Lock()
-    watch: _StallWatch | None = None
     try:
         with open(path, "a", encoding="utf-8") as out:
-            if stall_ms > 0:
-                watch = _StallWatch(out, lock, stall_ms / 1000)
+            watch = _StallWatch(out, lock, stall_ms / 1000) if stall_ms > 0 else None
+            if watch is not None:
                 watch.start()
-            while True:
-                before = loop.time()
-                if watch is not None:
-                    watch.beat = time.monotonic()
-                await asyncio.sleep(interval)
-                now = loop.time()
-                if watch is not None:
-                    watch.beat = time.monotonic()
-                lags.append(max(0.0, now - before - interval))
-                if now >= window_end:
-                    line = {"t": round(time.time(), 3), "worst_ms": round(max(lags) * 1000, 2),
-                            "mean_ms": round(sum(lags) / len(lags) * 1000, 2), "samples": len(lags),
-                            **collections.take()}
-                    with lock:
-                        out.write(json.dumps(line) + "\n")
-                        out.flush()
-                    lags.clear()
-                    window_end = now + window
+            try:
+                while True:
+                    before = loop.time()
+                    if watch is not None:
+                        watch.beat = time.monotonic()
+                    await asyncio.sleep(interval)
+                    now = loop.time()
+                    lags.append(max(0.0, now - before - interval))
+                    if now >= window_end:
+                        line = {"t": round(time.time(), 3), "worst_ms": round(max(lags) * 1000, 2),
+                                "mean_ms": round(sum(lags) / len(lags) * 1000, 2), "samples": len(lags),
+                                **collections.take()}
+                        with lock:
+                            out.write(json.dumps(line) + "\n")
+                            out.flush()
+                        lags.clear()
+                        window_end = now + window
+            finally:
+                if watch is not None:  # stopped before the file closes: it may be writing a stack
+                    watch.stopped.set()
+                    watch.join()
     finally:
         gc.callbacks.remove(collections)
-        if watch is not None:
-            watch.stopped.set()
-            watch.join()
 
 
 @contextlib.asynccontextmanager
