@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -268,10 +269,8 @@ def _without_keep_logs(argv: list[str] | None) -> list[str]:
 def stall_line(stalls: list[dict]) -> str:
     if not stalls:
         return "the loop never stopped for 40 ms or more in the burst (the monitor's watchdog took no stack)"
-    places: dict[str, int] = {}
-    for st in stalls:
-        places[stall_place(st)] = places.get(stall_place(st), 0) + 1
-    named = ", ".join(f"`{place}` x{n}" for place, n in sorted(places.items(), key=lambda kv: -kv[1])[:3])
+    places = Counter(stall_place(st) for st in stalls)
+    named = ", ".join(f"`{place}` x{n}" for place, n in places.most_common(3))
     return (f"the watchdog caught {len(stalls)} stop(s) of 40 ms or more in the burst (longest "
             f"{max(st['stall_ms'] for st in stalls):.0f} ms), in {named}")
 

@@ -67,15 +67,14 @@ class _Sampler:
             info = json.loads((model / "imaginebot.json").read_text())
             self.size = int(info.get("default_width", 64))
             self.steps = int(info.get("default_steps", 20))
+            self.scheduler = str(info.get("default_scheduler", "dpmpp_2m"))  # what the export saved in the folder
         else:
             from generation.engine import Engine
 
             self.engine = Engine.load(model, device="cpu")
             self.size = self.engine.limits.default_width
             self.steps = self.engine.limits.default_steps
-        info_path = model / "imaginebot.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        self.scheduler = str(info.get("default_scheduler", "dpmpp_2m"))
+            self.scheduler = self.engine.default_scheduler
 
     @property
     def vae(self):
@@ -204,6 +203,9 @@ def main(argv=None) -> dict:
     sampler = _Sampler(args.model, args.direct)
     if args.scheduler:
         from generation.schedulers import scheduler_name
+
+        if args.direct:
+            raise SystemExit("--scheduler works through the engine only; --direct samples with the folder's scheduler")
 
         sampler.scheduler = scheduler_name(args.scheduler)
     steps = args.steps or sampler.steps
