@@ -12,7 +12,10 @@
 3. The classifier reads every generated image; per-attribute accuracy and "all attributes right together" are
    reported per scale. The default guidance is the scale above 1 with the best all-attributes accuracy (the lower
    scale on a tie): scale 1 switches classifier-free guidance off, and with it the negative prompt, so it is measured
-   as the baseline but never made the default. The report says how the default compares with scale 1.
+   as the baseline but never made the default. The report says how the default compares with scale 1, image by
+   image (the same seeds at both scales: how many images guidance fixes and how many it breaks, with an exact
+   McNemar test), and, for a model that guides only its noisier steps (`guidance_min_timestep`), how the default
+   scale does when it guides every step.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import platform
 import re
 import time
+from dataclasses import dataclass
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,7 @@ from generation import dataset as ds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
-SCALES = (1.0, 2.0, 3.0, 5.0, 7.5)
+SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5)
 BEGIN, END = "<!-- evaluate:begin -->", "<!-- evaluate:end -->"
 
 
@@ -41,7 +46,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m generation.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
-    p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument("--images-per-prompt", type=int, default=16)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's default_steps)")
     p.add_argument("--scheduler", default=None, help="sampler through the engine (default: the model's default_scheduler)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N evaluation prompts")
@@ -50,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--no-write", action="store_true", help="print the table only; change no file")
     p.add_argument("--direct", action="store_true", help="sample with diffusers' StableDiffusionPipeline, not the engine")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--guidance-min-timestep", type=int, default=None,
+                   help="guide only steps at or above this timestep (default: the model's; 0 = every step)")
     return p.parse_args(argv)
 
 
@@ -94,10 +101,12 @@ class _Sampler:
                                  guidance_scale=guidance, height=self.size, width=self.size).images
                 out.extend(np.asarray(im.convert("RGB")) for im in imgs)
             return np.stack(out)
-        from generation.contract import GenerationRequest
+        from generation.contract import MAX_IMAGES, GenerationRequest
 
-        reqs = [GenerationRequest(prompt=p, seed=s, steps=steps, guidance=float(guidance), width=self.size,
-                                  height=self.size, num_images=n, scheduler=self.scheduler) for p, s in zip(prompts, seeds, strict=True)]
+        # a request holds at most MAX_IMAGES images: more per prompt take several requests, seeds following on
+        reqs = [GenerationRequest(prompt=p, seed=s + k, steps=steps, guidance=float(guidance), width=self.size,
+                                  height=self.size, num_images=min(MAX_IMAGES, n - k), scheduler=self.scheduler)
+                for p, s in zip(prompts, seeds, strict=True) for k in range(0, n, MAX_IMAGES)]
         results = self.engine.generate_many(reqs)
         return np.stack([np.asarray(Image.open(io.BytesIO(im.png)).convert("RGB")) for r in results for im in r.images])
 
@@ -167,15 +176,42 @@ def pick_default(results: dict[float, dict[str, float]]) -> float:
     return max(guided, key=lambda g: (round(results[g]["all"], 6), -g))
 
 
-def guidance_verdict(results: dict[float, dict[str, float]], default: float) -> str:
-    """One sentence: does the default scale beat scale 1 (no guidance), on all attributes together and per attribute?"""
+@dataclass(frozen=True)
+class Paired:
+    """One setting against a baseline, image by image (the same prompts and seeds in both)."""
+
+    fixed: int  # images right here and wrong in the baseline
+    broken: int  # images wrong here and right in the baseline
+    p_value: float  # exact two-sided McNemar test: the chance of a split at least this uneven if neither were better
+    prompts_better: int  # prompts with more images right here than in the baseline
+    prompts_worse: int
+
+    def sentence(self) -> str:
+        return (f"image by image (same seeds), guidance fixes {self.fixed} images and breaks {self.broken} "
+                f"(exact McNemar test p = {self.p_value:.3f}); {self.prompts_better} prompts do better, "
+                f"{self.prompts_worse} worse")
+
+
+def paired(right: np.ndarray, base: np.ndarray, per_prompt: int) -> Paired:
+    """Compare per-image correctness `right` with `base` (both in prompt order, `per_prompt` images each)."""
+    right, base = np.asarray(right, bool), np.asarray(base, bool)
+    fixed, broken = int((right & ~base).sum()), int((~right & base).sum())
+    m, k = fixed + broken, min(fixed, broken)
+    p = min(1.0, 2 * sum(comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    by_prompt = right.reshape(-1, per_prompt).sum(1) - base.reshape(-1, per_prompt).sum(1)
+    return Paired(fixed, broken, p, int((by_prompt > 0).sum()), int((by_prompt < 0).sum()))
+
+
+def guidance_verdict(results: dict[float, dict[str, float]], default: float, pair: Paired | None = None) -> str:
+    """Does the default scale beat scale 1 (no guidance), on all attributes together and per attribute?"""
     if 1.0 not in results or default == 1.0:
         return "Scale 1 (no guidance) was not measured beside the default, so guidance's effect is not shown here."
     d, base = results[default], results[1.0]
     per = ", ".join(f"{k} {_fmt(base[k])} -> {_fmt(d[k])}" for k in d if k != "all")
     helps = "helps" if d["all"] > base["all"] else "does not help"
+    tail = f"; {pair.sentence()}" if pair is not None else ""
     return (f"Guidance {helps} on these prompts: all attributes together {_fmt(base['all'])} at scale 1 (no guidance) "
-            f"-> {_fmt(d['all'])} at {default:g} ({per}).")
+            f"-> {_fmt(d['all'])} at {default:g} ({per}){tail}.")
 
 
 def main(argv=None) -> dict:
@@ -201,6 +237,11 @@ def main(argv=None) -> dict:
     seeds = [10_000 + 100 * i for i in range(len(prompts))]
     labels = np.repeat(np.array([s.labels() for s in samples]), n, axis=0)
     sampler = _Sampler(args.model, args.direct)
+    interval = 0 if args.direct else sampler.engine.guidance_min_timestep  # plain diffusers guides every step
+    if args.guidance_min_timestep is not None:
+        if args.direct:
+            raise SystemExit("--guidance-min-timestep works through the engine only")
+        interval = sampler.engine.guidance_min_timestep = args.guidance_min_timestep
     if args.scheduler:
         from generation.schedulers import scheduler_name
 
@@ -214,16 +255,34 @@ def main(argv=None) -> dict:
     print(table([("real eval-combination images through the VAE", roundtrip)], "VAE round trip"))
     results: dict[float, dict[str, float]] = {}
     images: dict[float, np.ndarray] = {}
-    for g in args.scales:
+    right: dict[float, np.ndarray] = {}
+
+    def measure(g: float) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
         t = time.time()
-        images[g] = sampler.run(prompts, seeds, n, g, steps)
-        results[g] = clf.accuracy(clf.predict(model, images[g]), labels)
-        print(f"guidance {g:g}: {len(images[g])} images in {time.time() - t:.0f}s, all-correct {_fmt(results[g]['all'])}", flush=True)
+        imgs = sampler.run(prompts, seeds, n, g, steps)
+        pred = clf.predict(model, imgs)
+        acc = clf.accuracy(pred, labels)
+        print(f"guidance {g:g}: {len(imgs)} images in {time.time() - t:.0f}s, all-correct {_fmt(acc['all'])}", flush=True)
+        return imgs, acc, (pred == labels).all(axis=1)
+
+    for g in args.scales:
+        images[g], results[g], right[g] = measure(g)
 
     # 3. pick the default and report
     best = pick_default(results)
-    verdict = guidance_verdict(results, best)
+    pair = paired(right[best], right[1.0], n) if 1.0 in right and best != 1.0 else None
+    verdict = guidance_verdict(results, best, pair)
     rows = [(f"{g:g}" + (" (default)" if g == best else ""), results[g]) for g in args.scales]
+    every_step = None
+    if interval > 0 and best > 1:
+        # the same default scale, guided on every step: what the interval itself brings
+        sampler.engine.guidance_min_timestep = 0
+        _, every_step, right_every = measure(best)
+        sampler.engine.guidance_min_timestep = interval
+        rows.append((f"{best:g}, guided on every step", every_step))
+        verdict += (f" Guiding every step instead of only those at timestep >= {interval}: all attributes "
+                    f"{_fmt(every_step['all'])} (size {_fmt(every_step['size'])}); against scale 1, "
+                    f"{paired(right_every, right[1.0], n).sentence()}.")
     gen_table = table(rows, "guidance")
     print(f"\ngenerated images, {len(prompts)} held-out prompts x {n} images, {steps} steps, {sampler.size}x{sampler.size}:")
     print(gen_table)
@@ -247,7 +306,9 @@ def main(argv=None) -> dict:
             f"Model: `{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}`, "
             f"trained steps: {info.get('trained_steps', '?')}. Sampler: {sampler_label(sampler.scheduler)}, {steps} steps, "
             f"{sampler.size}x{sampler.size}, through `generation.engine.Engine`"
-            + (" (here: plain diffusers)" if args.direct else "") + ".",
+            + (" (here: plain diffusers)" if args.direct else "") + "; "
+            + (f"guidance on the steps at timestep >= {interval} (`guidance_min_timestep`), the later steps unguided."
+               if interval else "guidance on every step."),
             f"Run on {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}; took {(time.time() - t0) / 60:.1f} min.",
             "",
             "### The classifier's ceiling (real, held-out images)",
@@ -278,7 +339,7 @@ def main(argv=None) -> dict:
         write_docs(args.docs, section)
         print(f"wrote {args.docs / 'model.md'}, {grid_path}, {info_path}")
     return {"ceiling": ceiling, "ceiling_eval": ceiling_eval, "roundtrip": roundtrip, "results": results, "default": best,
-            "verdict": verdict}
+            "verdict": verdict, "paired": pair, "every_step": every_step}
 
 
 if __name__ == "__main__":

@@ -55,3 +55,21 @@ def test_sdxl_vae_is_kept_in_float32_under_fp16(xl_engine, request_for):
     eng = Engine.load(xl_engine.path, device="cpu", dtype=torch.float16)
     assert (eng.pipe.unet.dtype, eng.pipe.vae.dtype) == (torch.float16, torch.float32)
     assert len(eng.generate(request_for(num_images=1)).images) == 1
+
+
+def test_sdxl_guidance_interval_drops_the_unconditional_half_of_every_conditioning_tensor(xl_engine, request_for,
+                                                                                          monkeypatch):
+    """With a cutoff between its steps, SDXL halves the text states, pooled embeddings and size ids together."""
+    from generation.schedulers import make_scheduler
+
+    sched = make_scheduler(xl_engine.default_scheduler, xl_engine._base_scheduler_config)
+    sched.set_timesteps(3)
+    ts = [int(t) for t in sched.timesteps]
+    monkeypatch.setattr(xl_engine, "guidance_min_timestep", (ts[0] + ts[1]) // 2 + 1)
+    tracker = X0Tracker(xl_engine.pipe.unet, xl_engine._alphas_cumprod)
+    try:
+        res = xl_engine.generate(request_for(num_images=2, steps=3, guidance=5.0))
+    finally:
+        tracker.remove()
+    assert tracker.batch_sizes == [4, 2, 2]
+    assert len(res.images) == 2
