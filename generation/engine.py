@@ -469,6 +469,7 @@ class Engine:
         cfg = guidance > 1.0 and pipe.unet.config.get("time_cond_proj_dim") is None
         pipe_guidance = guidance
         min_t = self.guidance_min_timestep
+        interval = {"CFG min timestep": min_t} if cfg and min_t > 0 else {}  # recorded in every PNG of the run
         if cfg and first.mode != "txt2img" and effective_strength(first) * self._num_train_timesteps < min_t:
             cfg, pipe_guidance = False, 1.0  # starts below the guidance interval: no step would be guided
         if should_cancel is not None and should_cancel():
@@ -547,7 +548,7 @@ class Engine:
             for index, seed in enumerate(r.seeds):
                 im = pil[k]
                 params = format_parameters(r, seed, im.width, im.height, self.name, strength=effective_strength(r),
-                                           **({"CFG min timestep": min_t} if halves else {}))
+                                           **interval)
                 mine.append(GeneratedImage(index=index, seed=seed, png=png_bytes(im, params), nsfw=flags[k]))
                 k += 1
             images.append(mine)

@@ -102,7 +102,7 @@ def test_a_variation_that_starts_below_the_cutoff_is_not_guided(engine, request_
     batches, res = run_batches(engine, request_for(mode="variation", init_image=src, strength=0.5, steps=4,
                                                    num_images=2, guidance=7.5))
     assert batches and set(batches) == {2}
-    assert len(res.images) == 2
+    assert len(res.images) == 2 and "CFG min timestep: 900" in read_parameters(res.images[0].png)
 
 
 def test_guidance_one_is_untouched_by_the_interval(engine, request_for, cutoff):
