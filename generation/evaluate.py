@@ -241,6 +241,9 @@ def main(argv=None) -> dict:
     if args.guidance_min_timestep is not None:
         if args.direct:
             raise SystemExit("--guidance-min-timestep works through the engine only")
+        if not 0 <= args.guidance_min_timestep < sampler.engine._num_train_timesteps:
+            raise SystemExit(f"--guidance-min-timestep is {args.guidance_min_timestep}; it has to be from 0 to "
+                             f"{sampler.engine._num_train_timesteps - 1}")
         interval = sampler.engine.guidance_min_timestep = args.guidance_min_timestep
     if args.scheduler:
         from generation.schedulers import scheduler_name
@@ -280,9 +283,9 @@ def main(argv=None) -> dict:
         _, every_step, right_every = measure(best)
         sampler.engine.guidance_min_timestep = interval
         rows.append((f"{best:g}, guided on every step", every_step))
+        against = f"; against scale 1, {paired(right_every, right[1.0], n).sentence()}" if 1.0 in right else ""
         verdict += (f" Guiding every step instead of only those at timestep >= {interval}: all attributes "
-                    f"{_fmt(every_step['all'])} (size {_fmt(every_step['size'])}); against scale 1, "
-                    f"{paired(right_every, right[1.0], n).sentence()}.")
+                    f"{_fmt(every_step['all'])} (size {_fmt(every_step['size'])}){against}.")
     gen_table = table(rows, "guidance")
     print(f"\ngenerated images, {len(prompts)} held-out prompts x {n} images, {steps} steps, {sampler.size}x{sampler.size}:")
     print(gen_table)
@@ -296,6 +299,8 @@ def main(argv=None) -> dict:
         info_path = args.model / "imaginebot.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         info["default_guidance"] = float(best)
+        if not args.direct:
+            info["guidance_min_timestep"] = interval  # what was measured; plain diffusers (--direct) cannot say
         info_path.write_text(json.dumps(info, indent=2) + "\n")
         grid_path = args.docs / "model_guidance.png"
         guidance_grid(images, prompts, n, columns=min(10, len(prompts)), path=grid_path)
