@@ -86,7 +86,7 @@ async def test_cancel_of_a_running_job_stops_it_and_refunds(nats_server, service
         await services.jobs.cancel(job.id, by=job.user_id)
         await d.cancel(job.id)
         await wait_until(lambda: not worker.running, timeout=2)
-        assert time.monotonic() - t0 < 0.5  # one step is 0.05 s; generous for a shared CPU
+        assert time.monotonic() - t0 < 1.5  # one step is 0.05 s, the whole job 7.5 s; generous for a loaded CPU
         out = await wait_until(lambda: d.queue.get_outcome(job.id))
         assert out.status == "cancelled"
         done = await services.jobs.get(job.id)

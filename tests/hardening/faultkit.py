@@ -20,7 +20,6 @@ import shutil
 import signal
 import sqlite3
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,13 +321,15 @@ def refund_notices(fd) -> set[int]:
 
 
 class WriteLock:
-    """Another connection holding SQLite's write lock (`BEGIN IMMEDIATE`) for `seconds`, from a thread."""
+    """Another connection holding SQLite's write lock (`BEGIN IMMEDIATE`) for `seconds` (or until `release()`),
+    from a thread."""
 
     def __init__(self, db_path: Path, seconds: float):
         self.db_path = db_path
         self.seconds = seconds
         self.held = threading.Event()
         self.released = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -336,7 +337,7 @@ class WriteLock:
         try:
             con.execute("BEGIN IMMEDIATE")
             self.held.set()
-            time.sleep(self.seconds)
+            self._stop.wait(self.seconds)
             con.execute("ROLLBACK")
         finally:
             con.close()
@@ -346,6 +347,10 @@ class WriteLock:
         self._thread.start()
         await asyncio.to_thread(self.held.wait, 30)
         return self
+
+    def release(self) -> None:
+        """Let the lock go now rather than after `seconds`."""
+        self._stop.set()
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.released.wait, self.seconds + 30)
