@@ -56,10 +56,6 @@ async def main(args) -> int:
         for job_id in created:
             await dispatcher.publish(job_id)
         while True:
-            if asyncio.current_task().cancelling():
-                # Ctrl-C cancelled this task but an await inside swallowed it: on Python < 3.12 `asyncio.wait_for`
-                # (used by nats-py) loses a cancel that lands as its inner future completes (cpython#86296)
-                raise asyncio.CancelledError
             rows = await services.jobs.unfinished()
             if not rows:
                 break

@@ -118,7 +118,8 @@ def test_ctrl_c_stops_bot_worker_and_server_and_loses_nothing(tmp_path):
         assert not pid_alive(server_pid) and not pid_alive(worker_pid)
         err = first.err_path.read_text()
         assert "worker local stopped" in err and "embedded nats-server stopped" in err
-        assert first.proc.returncode == 130 and "INTERRUPTED" in first.lines()
+        assert first.proc.returncode == 130 and "INTERRUPTED" in first.lines(), (
+            f"exit {first.proc.returncode}; stdout {first.lines()}; stderr tail {err[-2000:]}")
         assert len(posted(first)) < len(created), "every job finished before Ctrl-C; the test proves nothing"
         second = BotProcess(data, tmp_path, "second", env=env)
         done = json.loads(second.wait_for("DONE ", timeout=60).split(" ", 1)[1])
