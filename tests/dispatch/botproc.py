@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 
 from bot.config import Settings
@@ -82,6 +83,10 @@ if __name__ == "__main__":
     p.add_argument("--max-batch", type=int, default=4)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    # A shell without job control starts background commands with SIGINT ignored (POSIX), and the ignore is
+    # inherited down to this process (`make test &` -> pytest -> here); Python then never installs its Ctrl-C
+    # handler. Take Ctrl-C back, like the bot does with its own signal handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         raise SystemExit(asyncio.run(main(args)))
     except KeyboardInterrupt:
