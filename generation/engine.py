@@ -499,7 +499,8 @@ class Engine:
         # tensors that carry the [uncond, cond] batch and are halved when guidance stops
         halves = (["prompt_embeds", "add_text_embeds", "add_time_ids"] if self.is_xl else ["prompt_embeds"]) \
             if cfg and min_t > 0 else []
-        callback = self._make_callback(state, tracker, guidance, halves, first.timeline, on_progress, should_cancel)
+        callback = self._make_callback(state, tracker, guidance, halves, min_t, first.timeline, on_progress,
+                                       should_cancel)
         common = {
             "guidance_scale": pipe_guidance,
             "generator": generators,
@@ -654,11 +655,10 @@ class Engine:
         return png_bytes(thumbnail(grid(images), PREVIEW_MAX_SIDE), compress_level=1)
 
     def _make_callback(self, state: _RunState, tracker: X0Tracker | None, guidance: float, halves: list[str],
-                       keep_x0: bool, on_progress: ProgressFn | None, should_cancel: CancelFn | None):
+                       min_t: int, keep_x0: bool, on_progress: ProgressFn | None, should_cancel: CancelFn | None):
         """The step-end callback: x0 capture, progress and previews, cancelling, and the end of the guidance interval
-        (`halves`: the callback tensors whose unconditional half is dropped then; empty = guidance never stops)."""
-        min_t = self.guidance_min_timestep
-
+        (`halves`: the callback tensors whose unconditional half is dropped once the next timestep is below `min_t`;
+        empty = guidance never stops)."""
         def callback(pipe, i: int, t, kwargs: dict) -> dict:
             step, total = i + 1, pipe.num_timesteps
             state.total = total
