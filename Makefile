@@ -48,7 +48,7 @@ STAGE1 ?= runs/default
 STAGE2 ?= runs/v2
 UNET_STEPS ?= 10000
 COOLDOWN_STEPS ?= 1000
-TRAIN := $(PY) -m generation.train
+TRAIN := $(PY) -m generation.shapes.train
 train: $(STAMP)
 	$(TRAIN) --run $(STAGE1) --legacy-schedule --phase vae
 	$(TRAIN) --run $(STAGE1) --legacy-schedule --phase latents
@@ -65,7 +65,7 @@ train: $(STAMP)
 	$(TRAIN) --run $(STAGE2) --phase export
 
 evaluate: $(STAMP)
-	$(PY) -m generation.evaluate
+	$(PY) -m generation.shapes.evaluate
 
 clean:
 	rm -rf $(VENV) .pytest_cache

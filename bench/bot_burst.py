@@ -3,7 +3,7 @@
     taskset -c 1 python bench/bot_burst.py             # 200 interactions; writes the "Bot burst" section of the doc
     python bench/bot_burst.py --interactions 50 --no-write
 
-The project's fake Discord (tests/fakediscord/server.py) runs in this process; the real bot (`python -m bot`, started
+The project's fake Discord (tests/support/fakediscord.py) runs in this process; the real bot (`python -m bot`, started
 the way the e2e tests start it: embedded nats-server, one local worker, its own data folder) connects to it. The
 worker runs the fake engine (`--fake-engine SECONDS_PER_STEP`: fixed time per denoising step, real PNGs, no torch),
 so the figures are the bot's, not the model's. Each interaction comes from its own member, so no quota or cooldown
@@ -167,7 +167,7 @@ def stall_place(stall: dict) -> str:
 
 async def run(args) -> dict:
     from tests.e2e.conftest import E2E, BotProcess, model_in_use
-    from tests.fakediscord.server import FakeDiscord
+    from tests.support.fakediscord import FakeDiscord
 
     options: dict[str, Any] = {"prompt": PROMPT}
     with tempfile.TemporaryDirectory(prefix="bot-burst-") as tmp:

@@ -83,8 +83,8 @@ def main(argv=None) -> dict:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from PIL import Image
 
-    from generation.contract import GenerationRequest
     from generation.engine import Engine
+    from generation.protocol.contract import GenerationRequest
 
     torch.set_num_threads(args.threads)
     info = json.loads((args.model / "imaginebot.json").read_text())

@@ -143,7 +143,7 @@ def build_pipeline(spec: dict[str, Any], device: str, dtype, seed: int = 0):
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from generation.testing import build_tiny_tokenizer
+    from tests.support.tinymodels import build_tiny_tokenizer
 
     tokenizers = [build_tiny_tokenizer(MAX_TOKENS) for _ in spec["text_encoders"]]
     torch.manual_seed(seed)
@@ -198,7 +198,7 @@ def count_flops(spec: dict[str, Any]) -> dict[str, float]:
 # --- running -----------------------------------------------------------------------------------------------------
 def jobs_for(spec: dict[str, Any], n: int) -> list:
     """N images as same-shape jobs of 4 images each (one job of N below 4), as members' /imagine grids arrive."""
-    from generation.contract import GenerationRequest
+    from generation.protocol.contract import GenerationRequest
 
     per_job = min(4, n)
     return [GenerationRequest(prompt=PROMPT, seed=1000 + 10 * j, steps=spec["steps"], guidance=spec["guidance"],

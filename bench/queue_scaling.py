@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import command_line, cpu_model, write_section  # noqa: E402
 
-from generation.contract import GenerationRequest  # noqa: E402
-from generation.natsserver import NatsServer  # noqa: E402
-from generation.queue import JobQueue, Outcome, QueueConfig, WorkerInfo  # noqa: E402
+from generation.protocol.contract import GenerationRequest  # noqa: E402
+from generation.protocol.natsserver import NatsServer  # noqa: E402
+from generation.protocol.queue import JobQueue, Outcome, QueueConfig, WorkerInfo  # noqa: E402
 
 CONFIG = QueueConfig(ack_wait=10.0, max_deliver=3)
 

@@ -90,7 +90,7 @@ class LimitExceeded(QuotaError):
 
 # --- requests and jobs -----------------------------------------------------------------------------------------
 class InvalidRequest(BotError):
-    """A generation parameter is out of range (wraps `generation.contract.RequestError`)."""
+    """A generation parameter is out of range (wraps `generation.protocol.contract.RequestError`)."""
 
     def __init__(self, message: str, field: str | None = None):
         self.field = field

@@ -183,7 +183,7 @@ class Job(Base):
     charge_state: Mapped[str] = mapped_column(String(16), default=ChargeState.RESERVED.value)
     charge_window_started_at: Mapped[datetime | None]
 
-    # Every parameter of the generation request (generation.contract.GenerationRequest).
+    # Every parameter of the generation request (generation.protocol.contract.GenerationRequest).
     mode: Mapped[str] = mapped_column(String(16), default="txt2img")
     prompt: Mapped[str] = mapped_column(Text)
     negative_prompt: Mapped[str] = mapped_column(Text, default="")

@@ -46,8 +46,8 @@ from typing import Any, Literal, Protocol
 
 from bot.errors import IllegalTransition, JobNotFound
 from bot.services.images import ImageWriteError
-from generation.contract import GenerationRequest, RequestError
-from generation.queue import (
+from generation.protocol.contract import GenerationRequest, RequestError
+from generation.protocol.queue import (
     JobQueue,
     MaxDeliveries,
     Outcome,

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.dispatch.dispatcher import Dispatcher
-from generation.natsserver import NatsServer, child_process_kwargs
-from generation.queue import QueueConfig
+from generation.protocol.natsserver import NatsServer, child_process_kwargs
+from generation.protocol.queue import QueueConfig
 
 log = logging.getLogger("bot.dispatch")
 

@@ -51,7 +51,7 @@ from bot.errors import (
     SourceImageNotFound,
 )
 from bot.services.quota import QuotaService
-from generation.contract import GenerationRequest, RequestError
+from generation.protocol.contract import GenerationRequest, RequestError
 
 JOB = Job.__table__
 
@@ -246,7 +246,7 @@ class JobService:
         Raises: InvalidRequest (a parameter out of range), LimitExceeded (steps/side above the member's roles),
         SourceImageNotFound, OnCooldown, QuotaExceeded / TooManyActiveJobs (nothing charged).
         """
-        from generation.contract import random_seed
+        from generation.protocol.contract import random_seed
 
         given = {
             "negative_prompt": negative_prompt,

@@ -46,7 +46,7 @@ from bot.db.models import (
 from bot.errors import InvalidSetting, NotArtChannel, QueuePaused, UserBanned
 from bot.services.audit import write_audit
 from bot.services.quota import KEEP, LIMIT_FIELDS
-from generation.contract import MAX_SIDE, MAX_STEPS, MIN_SIDE
+from generation.protocol.contract import MAX_SIDE, MAX_STEPS, MIN_SIDE
 
 MAX_TERM_CHARS = 100
 

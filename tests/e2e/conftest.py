@@ -2,7 +2,7 @@
 project's fake Discord on 127.0.0.1.
 
 The model is `generation/models/default` when it exists, else a tiny random-weight pipeline built once per session
-with `generation.testing.build_tiny_pipeline` (in a subprocess, so torch stays out of the test process). One bot
+with `tests.support.tinymodels.build_tiny_pipeline` (in a subprocess, so torch stays out of the test process). One bot
 process serves every test of the module; each test uses its own member so their quotas do not mix.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.fakediscord.server import FakeDiscord
+from tests.support.fakediscord import FakeDiscord
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "generation" / "models" / "default"
@@ -36,7 +36,7 @@ def model_in_use(tmp_root: Path) -> tuple[Path, str]:
         return DEFAULT_MODEL, "default"
     folder = tmp_root / "tiny-model"
     code = (
-        "import json, sys; from generation.testing import build_tiny_pipeline;"
+        "import json, sys; from tests.support.tinymodels import build_tiny_pipeline;"
         "build_tiny_pipeline(sys.argv[1], info=json.loads(sys.argv[2]))"
     )
     subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(TINY_INFO)], cwd=ROOT, check=True, timeout=300,

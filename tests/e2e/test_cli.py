@@ -31,7 +31,7 @@ async def test_sync_global_registers_every_command(tmp_path):
     """`python -m bot sync --global` registers every command, /mod hidden behind Manage Server, over HTTP only."""
     import asyncio
 
-    from tests.fakediscord.server import FakeDiscord
+    from tests.support.fakediscord import FakeDiscord
 
     async with FakeDiscord() as fd:
         out = await asyncio.to_thread(

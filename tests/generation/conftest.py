@@ -23,7 +23,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny SD pipeline folder (random weights, 64x64 px images)."""
-    from generation.testing import build_tiny_pipeline
+    from tests.support.tinymodels import build_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("models") / "tiny"
     build_tiny_pipeline(folder, seed=0, sample_size=16)
@@ -41,7 +41,7 @@ def engine(tiny_model_dir):
 @pytest.fixture
 def request_for():
     """Make a 2-step, 64x64 request for the tiny model."""
-    from generation.contract import GenerationRequest
+    from generation.protocol.contract import GenerationRequest
 
     def make(prompt: str = "a red circle on a white background", **fields):
         base = {"seed": 1, "steps": 2, "width": 64, "height": 64, "num_images": 2, "guidance": 7.5}

@@ -1,4 +1,4 @@
-"""Fixtures of the hardening suite (see tests/hardening/reliability.py)."""
+"""Fixtures of the hardening suite (see tests/support/reliability.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hardening.reliability import Recorder
-from tests.natsutil import nats_server_fixture  # noqa: F401
+from tests.support.natsutil import nats_server_fixture  # noqa: F401
+from tests.support.reliability import Recorder
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.hardening.reliability import load, machine, merge
+from tests.support.reliability import load, machine, merge
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 

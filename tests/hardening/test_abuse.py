@@ -27,8 +27,8 @@ from bot.db.models import JobStatus
 from bot.errors import OnCooldown, QuotaExceeded, TooManyActiveJobs
 from bot.ui.buttons import job_custom_id
 from tests.bot.conftest import CHANNEL, GUILD, FakeClock
-from tests.hardening.hostile import HostileWorld, Outcome, leaf_commands, open_test_services
-from tests.hardening.reliability import soak_runs
+from tests.support.hostile import HostileWorld, Outcome, leaf_commands, open_test_services
+from tests.support.reliability import soak_runs
 
 COOLDOWN = 5.0
 PER_DAY = 8

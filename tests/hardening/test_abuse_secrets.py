@@ -17,8 +17,8 @@ import pytest
 from bot.app import Deps, ImagineBot, point_at_discord, sync_commands
 from bot.config import Settings
 from tests.bot.exts.conftest import RecordingDispatcher
-from tests.fakediscord.server import FakeDiscord
-from tests.hardening.hostile import open_test_services
+from tests.support.fakediscord import FakeDiscord
+from tests.support.hostile import open_test_services
 
 ROOT = Path(__file__).resolve().parents[2]
 

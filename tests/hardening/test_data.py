@@ -35,10 +35,10 @@ from bot.backup import BackupError, backup, integrity, restore, running_lock
 from bot.config import Settings
 from bot.services import open_services
 from bot.services.images import ImageStore, ImageWriteError
-from tests.hardening.crashwriter import payload
-from tests.hardening.hostile import HostileWorld, open_test_services
-from tests.hardening.reliability import soak_runs
-from tests.natsutil import nats_server_fixture  # noqa: F401 - the nats_server fixture
+from tests.support.crashwriter import payload
+from tests.support.hostile import HostileWorld, open_test_services
+from tests.support.natsutil import nats_server_fixture  # noqa: F401 - the nats_server fixture
+from tests.support.reliability import soak_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -187,7 +187,7 @@ def test_kill_9_mid_write_leaves_a_sound_database_and_whole_files(tmp_path, migr
     temp_seen = 0
     try:
         for _ in range(runs):
-            proc = subprocess.Popen([sys.executable, "-m", "tests.hardening.crashwriter", str(data)], cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "tests.support.crashwriter", str(data)], cwd=ROOT,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
             time.sleep(rng.uniform(0.05, 1.2))
@@ -221,10 +221,10 @@ async def test_disk_full_when_storing_images_fails_the_job_refunds_it_and_keeps_
     the disk is full, the reservation is refunded, no file of the job stays, the owner's message is updated (the
     listener is called) and the outcome is not retried for ever."""
     from bot.dispatch import Dispatcher
-    from generation.fake_engine import FakeEngine
-    from tests.dispatch.conftest import RecordingListener, wait_until
-    from tests.dispatch.test_dispatcher import InProcessWorker
-    from tests.natsutil import FAST
+    from generation.worker.fake_engine import FakeEngine
+    from tests.bot.dispatch.conftest import RecordingListener, wait_until
+    from tests.bot.dispatch.test_dispatcher import InProcessWorker
+    from tests.support.natsutil import FAST
 
     runs = soak_runs(3, 20)
     failures = 0
@@ -317,7 +317,7 @@ def test_backup_while_writing_then_restore_gives_a_consistent_data_folder(tmp_pa
     restored database names only files the backup holds, whole."""
     runs = soak_runs(3, 20)
     data = fresh_data(tmp_path, migrated_template)
-    writer = subprocess.Popen([sys.executable, "-m", "tests.hardening.crashwriter", str(data)], cwd=ROOT,
+    writer = subprocess.Popen([sys.executable, "-m", "tests.support.crashwriter", str(data)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     failures = 0
     jobs_seen = []

@@ -10,9 +10,9 @@ import signal
 
 import pytest
 
-from tests.fakediscord.server import FakeDiscord
-from tests.hardening.faultkit import BotProcess, grid_posts, pid_alive, tally, wait_until
-from tests.hardening.reliability import soak, soak_runs
+from tests.support.fakediscord import FakeDiscord
+from tests.support.faultkit import BotProcess, grid_posts, pid_alive, tally, wait_until
+from tests.support.reliability import soak, soak_runs
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import time
 import pytest
 import pytest_asyncio
 
-from tests.fakediscord.server import INVALID_WEBHOOK_TOKEN, UNKNOWN_INTERACTION, FakeDiscord
-from tests.hardening.faultkit import BotProcess, WriteLock, grid_posts, refund_notices, tally, wait_until
-from tests.hardening.reliability import soak_runs
+from tests.support.fakediscord import INVALID_WEBHOOK_TOKEN, UNKNOWN_INTERACTION, FakeDiscord
+from tests.support.faultkit import BotProcess, WriteLock, grid_posts, refund_notices, tally, wait_until
+from tests.support.reliability import soak_runs
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

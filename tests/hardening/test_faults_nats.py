@@ -9,8 +9,8 @@ import asyncio
 
 import pytest
 
-from tests.hardening.faultkit import DispatchWorld, journal_runs, wait_until
-from tests.hardening.reliability import soak_runs
+from tests.support.faultkit import DispatchWorld, journal_runs, wait_until
+from tests.support.reliability import soak_runs
 
 pytestmark = pytest.mark.slow
 

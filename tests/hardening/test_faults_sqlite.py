@@ -17,8 +17,8 @@ from sqlalchemy.exc import OperationalError
 
 import bot.db.engine as db_engine
 from bot.exts.errors.handler import user_message_for
-from tests.hardening.faultkit import DiskFull, DispatchWorld, WriteLock
-from tests.hardening.reliability import soak_runs
+from tests.support.faultkit import DiskFull, DispatchWorld, WriteLock
+from tests.support.reliability import soak_runs
 
 pytestmark = pytest.mark.slow
 

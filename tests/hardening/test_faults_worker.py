@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from tests.hardening.faultkit import DispatchWorld, journal_runs
-from tests.hardening.reliability import soak_runs
+from tests.support.faultkit import DispatchWorld, journal_runs
+from tests.support.reliability import soak_runs
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.ui.buttons import job_custom_id
-from tests.hardening.hostile import (
+from tests.support.hostile import (
     HostileWorld,
     hostile_text,
     leaf_commands,
@@ -24,7 +24,7 @@ from tests.hardening.hostile import (
     prompt_with_term,
     recorded,
 )
-from tests.hardening.reliability import soak_runs
+from tests.support.reliability import soak_runs
 
 FUZZ = settings(
     max_examples=soak_runs(60, 1000),

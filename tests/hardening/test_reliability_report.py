@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.hardening import report
-from tests.hardening.reliability import Record, Recorder, load, merge, soak_runs
+from tests.support.reliability import Record, Recorder, load, merge, soak_runs
 
 
 def test_recorder_appends_one_json_line_per_record(tmp_path):

@@ -24,7 +24,7 @@ from bot.exts.imagine.flow import start_job
 from bot.exts.imagine.options import clean_prompt
 from bot.ui import buttons as b
 from bot.ui.embeds import cancelled_embed, parameters_embed
-from generation.contract import STRENGTH_STRONG, STRENGTH_SUBTLE
+from generation.protocol.contract import STRENGTH_STRONG, STRENGTH_SUBTLE
 
 log = logging.getLogger("bot.buttons")
 

@@ -1,7 +1,7 @@
 """One place that turns any error of a command, button or modal into a reply.
 
 - A domain error (`bot.errors.BotError`) is the member's to fix: its `user_message` goes back ephemerally.
-- A request the contract refuses (`generation.contract.RequestError`) names the field and the rule: same.
+- A request the contract refuses (`generation.protocol.contract.RequestError`) names the field and the rule: same.
 - The database stayed locked longer than the bot waits (`bot.db.engine.is_busy_error`): nothing was written, so
   nothing was charged; the member is asked to try again.
 - The disk under the database is full (`bot.db.engine.is_full_error`): nothing was written or charged either; the
@@ -25,7 +25,7 @@ from discord.ext import commands
 from bot.db.engine import is_busy_error, is_full_error
 from bot.errors import BotError
 from bot.ui.text import CONTENT, safe_text
-from generation.contract import RequestError
+from generation.protocol.contract import RequestError
 
 log = logging.getLogger("bot.errors")
 

@@ -22,7 +22,7 @@ from bot.exts.imagine.options import (
 )
 from bot.exts.imagine.presenter import JobPresenter
 from bot.ui.text import CHOICE_NAME, plain_text
-from generation.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, SCHEDULERS
+from generation.protocol.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, SCHEDULERS
 
 log = logging.getLogger(__name__)
 

