@@ -7,14 +7,22 @@ Importing `generation.engine.<module>` for one helper does not load torch; the n
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# CPU threads that wait for each other spin by default; on a machine whose cores are shared with other work that
+# spinning made a 2-thread run 10x slower than a 1-thread one (measured here). Passive waiting must be chosen before
+# torch loads its OpenMP runtime, so it is set here, where it runs before any engine module (engine.py, loading.py,
+# callbacks.py) imports torch; it only takes effect when the engine is the first to import torch, and an explicit
+# OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "Engine": "generation.engine.engine",
-    "ModelLoadError": "generation.engine.engine",
-    "load_pipeline": "generation.engine.engine",
-    "pick_device": "generation.engine.engine",
-    "pick_dtype": "generation.engine.engine",
+    "ModelLoadError": "generation.engine.loading",
+    "load_pipeline": "generation.engine.loading",
+    "pick_device": "generation.engine.loading",
+    "pick_dtype": "generation.engine.loading",
 }
 
 __all__ = list(_EXPORTS)

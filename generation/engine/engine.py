@@ -13,35 +13,47 @@ A run goes through the stages the diffusion papers describe, each timed:
 6. write PNGs carrying their parameters in the A1111 `parameters` text chunk;
 7. on request, decode the x0 estimate of every step into the denoising timeline, an animated WebP/GIF.
 
-The engine knows nothing of Discord or the database; it takes a request and returns a result.
+The engine knows nothing of Discord or the database; it takes a request and returns a result. Turning a model
+folder or file into a pipeline with its limits and defaults is `loading.py`'s part (`Engine.load` calls it); what
+happens after every denoising step (x0 capture, progress, cancelling, the end of the guidance interval) is done by the
+diffusers step-end callbacks of `callbacks.py`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# CPU threads that wait for each other spin by default; on a machine whose cores are shared with other work that
-# spinning made a 2-thread run 10x slower than a 1-thread one (measured here). Passive waiting must be chosen before
-# torch loads its OpenMP runtime, so it only takes effect when this module is the first to import torch; an explicit
-# OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks
+from PIL import Image, UnidentifiedImageError
 
-import torch  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-from generation.engine.pngmeta import format_parameters, png_bytes  # noqa: E402
-from generation.engine.schedulers import make_scheduler  # noqa: E402
-from generation.engine.timeline import (  # noqa: E402
+from generation.engine.callbacks import (
+    GuidanceIntervalCallback,
+    ProgressCallback,
+    SDXLGuidanceIntervalCallback,
+    TimelineCallback,
+)
+from generation.engine.loading import (
+    guidance_min_timestep,
+    is_sdxl,
+    limits_for,
+    load_pipeline,
+    model_name,
+    pick_device,
+    pick_dtype,
+    read_info,
+    snap_side,
+)
+from generation.engine.pngmeta import format_parameters, png_bytes
+from generation.engine.schedulers import make_scheduler
+from generation.engine.timeline import (
     SD15_LATENT_RGB,
     SDXL_LATENT_RGB,
     X0Tracker,
@@ -51,19 +63,14 @@ from generation.engine.timeline import (  # noqa: E402
     latent_to_rgb,
     thumbnail,
 )
-from generation.protocol.contract import (  # noqa: E402
-    DEFAULT_SCHEDULER,
+from generation.protocol.contract import (
     MAX_GUIDANCE,
     MAX_SIDE,
-    MIN_SIDE,
-    SCHEDULERS,
-    SIDE_MULTIPLE,
     STRENGTH_UPSCALE,
     GeneratedImage,
     GenerationCancelled,
     GenerationRequest,
     GenerationResult,
-    ModelLimits,
     Progress,
     RequestError,
 )
@@ -73,186 +80,16 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
 
-INFO_FILE = "imaginebot.json"
 PREVIEW_MAX_SIDE = 128
 TIMELINE_MAX_SIDE = 512
 #: A VAE decoder smaller than this is cheap enough to decode previews with; bigger ones use a linear latent->RGB map.
 SMALL_VAE_PARAMS = 5_000_000
 
 
-class ModelLoadError(RuntimeError):
-    """The model path could not be loaded; the message names the path and what to do."""
-
-
-def pick_device(device: str | None = None) -> str:
-    """`device` when given, else CUDA when available, else CPU."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(device: str, dtype: torch.dtype | str | None = None) -> torch.dtype:
-    """bf16 on CUDA GPUs that support it, fp16 on other GPUs, float32 on CPU (half precision is slow there)."""
-    if dtype is not None:
-        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.startswith("mps"):
-        return torch.float16
-    return torch.float32
-
-
-# --- loading ----------------------------------------------------------------------------------------------------
-
-
-def _single_file_config(path: Path, config: str | Path | None) -> Path | None:
-    """The folder of component configs for a single-file checkpoint: `config`, else one next to the file."""
-    if config is not None:
-        cfg = Path(config)
-        if not (cfg / "model_index.json").is_file():
-            raise ModelLoadError(f"`config` is {str(cfg)!r}, but it has no model_index.json; pass a diffusers model folder.")
-        return cfg
-    for candidate in (path.with_suffix(""), path.parent / (path.stem + ".config"), path.parent):
-        if (candidate / "model_index.json").is_file():
-            return candidate
-    return None
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
-    """diffusers renamed `torch_dtype` to `dtype` (0.42 warns on the old name); pass whichever it understands."""
-    import diffusers.utils
-
-    return {"dtype": dtype} if hasattr(diffusers.utils, "_resolve_dtype") else {"torch_dtype": dtype}
-
-
-def load_pipeline(path: str | Path, device: str, dtype: torch.dtype, config: str | Path | None = None):
-    """Load a Stable Diffusion (1.x/2.x) or SDXL pipeline from a diffusers folder or a .safetensors/.ckpt file."""
-    import diffusers
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(
-            f"model path `{path}` does not exist; pass a diffusers folder or a .safetensors/.ckpt file"
-            " (the default model is trained with `make train`)."
-        )
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"model folder `{path}` has no model_index.json; it is not a diffusers pipeline folder.")
-        try:
-            pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **_dtype_kwarg(dtype))
-        except Exception as exc:
-            raise ModelLoadError(f"could not load the model folder `{path}`: {exc}") from exc
-    elif path.suffix.lower() in (".safetensors", ".ckpt"):
-        cfg = _single_file_config(path, config)
-        cls = StableDiffusionPipeline
-        if cfg is not None:
-            class_name = json.loads((cfg / "model_index.json").read_text()).get("_class_name", "")
-            cls = getattr(diffusers, class_name, StableDiffusionPipeline)
-        elif _looks_like_sdxl(path):
-            cls = StableDiffusionXLPipeline
-        kwargs: dict[str, Any] = {"local_files_only": True, **_dtype_kwarg(dtype)}
-        if cfg is not None:
-            kwargs["config"] = str(cfg)
-        try:
-            pipe = cls.from_single_file(str(path), **kwargs)
-        except Exception as exc:
-            advice = (
-                " Put a diffusers folder of its component configs next to it (same name without the suffix) or pass"
-                " `config=FOLDER`." if cfg is None else ""
-            )
-            raise ModelLoadError(f"could not load the single-file checkpoint `{path}` offline: {exc}.{advice}") from exc
-    else:
-        raise ModelLoadError(f"model path `{path}` is neither a folder nor a .safetensors/.ckpt file.")
-    if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):
-        raise ModelLoadError(
-            f"`{path}` holds a {type(pipe).__name__}; this engine runs StableDiffusionPipeline and"
-            " StableDiffusionXLPipeline checkpoints."
-        )
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _looks_like_sdxl(path: Path) -> bool:
-    """SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`; read key names only."""
-    if path.suffix.lower() != ".safetensors":
-        return False
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return any(k.startswith("conditioner.embedders.1.") for k in f.keys())
-    except Exception:  # unreadable header: let the SD loader report the real problem
-        return False
-
-
-def _read_info(path: Path) -> dict[str, Any]:
-    folder = path if path.is_dir() else path.parent
-    file = folder / INFO_FILE
-    if not file.is_file():
-        return {}
-    try:
-        info = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"`{file}` is not valid JSON ({exc}); fix or delete it.") from exc
-    if not isinstance(info, dict):
-        raise ModelLoadError(f"`{file}` has to hold a JSON object.")
-    return info
-
-
-def _round8(x: float) -> int:
-    return max(SIDE_MULTIPLE, int(round(x / SIDE_MULTIPLE)) * SIDE_MULTIPLE)
-
-
-def limits_for(pipe, info: dict[str, Any]) -> tuple[ModelLimits, str]:
-    """Model limits and default scheduler: from `imaginebot.json` where present, else from the architecture."""
-    sample = pipe.unet.config.sample_size
-    sample = sample[0] if isinstance(sample, list | tuple) else sample
-    native = int(sample) * int(pipe.vae_scale_factor)  # SD1.x 512, SD2 768, SDXL 1024
-    is_xl = type(pipe).__name__.startswith("StableDiffusionXL")
-    dw = int(info.get("default_width", native))
-    dh = int(info.get("default_height", native))
-    limits = ModelLimits(
-        min_side=int(info.get("min_side", max(MIN_SIDE, _round8(native / 4)))),
-        max_side=int(info.get("max_side", min(MAX_SIDE, native * 2))),
-        multiple=SIDE_MULTIPLE,
-        default_width=dw,
-        default_height=dh,
-        default_steps=int(info.get("default_steps", 25)),
-        default_guidance=float(info.get("default_guidance", 5.0 if is_xl else 7.5)),
-    )
-    scheduler = str(info.get("default_scheduler", DEFAULT_SCHEDULER))
-    if scheduler not in SCHEDULERS:
-        scheduler = DEFAULT_SCHEDULER
-    return limits, scheduler
-
-
-def guidance_min_timestep(info: dict[str, Any], num_train_timesteps: int) -> int:
-    """`guidance_min_timestep` from `imaginebot.json` (0 when absent), checked against the model's schedule."""
-    value = info.get("guidance_min_timestep", 0)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < num_train_timesteps \
-            or int(value) != value:
-        raise ModelLoadError(f"`guidance_min_timestep` in {INFO_FILE} is {value!r}; it has to be a whole number from 0 "
-                             f"(guide every step) to {num_train_timesteps - 1}.")
-    return int(value)
-
-
 def effective_strength(req: GenerationRequest) -> float:
     """The img2img strength a request really runs at (an upscale is capped at STRENGTH_UPSCALE)."""
     strength = float(req.strength)
     return min(strength, STRENGTH_UPSCALE) if req.mode == "upscale" else strength
-
-
-# --- the engine -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _RunState:
-    total: int = 0
-    cancelled_at: int | None = None
-    last_preview: float = field(default_factory=time.perf_counter)
-    x0_frames: list = field(default_factory=list)
 
 
 class Engine:
@@ -270,8 +107,8 @@ class Engine:
     Guidance interval: with `guidance_min_timestep` T > 0 (from the model's `imaginebot.json`, 0 = off), guidance
     runs only on steps whose timestep is >= T; once the next step's timestep falls below T the unconditional half
     of the batch is dropped and the rest of the run follows the conditional prediction alone (and costs half as
-    much per step). A variation/upscale whose starting noise (strength x the training timesteps) is already below T
-    runs unguided. Guiding only the noisier steps follows Kynkaenniemi et al. 2024 ("Applying Guidance in a Limited
+    much per step; `GuidanceIntervalCallback` in callbacks.py makes the cut). A variation/upscale whose starting
+    noise (strength x the training timesteps) is already below T runs unguided. Guiding only the noisier steps follows Kynkaenniemi et al. 2024 ("Applying Guidance in a Limited
     Interval Improves Sample and Distribution Quality"); for the default model it is measured in docs/model.md.
     """
 
@@ -284,11 +121,7 @@ class Engine:
         self.info: dict[str, Any] = dict(info or {})
         self.path = path
         self.limits, self.default_scheduler = limits_for(pipe, self.info)
-        self.is_xl = type(pipe).__name__.startswith("StableDiffusionXL")
-        if self.is_xl and pipe.vae.dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
-            # The SDXL VAE overflows in fp16 (bf16 is fine). diffusers casts it to float32 around every decode;
-            # keeping it in float32 once costs ~160 MB and no per-decode copies.
-            pipe.vae.to(torch.float32)
+        self.is_xl = is_sdxl(pipe)
         self._base_scheduler_config = pipe.scheduler.config
         probe = make_scheduler("ddim", self._base_scheduler_config)
         self._alphas_cumprod = probe.alphas_cumprod.numpy()
@@ -315,6 +148,7 @@ class Engine:
         file is looked for beside it). `threads` sets torch's CPU thread count for this process: on a machine whose
         cores are busy with other work, 1 thread is far faster than threads spinning against each other.
         `channels_last` and `compile` are GPU speed-ups, off by default (see `optimize`).
+        Device, precision, the pipeline and the model's settings come from `generation.engine.loading`.
         """
         path = Path(path)
         if threads is not None:
@@ -323,8 +157,8 @@ class Engine:
         dtype = pick_dtype(device, dtype)
         t0 = time.perf_counter()
         pipe = load_pipeline(path, device, dtype, config=config)
-        info = _read_info(path) if path.exists() else {}
-        name = name or str(info.get("name") or (path.name if path.is_dir() else path.stem))
+        info = read_info(path) if path.exists() else {}
+        name = name or model_name(path, info)
         engine = cls(pipe, name=name, device=device, dtype=dtype, info=info, path=path)
         engine.optimize(channels_last=channels_last, compile=compile)
         _ = engine.img2img  # built now so the first variation does not pay for it
@@ -489,25 +323,26 @@ class Engine:
 
         # 4. denoise: a fresh scheduler from the checkpoint's config (no state carried over), one seeded generator
         #    per image (on the CPU, so a seed draws the same starting noise on every device), guidance inside the
-        #    pipeline's loop, progress/cancel/x0 capture in the step-end callback
+        #    pipeline's loop; after every step the callbacks capture x0, report progress, check for cancelling
+        #    and end the guidance interval (see callbacks.py)
         scheduler = make_scheduler(first.scheduler, self._base_scheduler_config)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        state = _RunState()
-        tracker = None
+        tracker = timeline_cb = None
         if on_progress is not None or first.timeline:
             tracker = X0Tracker(pipe.unet, self._alphas_cumprod, self._prediction_type)
-        # tensors that carry the [uncond, cond] batch and are halved when guidance stops
-        halves = (["prompt_embeds", "add_text_embeds", "add_time_ids"] if self.is_xl else ["prompt_embeds"]) \
-            if cfg and min_t > 0 else []
-        callback = self._make_callback(state, tracker, guidance, halves, min_t, first.timeline, on_progress,
-                                       should_cancel)
+            timeline_cb = TimelineCallback(tracker, keep_frames=first.timeline,
+                                           render_preview=self._preview if on_progress is not None else None,
+                                           preview_interval=self.preview_interval)
+        progress_cb = ProgressCallback(on_progress, should_cancel, previews=timeline_cb)
+        callbacks = [cb for cb in (timeline_cb, progress_cb) if cb is not None]
+        if cfg and min_t > 0:
+            callbacks.append((SDXLGuidanceIntervalCallback if self.is_xl else GuidanceIntervalCallback)(min_t))
         common = {
             "guidance_scale": pipe_guidance,
             "generator": generators,
             "output_type": "latent",
             "return_dict": False,
-            "callback_on_step_end": callback,
-            "callback_on_step_end_tensor_inputs": ["latents", *halves],
+            "callback_on_step_end": MultiPipelineCallbacks(callbacks),  # its tensor inputs come from the callbacks
             **embeds,
         }
         t = time.perf_counter()
@@ -526,8 +361,7 @@ class Engine:
             if tracker is not None:
                 tracker.remove()
         timings["denoise"] = time.perf_counter() - t
-        if state.cancelled_at is not None:
-            raise GenerationCancelled(state.cancelled_at, state.total)
+        progress_cb.raise_if_cancelled()
 
         # 5. decode and check safety
         t = time.perf_counter()
@@ -559,7 +393,7 @@ class Engine:
         timeline = None
         if first.timeline:
             t = time.perf_counter()
-            timeline = self._timeline(state.x0_frames, pil, flags)
+            timeline = self._timeline(timeline_cb.frames, pil, flags)
             timings["timeline"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         log.info("generated %d image(s) of %dx%d in %d steps on %s: %s", n, size[0], size[1], first.steps,
@@ -604,7 +438,7 @@ class Engine:
         image = image.convert("RGB")
         if req.mode == "upscale":
             cap = min(MAX_SIDE, 2 * self.limits.max_side)
-            size = (_round8(image.width * 2), _round8(image.height * 2))
+            size = (snap_side(image.width * 2), snap_side(image.height * 2))
             if max(size) > cap:
                 raise RequestError("init_image", f"{image.width}x{image.height} image",
                                    f"upscaling doubles it and this model refines at most {cap} px a side")
@@ -653,42 +487,6 @@ class Engine:
         else:
             return None
         return png_bytes(thumbnail(grid(images), PREVIEW_MAX_SIDE), compress_level=1)
-
-    def _make_callback(self, state: _RunState, tracker: X0Tracker | None, guidance: float, halves: list[str],
-                       min_t: int, keep_x0: bool, on_progress: ProgressFn | None, should_cancel: CancelFn | None):
-        """The step-end callback: x0 capture, progress and previews, cancelling, and the end of the guidance interval
-        (`halves`: the callback tensors whose unconditional half is dropped once the next timestep is below `min_t`;
-        empty = guidance never stops)."""
-        def callback(pipe, i: int, t, kwargs: dict) -> dict:
-            step, total = i + 1, pipe.num_timesteps
-            state.total = total
-            if state.cancelled_at is not None:
-                return {}
-            # A preview costs a decode, and Discord cannot show more than about one message edit a second, so
-            # previews are spaced in time rather than in steps: none in a run shorter than `preview_interval`.
-            now = time.perf_counter()
-            want_preview = (on_progress is not None and step < total
-                            and now - state.last_preview >= self.preview_interval)
-            if want_preview:
-                state.last_preview = now
-            cfg = pipe.do_classifier_free_guidance  # this step's UNet batch held both halves
-            x0 = tracker.x0(guidance, cfg) if tracker is not None and (keep_x0 or want_preview) else None
-            if keep_x0 and x0 is not None:
-                state.x0_frames.append(x0.to(self.pipe.vae.dtype))
-            if on_progress is not None:
-                preview = self._preview(x0) if want_preview and x0 is not None else None
-                on_progress(Progress(step=step, total=total, preview=preview))
-            if should_cancel is not None and step < total and should_cancel():
-                state.cancelled_at = step
-                pipe._interrupt = True  # the pipeline skips every remaining step
-            if halves and cfg and step < total:
-                timesteps = pipe.scheduler.timesteps  # the run's steps are its tail (img2img starts later)
-                if float(timesteps[len(timesteps) - total + step]) < min_t:
-                    pipe._guidance_scale = 1.0  # the pipeline's do_classifier_free_guidance turns False
-                    return {k: kwargs[k].chunk(2)[1] for k in halves}
-            return {}
-
-        return callback
 
     def _timeline(self, frames: list[torch.Tensor], final: list[Image.Image], flags: list[bool]) -> bytes:
         """Animated WebP (or GIF): the decoded x0 estimate of each step, the last step shown as the final images."""
