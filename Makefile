@@ -26,7 +26,9 @@ run: $(STAMP)
 worker: $(STAMP)
 	$(PY) -m generation.worker
 
+# The linter first (seconds), then the whole suite; the tests never download a model.
 test: $(STAMP)
+	$(PY) -m ruff check bot generation tests bench migrations
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # The hardening suite in its long form (SOAK=1: more runs per fault); every test's figures go to SOAK_RECORDS and
@@ -40,7 +42,7 @@ soak: $(STAMP)
 	status=$$?; $(PY) -m tests.hardening.report $(SOAK_RECORDS) && exit $$status
 
 lint: $(STAMP)
-	$(PY) -m ruff check bot generation tests bench
+	$(PY) -m ruff check bot generation tests bench migrations
 
 # The shipped default model in its two stages (docs/model.md, "Training"). Every command resumes from what is
 # already in its run folder, so an interrupted `make train` is continued by running it again.

@@ -23,7 +23,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.dispatch import Dispatcher
+    from bot.services import Services
 
 log = logging.getLogger("bot")
 
@@ -60,7 +65,7 @@ def setup_logging(level: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_dispatch(settings: Any, services: Any) -> AsyncIterator[Any]:
+async def open_dispatch(settings: Settings, services: Services) -> AsyncIterator[Dispatcher]:
     """The queue dispatcher of bot.dispatch (embedded NATS and a local worker when NATS_URL is unset)."""
     from bot.dispatch.local import open_dispatcher
 
@@ -68,7 +73,7 @@ async def open_dispatch(settings: Any, services: Any) -> AsyncIterator[Any]:
         yield dispatcher
 
 
-async def run_bot(settings: Any) -> None:
+async def run_bot(settings: Settings) -> None:
     from bot.backup import running_lock
 
     # The shared lock tells `python -m bot restore` that the data folder is in use.
@@ -76,14 +81,15 @@ async def run_bot(settings: Any) -> None:
         await _run_bot(settings)
 
 
-async def _run_bot(settings: Any) -> None:
-    from bot.app import Deps, ImagineBot
+async def _run_bot(settings: Settings) -> None:
+    from bot.app import ImagineBot
+    from bot.deps import Deps
     from bot.loopmon import lag_monitor
     from bot.services import open_services
 
     token = settings.discord_token.get_secret_value()
     async with (
-        lag_monitor(getattr(settings, "loop_lag_log", None)),
+        lag_monitor(settings.loop_lag_log),
         open_services(settings) as services,
         open_dispatch(settings, services) as dispatcher,
     ):
@@ -113,10 +119,11 @@ def freeze_startup_heap() -> None:
     gc.set_threshold(young, middle, FULL_GC_EVERY)
 
 
-async def run_sync(settings: Any, guild_id: int | None) -> None:
-    from bot.app import Deps, ImagineBot, sync_commands
+async def run_sync(settings: Settings, guild_id: int | None) -> None:
+    from bot.app import ImagineBot, sync_commands
+    from bot.deps import Deps
 
-    bot = ImagineBot(Deps(settings, None, None))
+    bot = ImagineBot(Deps(settings))
     async with bot:
         await bot.login(settings.discord_token.get_secret_value())
         synced = await sync_commands(bot, guild_id)
@@ -136,7 +143,7 @@ async def _until_signal(main: Any) -> None:
         log.info("stopped")
 
 
-def run_data_command(args: argparse.Namespace, settings: Any) -> int:
+def run_data_command(args: argparse.Namespace, settings: Settings) -> int:
     """`backup` and `restore` (no Discord involved)."""
     from bot.backup import BackupError, backup, restore
 
@@ -170,12 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.discord_token is None:
         log.error("DISCORD_TOKEN is not set; put the bot token in the environment or in .env (see .env.example)")
         return 2
-    point_at_discord(getattr(settings, "discord_api_base", None), getattr(settings, "discord_gateway_url", None))
+    point_at_discord(settings.discord_api_base, settings.discord_gateway_url)
     import discord
 
     try:
         if args.command == "sync":
-            guild = None if args.global_ else (args.guild or getattr(settings, "dev_guild_id", None))
+            guild = None if args.global_ else (args.guild or settings.dev_guild_id)
             asyncio.run(run_sync(settings, guild))
             return 0
         asyncio.run(_until_signal(run_bot(settings)))

@@ -16,6 +16,7 @@ import discord
 import yarl
 from discord.ext import commands
 
+from bot.deps import Deps
 from bot.exts import EXTENSIONS
 from bot.exts.common import add_option_checks
 from bot.ui.buttons import JobButton
@@ -47,9 +48,9 @@ def make_intents() -> discord.Intents:
 
 
 class ImagineBot(commands.Bot):
-    """The bot. `deps` carries the services the extensions use (see `bot/__main__.py` for what is in it)."""
+    """The bot. `deps` carries the settings, services and queue the extensions use (bot/deps.py)."""
 
-    def __init__(self, deps: Any, *, extensions: tuple[str, ...] = EXTENSIONS, **options: Any):
+    def __init__(self, deps: Deps, *, extensions: tuple[str, ...] = EXTENSIONS, **options: Any):
         options.setdefault("intents", make_intents())
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         options.setdefault("help_command", None)
@@ -109,19 +110,3 @@ async def sync_commands(bot: commands.Bot, guild_id: int | None) -> list[discord
         synced = await bot.tree.sync()
         log.info("synced %d global commands (they may take a while to show up everywhere)", len(synced))
     return synced
-
-
-class Deps:
-    """What the extensions use: `settings`, `dispatcher`, and every service of `bot.services.Services`
-    (`jobs`, `quota`, `moderation`, `audit`, `images`, `sessions`) by attribute."""
-
-    def __init__(self, settings: Any, services: Any, dispatcher: Any):
-        self.settings = settings
-        self.services = services
-        self.dispatcher = dispatcher
-
-    def __getattr__(self, name: str) -> Any:
-        services = self.__dict__.get("services")
-        if services is None:
-            raise AttributeError(name)
-        return getattr(services, name)

@@ -25,11 +25,15 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bot.dispatch.dispatcher import Dispatcher
 from generation.protocol.natsserver import NatsServer, child_process_kwargs
 from generation.protocol.queue import QueueConfig
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.services import Services
 
 log = logging.getLogger("bot.dispatch")
 
@@ -105,8 +109,8 @@ class LocalWorker:
 
 @contextlib.asynccontextmanager
 async def open_dispatcher(
-    settings: Any,
-    services: Any,
+    settings: Settings,
+    services: Services,
     *,
     config: QueueConfig | None = None,
     worker_args: Sequence[str] | None = None,
@@ -114,24 +118,23 @@ async def open_dispatcher(
 ) -> AsyncIterator[Dispatcher]:
     """Open the queue side of the bot; yields a connected `Dispatcher` (call `start()` on it once the listener exists).
 
-    Reads `settings.nats_url`, `settings.data_dir`, `settings.model_path`; optional `settings.local_worker` (bool) and
-    `settings.worker_args` (extra worker arguments, a string) when present. `worker_args=["--fake-engine", "0.01"]`
-    runs the local worker on the fake engine (tests, demos)."""
-    url = getattr(settings, "nats_url", None)
-    data_dir = Path(getattr(settings, "data_dir", "data"))
+    Reads `settings.nats_url`, `data_dir`, `model_path`, `local_worker` (unset: yes when the queue is embedded) and
+    `worker_args` (extra worker arguments). `worker_args=["--fake-engine", "0.01"]` given here replaces the setting
+    and runs the local worker on the fake engine (tests, demos)."""
+    url = settings.nats_url
+    data_dir = settings.data_dir
     if local_worker is None:
-        local_worker = getattr(settings, "local_worker", None)
+        local_worker = settings.local_worker
     if local_worker is None:
         local_worker = not url
     if worker_args is None:
-        extra = getattr(settings, "worker_args", "") or ""
-        worker_args = extra.split() if isinstance(extra, str) else list(extra)
+        worker_args = settings.worker_args.split()
     server: NatsServer | None = None
     worker: LocalWorker | None = None
     dispatcher: Dispatcher | None = None
     try:
         if not url:
-            server = NatsServer(data_dir / "nats", port=int(getattr(settings, "nats_port", 0) or 0),
+            server = NatsServer(data_dir / "nats", port=settings.nats_port,
                                 prefer_port=DEFAULT_NATS_PORT)
             server.start()
             url = server.url
@@ -142,7 +145,7 @@ async def open_dispatcher(
         dispatcher.local_server = server
         await dispatcher.connect()
         if local_worker:
-            worker = LocalWorker(url, model_path=getattr(settings, "model_path", None), args=worker_args,
+            worker = LocalWorker(url, model_path=settings.model_path, args=worker_args,
                                  config=dispatcher.config)
             worker.start()
             dispatcher.local_worker = worker

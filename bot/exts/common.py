@@ -10,6 +10,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot.deps import Deps
 from bot.errors import BotError
 
 
@@ -97,8 +98,13 @@ def add_option_checks(tree: app_commands.CommandTree) -> int:
     return n
 
 
-def deps(interaction: discord.Interaction) -> Any:
-    return interaction.client.deps  # type: ignore[attr-defined]
+def deps(interaction: discord.Interaction) -> Deps:
+    """The settings, services and queue of the bot that received `interaction`."""
+    return deps_of(interaction.client)
+
+
+def deps_of(client: discord.Client) -> Deps:
+    return client.deps  # type: ignore[attr-defined]  # an ImagineBot
 
 
 def guild_id_of(interaction: discord.Interaction) -> int:
@@ -121,7 +127,7 @@ def is_moderator(interaction: discord.Interaction) -> bool:
         return True
     if interaction.permissions.manage_guild or interaction.permissions.administrator:
         return True
-    mod_role = getattr(deps(interaction).settings, "mod_role_id", None)
+    mod_role = deps(interaction).settings.mod_role_id
     return bool(mod_role) and mod_role in role_ids_of(user)
 
 

@@ -102,7 +102,7 @@ class Account(commands.Cog):
             inline=False,
         )
         embed.add_field(name="Your account", value="`/quota` what is left today · `/history` your jobs · `/show job:<id>` one job", inline=False)
-        card = model_card(getattr(settings, "model_path", None))
+        card = model_card(settings.model_path)
         about = describe_model(card) if card else ""
         embed.add_field(
             name="What the default model knows",

@@ -9,7 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import InvalidRequest
-from bot.exts.common import deps, model_card
+from bot.exts.common import deps, deps_of, model_card
 from bot.exts.imagine.flow import start_job
 from bot.exts.imagine.options import (
     ASPECTS,
@@ -42,7 +42,7 @@ class Imagine(commands.Cog):
             self.bot.presenter = None  # type: ignore[attr-defined]
 
     def model_defaults(self) -> ModelDefaults:
-        return ModelDefaults.from_card(model_card(getattr(deps_of(self.bot).settings, "model_path", None)))
+        return ModelDefaults.from_card(model_card(deps_of(self.bot).settings.model_path))
 
     @app_commands.command(name="imagine", description="Draw four images from a text prompt.")
     @app_commands.describe(
@@ -108,7 +108,3 @@ class Imagine(commands.Cog):
         except Exception:
             max_side = defaults.max_side
         return [app_commands.Choice(name=plain_text(s, CHOICE_NAME), value=s) for s in size_suggestions(current, defaults, max_side)]
-
-
-def deps_of(bot: commands.Bot):
-    return bot.deps  # type: ignore[attr-defined]

@@ -172,7 +172,7 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
         async with gate.slot():
             await check_member_may_generate(interaction, params.get("prompt", ""))
             await gate.acknowledgements_first()
-            cooldown = float(getattr(d.settings, "imagine_cooldown_seconds", 0) or 0)
+            cooldown = d.settings.imagine_cooldown_seconds
             job = await d.jobs.create(
                 guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), cooldown=cooldown, **params
             )

@@ -205,9 +205,8 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
     async def resume(self, interaction: discord.Interaction) -> None:
         require_moderator(interaction)
         changed = await deps(interaction).moderation.resume(guild_id_of(interaction), interaction.user.id)
-        kick = getattr(deps(interaction).dispatcher, "kick", None)
-        if changed and kick is not None:
-            await kick()
+        if changed:
+            await deps(interaction).dispatcher.kick()
         await reply(interaction, "The queue runs again." if changed else "The queue was not paused.")
 
     @app_commands.command(name="stats", description="Jobs, images and members of the last day")

@@ -28,6 +28,7 @@ class RecordingDispatcher:
 
     published: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
+    kicks: int = 0
     fail_publish: bool = False
 
     async def publish(self, job) -> None:
@@ -37,6 +38,9 @@ class RecordingDispatcher:
 
     async def cancel(self, job_id: int) -> None:
         self.cancelled.append(job_id)
+
+    async def kick(self) -> None:
+        self.kicks += 1
 
 
 @pytest.fixture(scope="session")

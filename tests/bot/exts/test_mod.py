@@ -160,3 +160,12 @@ async def test_terms_remove_autocompletes_blocked_terms(world):
     await world.services.moderation.add_blocked_term(world.guild.id, "spam", world.mod.id)
     choices = await world.mod.autocomplete(world.art, "mod terms remove", "term", "go")
     assert [c["value"] for c in choices] == ["Gore"]
+
+
+async def test_resume_asks_the_queue_to_dispatch_now(world):
+    """/mod resume of a paused queue kicks the dispatcher once; resuming a running queue does not."""
+    await world.mod.slash(world.art, "mod pause")
+    await world.mod.slash(world.art, "mod resume")
+    assert world.dispatcher.kicks == 1
+    await world.mod.slash(world.art, "mod resume")
+    assert world.dispatcher.kicks == 1
