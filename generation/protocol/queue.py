@@ -17,22 +17,24 @@ Layout (all names start with a configurable prefix, `imagine` by default):
   `imagine.cancel.<job_id>`, `imagine.workers.<name>` (announcements with model, state and device) and
   `imagine.ping.workers` (asks every worker to announce itself now).
 
+The message types are in `generation.protocol.messages` (re-exported here) and are parsed strictly. Whatever reads a
+message here drops one that does not parse, with a warning that says why (`JobQueue.refused`), instead of passing a
+half-understood message on to the bot or the worker.
+
 This module imports neither torch nor discord nor the database; the bot imports it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -52,15 +54,44 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.errors import Error as JetStreamError
 
 from generation.protocol.contract import GenerationRequest
+from generation.protocol.messages import (
+    DEFAULT_TOKEN,
+    JobMessage,
+    MaxDeliveries,
+    MessageError,
+    Outcome,
+    OutcomeStatus,
+    ProgressEvent,
+    StoredImage,
+    WorkerInfo,
+)
+
+# The message types live in `generation.protocol.messages`; they are re-exported here, where both sides have always
+# imported them from.
+__all__ = [
+    "ADVISORY_MAX_DELIVER",
+    "DEFAULT_TOKEN",
+    "JOB_HEADER",
+    "MSG_ID",
+    "JobMessage",
+    "JobQueue",
+    "MaxDeliveries",
+    "MessageError",
+    "Outcome",
+    "OutcomeStatus",
+    "ProgressEvent",
+    "QueueConfig",
+    "StoredImage",
+    "WorkerInfo",
+    "model_token",
+    "request_digest",
+]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOKEN = "_default"
 MSG_ID = "Nats-Msg-Id"
 JOB_HEADER = "Imagine-Job"
 ADVISORY_MAX_DELIVER = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
-
-OutcomeStatus = Literal["succeeded", "failed", "cancelled"]
 
 
 def model_token(name: str) -> str:
@@ -139,140 +170,6 @@ class QueueConfig:
         return f"{ADVISORY_MAX_DELIVER}.{self.jobs_stream}.>"
 
 
-# --- messages -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StoredImage:
-    """One image of an outcome, stored in the object store under `object`."""
-
-    index: int
-    seed: int
-    object: str
-    size: int
-    sha256: str
-    nsfw: bool = False
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The final word of a worker on a job: succeeded (with images), failed (with a reason) or cancelled."""
-
-    job_id: int
-    status: OutcomeStatus
-    images: tuple[StoredImage, ...] = ()
-    timeline_object: str | None = None
-    error: str = ""
-    worker: str = ""
-    model: str = ""
-    device: str = ""
-    attempt: int = 1
-    timings: dict[str, float] = field(default_factory=dict)
-    request_digest: str = ""
-
-    def to_json(self) -> bytes:
-        d = asdict(self)
-        return json.dumps(d, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> Outcome:
-        d = json.loads(data)
-        d["images"] = tuple(StoredImage(**i) for i in d.get("images") or ())
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """`started` when a worker takes a job, `step` for each denoising step, `released` when a stopping worker hands
-    the job back to the queue."""
-
-    job_id: int
-    kind: Literal["started", "step", "released"]
-    step: int = 0
-    total: int = 0
-    preview: bytes | None = None
-    worker: str = ""
-    attempt: int = 1
-
-    def to_json(self) -> bytes:
-        d = asdict(self)
-        d["preview"] = None if self.preview is None else base64.b64encode(self.preview).decode("ascii")
-        return json.dumps(d, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> ProgressEvent:
-        d = json.loads(data)
-        if d.get("preview") is not None:
-            d["preview"] = base64.b64decode(d["preview"])
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """What a worker announces about itself (every few seconds and on every change of state)."""
-
-    name: str
-    model: str
-    token: str
-    #: `failed`: the model could not be loaded (`error` says why); the worker takes no job and exits.
-    state: Literal["loading", "ready", "busy", "stopping", "stopped", "failed"]
-    device: str = ""
-    host: str = ""
-    pid: int = 0
-    jobs: tuple[int, ...] = ()
-    serves_default: bool = True
-    max_batch: int = 1
-    load_seconds: float = 0.0
-    sent_at: float = 0.0
-    error: str = ""
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> WorkerInfo:
-        d = json.loads(data)
-        d["jobs"] = tuple(d.get("jobs") or ())
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})  # a newer worker may say more
-
-    @property
-    def tokens(self) -> tuple[str, ...]:
-        return (self.token, DEFAULT_TOKEN) if self.serves_default and self.token != DEFAULT_TOKEN else (self.token,)
-
-
-@dataclass(frozen=True)
-class JobMessage:
-    """The payload of a job message. A source image travels in the object store (`init_object`)."""
-
-    job_id: int
-    request: GenerationRequest
-    digest: str
-    init_object: str | None = None
-
-    def to_json(self) -> bytes:
-        req = self.request.to_dict()
-        if self.init_object:
-            req["init_image"] = None
-        return json.dumps(
-            {"job_id": self.job_id, "request": req, "digest": self.digest, "init_object": self.init_object},
-            separators=(",", ":"),
-        ).encode()
-
-    @staticmethod
-    def parse(data: bytes) -> tuple[int, dict[str, Any], str, str | None]:
-        """(job_id, raw request dict, digest, init_object); the request is checked by the caller."""
-        d = json.loads(data)
-        return int(d["job_id"]), d["request"], d.get("digest", ""), d.get("init_object")
-
-
-@dataclass(frozen=True)
-class MaxDeliveries:
-    """The server gave up on a job message after its last delivery was not acked."""
-
-    stream_seq: int
-    deliveries: int
-    consumer: str
-
-
 # --- the client ----------------------------------------------------------------------------------------------------
 class JobQueue:
     """A connection to NATS with everything both sides need. Create with `await JobQueue.connect(url)`."""
@@ -284,6 +181,7 @@ class JobQueue:
         self._images = None
         self._cancels = None
         self._closing = {"now": False}
+        self._refusals: set[tuple[str, str]] = set()
 
     @classmethod
     async def connect(
@@ -410,7 +308,10 @@ class JobQueue:
         if request.init_image:
             init_object = f"input/{job_id}"
             await self.objects.put(init_object, bytes(request.init_image))
-        msg = JobMessage(job_id, request, request_digest(request), init_object)
+        raw = request.to_dict()
+        if init_object:
+            raw["init_image"] = None
+        msg = JobMessage(job_id, raw, request_digest(request), init_object)
         ack = await self.js.publish(
             self.config.job_subject(token, job_id),
             msg.to_json(),
@@ -461,11 +362,16 @@ class JobQueue:
         return not ack.duplicate
 
     async def get_outcome(self, job_id: int) -> Outcome | None:
+        """The stored outcome of a job; None when there is none, or when the stored one is refused (logged)."""
         try:
             m = await self.js.get_last_msg(self.config.results_stream, self.config.result_subject(job_id))
         except NotFoundError:
             return None
-        return Outcome.from_json(m.data or b"{}")
+        try:
+            return Outcome.from_json(m.data or b"")
+        except MessageError as e:
+            self.refused(m.subject, e)
+            return None
 
     async def results_subscription(self, durable: str = "bot-results") -> JetStreamContext.PullSubscription:
         """A durable pull consumer over every outcome and max-deliveries advisory (the bot reads it)."""
@@ -482,11 +388,15 @@ class JobQueue:
         return await self.js.pull_subscribe_bind(durable, self.config.results_stream)
 
     def parse_result_message(self, msg: Msg) -> Outcome | MaxDeliveries | None:
-        if msg.subject.startswith(ADVISORY_MAX_DELIVER):
-            d = json.loads(msg.data)
-            return MaxDeliveries(int(d["stream_seq"]), int(d.get("deliveries", 0)), d.get("consumer", ""))
-        if msg.subject.startswith(f"{self.config.prefix}.results."):
-            return Outcome.from_json(msg.data)
+        """An outcome or a max-deliveries advisory; None for a message on another subject, or for one that was
+        refused (logged with the reason). Either way the caller has nothing to act on and can ack it."""
+        try:
+            if msg.subject.startswith(ADVISORY_MAX_DELIVER):
+                return MaxDeliveries.from_advisory(msg.data or b"")
+            if msg.subject.startswith(f"{self.config.prefix}.results."):
+                return Outcome.from_json(msg.data or b"")
+        except MessageError as e:
+            self.refused(msg.subject, e)
         return None
 
     # --- objects ---------------------------------------------------------------------------------------------------
@@ -515,8 +425,8 @@ class JobQueue:
         async def handler(msg: Msg) -> None:
             try:
                 ev = ProgressEvent.from_json(msg.data)
-            except Exception:
-                log.warning("ignoring a malformed progress message on %s", msg.subject)
+            except MessageError as e:
+                self.refused(msg.subject, e)
                 return
             await cb(ev)
 
@@ -555,8 +465,8 @@ class JobQueue:
         async def handler(msg: Msg) -> None:
             try:
                 info = WorkerInfo.from_json(msg.data)
-            except Exception:
-                log.warning("ignoring a malformed worker announcement on %s", msg.subject)
+            except MessageError as e:
+                self.refused(msg.subject, e)
                 return
             await cb(info)
 
@@ -564,6 +474,17 @@ class JobQueue:
 
     async def ping_workers(self) -> None:
         await self.nc.publish(self.config.ping_subject, b"")
+
+    def refused(self, subject: str, error: MessageError) -> None:
+        """Log a message that was dropped because it did not parse. A sender that keeps repeating the same mistake
+        (a worker of another version announces itself every few seconds) is reported once as a warning, then at
+        debug level."""
+        key = (subject, str(error))
+        level = logging.DEBUG if key in self._refusals else logging.WARNING
+        if len(self._refusals) >= 1000:
+            self._refusals.clear()
+        self._refusals.add(key)
+        log.log(level, "dropping a message on %s that could not be read: %s", subject, error)
 
     # --- worker side ------------------------------------------------------------------------------------------------
     async def job_subscription(self, token: str) -> JetStreamContext.PullSubscription:

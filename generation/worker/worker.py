@@ -4,6 +4,8 @@
     CUDA_VISIBLE_DEVICES=1 python -m generation.worker --name gpu1 ...
     python -m generation.worker --fake-engine 0.05                                    # tests and benchmarks
 
+Settings come from flags, the environment and `.env` (`generation.worker.settings`; `--help` lists them).
+
 How a job goes through a worker:
 
 1. pull one message from the shared durable consumer of the model (and of `_default`, unless `--no-default`); when
@@ -24,7 +26,6 @@ finish for up to `--drain-timeout` seconds, then interrupt it and hand it back t
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -53,8 +54,10 @@ from generation.protocol.contract import (
 )
 from generation.protocol.queue import (
     DEFAULT_TOKEN,
+    JOB_HEADER,
     JobMessage,
     JobQueue,
+    MessageError,
     Outcome,
     ProgressEvent,
     QueueConfig,
@@ -62,6 +65,7 @@ from generation.protocol.queue import (
     WorkerInfo,
     model_token,
 )
+from generation.worker.settings import WorkerSettings, parse_args
 
 log = logging.getLogger("generation.worker")
 
@@ -353,15 +357,19 @@ class Worker:
         with contextlib.suppress(Exception):
             queued_for = max(0.0, time.time() - meta.timestamp.timestamp())
         try:
-            job_id, raw, digest, init_object = JobMessage.parse(msg.data)
-        except Exception as e:
-            hdr = (msg.headers or {}).get("Imagine-Job", "")
+            message = JobMessage.from_json(msg.data)
+        except MessageError as e:
+            # The envelope is unreadable: fail the job (the header still says which) with the reason.
+            hdr = (msg.headers or {}).get(JOB_HEADER, "")
             job_id = int(hdr) if hdr.isdigit() else 0
+            log.warning("job %d: its job message could not be read: %s", job_id, e)
             return Job(msg, job_id, None, problem=f"the job message could not be read: {e}", attempt=attempt)
+        job_id, digest = message.job_id, message.digest
         try:
-            raw = dict(raw)
-            if init_object:
-                raw["init_image"] = base64.b64encode(await self.queue.get_object(init_object)).decode("ascii")
+            raw = dict(message.request)
+            if message.init_object:
+                data = await self.queue.get_object(message.init_object)
+                raw["init_image"] = base64.b64encode(data).decode("ascii")
             req = GenerationRequest.from_dict(raw)
         except RequestError as e:
             return Job(msg, job_id, None, digest, problem=str(e), attempt=attempt)
@@ -561,68 +569,32 @@ class Worker:
 
 
 # --- command line ---------------------------------------------------------------------------------------------------
-def default_name() -> str:
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return f"{socket.gethostname()}-{'gpu' + gpu if gpu else os.getpid()}"
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m generation.worker", description="Run a generation worker.")
-    p.add_argument("--nats-url", default=os.environ.get("NATS_URL") or "nats://127.0.0.1:4222",
-                   help="NATS server with JetStream (env NATS_URL)")
-    p.add_argument("--model", default=os.environ.get("MODEL_PATH") or "generation/models/default",
-                   help="diffusers folder or single checkpoint file (env MODEL_PATH)")
-    p.add_argument("--fake-engine", type=float, metavar="SECONDS_PER_STEP", default=None,
-                   help="run the fake engine instead of a model (tests, benchmarks)")
-    p.add_argument("--fake-noise", action="store_true", help="fake engine: random-noise PNGs (about 1.5 MB at 720x720)")
-    p.add_argument("--fake-name", default="fake", help="fake engine: model name to serve")
-    p.add_argument("--device", default=None, help="torch device (default: CUDA when present, else CPU)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("WORKER_THREADS", "0")) or None,
-                   help="torch CPU threads (env WORKER_THREADS; default: torch's own choice). On a machine whose "
-                        "cores also run the bot or other work, 1 is often fastest")
-    p.add_argument("--channels-last", action="store_true",
-                   help="UNet and VAE weights in channels-last memory format (faster convolutions on GPUs)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet and the VAE decode (GPU; each new image or batch size compiles once, "
-                        "a minute or more)")
-    p.add_argument("--name", default=os.environ.get("WORKER_NAME") or default_name(), help="worker name in logs")
-    p.add_argument("--no-default", action="store_true", help="take only jobs that name this worker's model")
-    p.add_argument("--max-batch", type=int, default=int(os.environ.get("WORKER_MAX_BATCH", "4")),
-                   help="most same-shape jobs run as one batch")
-    p.add_argument("--ack-wait", type=float, default=float(os.environ.get("QUEUE_ACK_WAIT", "10")),
-                   help="seconds of silence before a job goes to another worker")
-    p.add_argument("--max-deliver", type=int, default=int(os.environ.get("QUEUE_MAX_DELIVER", "3")),
-                   help="deliveries of one job before it fails")
-    p.add_argument("--drain-timeout", type=float, default=30.0,
-                   help="on SIGTERM, seconds the running job may take to finish before it is handed back")
-    p.add_argument("--prefix", default=os.environ.get("QUEUE_PREFIX", "imagine"), help="subject/stream prefix")
-    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
-    return p.parse_args(argv)
-
-
-def engine_loader(args: argparse.Namespace) -> tuple[Callable[[], EngineLike], str]:
-    if args.fake_engine is not None:
+def engine_loader(settings: WorkerSettings) -> tuple[Callable[[], EngineLike], str]:
+    """A function that loads the engine the settings ask for (run in a thread by the worker), and the model's name
+    for logs until it is loaded."""
+    if settings.fake_engine is not None:
         from generation.worker.fake_engine import FakeEngine
 
-        return (lambda: FakeEngine(args.fake_engine, name=args.fake_name, noise=args.fake_noise)), args.fake_name
+        seconds = settings.fake_engine
+        return (lambda: FakeEngine(seconds, name=settings.fake_name, noise=settings.fake_noise)), settings.fake_name
 
     def load() -> EngineLike:
-        if not Path(args.model).exists():  # say so now, not after importing torch for seconds
+        if not Path(settings.model).exists():  # say so now, not after importing torch for seconds
             raise FileNotFoundError("that path does not exist; pass a diffusers folder or a .safetensors/.ckpt file")
         from generation.engine import Engine
 
-        return Engine.load(args.model, device=args.device, threads=args.threads, channels_last=args.channels_last,
-                           compile=args.compile)
+        return Engine.load(settings.model, device=settings.device, threads=settings.threads,
+                           channels_last=settings.channels_last, compile=settings.compile)
 
-    return load, str(args.model)
+    return load, settings.model
 
 
-async def amain(args: argparse.Namespace) -> int:
-    config = QueueConfig(prefix=args.prefix, ack_wait=args.ack_wait, max_deliver=args.max_deliver)
-    queue = await JobQueue.connect(args.nats_url, config, name=f"worker {args.name}", connect_timeout=30.0)
-    load, hint = engine_loader(args)
-    worker = Worker(queue, load, name=args.name, model_hint=hint, serve_default=not args.no_default,
-                    max_batch=args.max_batch, drain_timeout=args.drain_timeout)
+async def amain(settings: WorkerSettings) -> int:
+    queue = await JobQueue.connect(settings.nats_url.get_secret_value(), settings.queue_config(),
+                                   name=f"worker {settings.name}", connect_timeout=30.0)
+    load, hint = engine_loader(settings)
+    worker = Worker(queue, load, name=settings.name, model_hint=hint, serve_default=settings.serve_default,
+                    max_batch=settings.max_batch, drain_timeout=settings.drain_timeout)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
@@ -631,17 +603,18 @@ async def amain(args: argparse.Namespace) -> int:
     except ModelLoadFailed:
         return 1  # already logged, with the reason
     except asyncio.CancelledError:
-        log.warning("worker %s: gave up waiting for the server while stopping", args.name)
+        log.warning("worker %s: gave up waiting for the server while stopping", settings.name)
     finally:
         await queue.close()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """`python -m generation.worker`: settings from flags, environment and `.env` (see generation.worker.settings)."""
+    settings = parse_args(argv)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("nats").setLevel(logging.WARNING)
-    return asyncio.run(amain(args))
+    return asyncio.run(amain(settings))
 
 
 if __name__ == "__main__":
