@@ -1,9 +1,32 @@
-"""Dispatch: the bot's side of the NATS JetStream job queue (see `bot.dispatch.dispatcher` and `bot.dispatch.local`).
+"""Dispatch: the bot's side of the NATS JetStream job queue.
+
+- `bot.dispatch.dispatcher`: `Dispatcher`, the front the bot talks to (start, publish, cancel, reconcile, close);
+- `bot.dispatch.registry`: `WorkerRegistry`, the live workers, their models, and when unserved jobs must fail;
+- `bot.dispatch.feeder`: `Feeder`, fills the stream's window from the database in fair order;
+- `bot.dispatch.recorder`: `OutcomeRecorder`, records starts and outcomes, exactly once;
+- `bot.dispatch.events`: `JobEvents`, `JobEvent` and the `JobListener` protocol, the fan-out of what happens to jobs;
+- `bot.dispatch.local`: the default mode's embedded nats-server and local worker process.
 
 Imports no torch: only `generation.protocol.contract`, `generation.protocol.queue` and `generation.protocol.natsserver` from the generation side.
 """
 
-from bot.dispatch.dispatcher import Dispatcher, JobEvent, ReconcileReport
+from bot.dispatch.dispatcher import Dispatcher, ReconcileReport
+from bot.dispatch.events import JobEvent, JobEvents, JobListener, NoListener
+from bot.dispatch.feeder import Feeder
 from bot.dispatch.local import LocalWorker, open_dispatcher
+from bot.dispatch.recorder import OutcomeRecorder
+from bot.dispatch.registry import WorkerRegistry
 
-__all__ = ["Dispatcher", "JobEvent", "LocalWorker", "ReconcileReport", "open_dispatcher"]
+__all__ = [
+    "Dispatcher",
+    "Feeder",
+    "JobEvent",
+    "JobEvents",
+    "JobListener",
+    "LocalWorker",
+    "NoListener",
+    "OutcomeRecorder",
+    "ReconcileReport",
+    "WorkerRegistry",
+    "open_dispatcher",
+]

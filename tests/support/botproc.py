@@ -28,6 +28,12 @@ class PostingListener:
         self.jobs = jobs
         self.posted: list[int] = []
 
+    async def job_queued(self, job_id: int) -> None:
+        pass
+
+    async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
+        pass
+
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
         job = await self.jobs.find(job_id)
         if job is not None and str(job.status) == "succeeded" and await self.jobs.mark_posted(job_id, 1, 10_000 + job_id):

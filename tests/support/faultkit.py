@@ -95,6 +95,12 @@ class PostingListener:
         self.posts: Counter[int] = Counter()
         self.failed: list[int] = []
 
+    async def job_queued(self, job_id: int) -> None:
+        pass
+
+    async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
+        pass
+
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
         await with_retries(lambda: self._post(job_id), f"job {job_id}: posting", self.retry_delays)
 

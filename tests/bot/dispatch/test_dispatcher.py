@@ -8,6 +8,7 @@ import hashlib
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 from nats.js.errors import NotFoundError
@@ -266,3 +267,62 @@ async def test_kill_9_of_a_worker_mid_job_records_one_result(nats_server, servic
         await d.close()
         for w in workers:
             w.stop()
+
+
+class _Rows:
+    """Just enough of `JobService` for the dispatcher's own decisions (no database)."""
+
+    def __init__(self, *rows):
+        self.rows = {r.id: r for r in rows}
+
+    async def unfinished(self):
+        return [r for r in self.rows.values() if r.status in ("queued", "running")]
+
+    async def fail(self, job_id: int, error: str):
+        self.rows[job_id].status, self.rows[job_id].error = "failed", error
+
+    async def waiting(self, limit: int | None = None) -> list[int]:
+        return []
+
+
+class _Stream:
+    """Just enough of `JobQueue` for `cancel`."""
+
+    def __init__(self):
+        self.nc = SimpleNamespace(is_closed=False, is_connected=True)
+        self.cancelled: list[int] = []
+        self.messages = {1: 41}
+
+    async def request_cancel(self, job_id: int) -> None:
+        self.cancelled.append(job_id)
+
+    async def job_in_queue(self, job_id: int) -> int | None:
+        return self.messages.get(job_id)
+
+    async def remove_job(self, seq: int) -> None:
+        self.messages = {j: s for j, s in self.messages.items() if s != seq}
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_jobs_no_worker_serves_are_failed_told_and_taken_out_of_the_stream():
+    """The parts wired together, without NATS: the registry decides, the recorder fails the job and tells the
+    listener, the dispatcher removes the message, and the feeder is woken."""
+    rows = _Rows(SimpleNamespace(id=1, status="queued", model="nobody"),
+                 SimpleNamespace(id=2, status="succeeded", model="nobody"))
+    listener = RecordingListener()
+    d = Dispatcher("nats://127.0.0.1:1", rows, None, listener=listener, unserved_timeout=300.0)
+    d.queue = stream = _Stream()
+    d.unserved_timeout = 0.0  # settable on a running dispatcher (the hardening tests do)
+    d.load_error_grace = 0.0
+    assert (d.registry.unserved_timeout, d.registry.load_error_grace) == (0.0, 0.0)
+    assert d.listener is listener
+    assert await d.fail_unserved(force=True) == [1]
+    assert rows.rows[1].status == "failed" and "No worker is serving model `nobody`" in rows.rows[1].error
+    assert stream.cancelled == [1] and stream.messages == {}
+    await asyncio.wait_for(d.feeder.wait(10), 1)  # the failed job woke the feeder
+    await d.drain_listeners()
+    assert listener.finished(1) == 1 and listener.finished(2) == 0
+    assert await d.fail_unserved(force=True) == []
+    await d.close()

@@ -1,0 +1,195 @@
+"""What the bot hears about its jobs, fanned out: `JobEvent`s to subscribers and watchers, calls to the listener.
+
+    events = JobEvents(listener=bot.presenter)
+    unsubscribe = events.subscribe(callback)           # callback(event) for every event, of every job
+    async for ev in events.watch(job_id): ...          # the events of one job, ending after its final event
+
+The listener (`JobListener`) is what members see: the imagine extension's `JobPresenter` edits and posts Discord
+messages from these calls.
+
+- `job_queued(job_id)`: the job entered the queue, or its place in the line changed;
+- `job_progress(job_id, step, total, preview)`: a worker started the job (step 0) or finished a step; previews come
+  only every so often, and the latest one is passed on with later steps;
+- `job_finished(job_id, *, timeline=None)`: the job is final (succeeded, failed or cancelled); the timeline is the
+  animation of its steps when the worker made one.
+
+Each listener call runs in its own task, so a slow Discord call never holds up the queue; an exception there is
+logged and forgotten. `NoListener` calls nothing, for a dispatcher that needs no listener (tests, tools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+log = logging.getLogger("bot.dispatch")
+
+EventKind = Literal["dispatched", "started", "progress", "released", "succeeded", "failed", "cancelled"]
+FinalKind = Literal["succeeded", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Something that happened to a job, as seen by the bot."""
+
+    job_id: int
+    kind: EventKind
+    step: int = 0
+    total: int = 0
+    preview: bytes | None = None
+    worker: str = ""
+    error: str = ""
+    timeline: bytes | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.kind in ("succeeded", "failed", "cancelled")
+
+
+@runtime_checkable
+class JobListener(Protocol):
+    """What the dispatcher tells about jobs (the imagine extension's `JobPresenter` is one)."""
+
+    async def job_queued(self, job_id: int) -> None: ...
+    async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None: ...
+    async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None: ...
+
+
+class NoListener:
+    """A listener that does nothing. With it the dispatcher also skips the work done only for a listener (reading
+    the line to refresh the queue positions shown to members)."""
+
+    async def job_queued(self, job_id: int) -> None:
+        return None
+
+    async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
+        return None
+
+    async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
+        return None
+
+
+Subscriber = Callable[[JobEvent], Awaitable[None] | None]
+
+
+class JobEvents:
+    """Fans job events out to subscribers, watchers and the listener; keeps the latest preview of each running job."""
+
+    def __init__(self, listener: JobListener | None = None):
+        self._listener: JobListener = listener if listener is not None else NoListener()
+        self._subscribers: list[Subscriber] = []
+        self._watchers: dict[int, list[asyncio.Queue[JobEvent]]] = {}
+        self._previews: dict[int, bytes] = {}
+        self._listener_tasks: set[asyncio.Task] = set()
+
+    # --- the listener -----------------------------------------------------------------------------------------------
+    @property
+    def listener(self) -> JobListener:
+        return self._listener
+
+    @listener.setter
+    def listener(self, listener: JobListener | None) -> None:
+        self._listener = listener if listener is not None else NoListener()
+
+    @property
+    def has_listener(self) -> bool:
+        """Whether someone listens (anything but a `NoListener`)."""
+        return not isinstance(self._listener, NoListener)
+
+    # --- subscribers and watchers -------------------------------------------------------------------------------------
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(event)` for every job event; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    async def watch(self, job_id: int) -> AsyncIterator[JobEvent]:
+        """The events of one job as they happen, ending after its final event."""
+        queue: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._watchers.setdefault(job_id, []).append(queue)
+        try:
+            while True:
+                ev = await queue.get()
+                yield ev
+                if ev.final:
+                    return
+        finally:
+            lst = self._watchers.get(job_id, [])
+            if queue in lst:
+                lst.remove(queue)
+            if not lst:
+                self._watchers.pop(job_id, None)
+
+    async def emit(self, ev: JobEvent) -> None:
+        """Hand `ev` to every subscriber (in order; one that fails is logged and skipped), then to the job's
+        watchers. The listener is not called: the methods below do that."""
+        for cb in list(self._subscribers):
+            try:
+                r = cb(ev)
+                if asyncio.iscoroutine(r):
+                    await r
+            except Exception:
+                log.exception("dispatch: a job event subscriber failed")
+        for queue in self._watchers.get(ev.job_id, []):
+            queue.put_nowait(ev)
+
+    # --- what happened to a job -------------------------------------------------------------------------------------
+    async def dispatched(self, job_id: int) -> None:
+        """The job was published to the stream."""
+        await self.emit(JobEvent(job_id, "dispatched"))
+        self._call("job_queued", job_id, lambda listener: listener.job_queued(job_id))
+
+    async def started(self, job_id: int, total: int, worker: str) -> None:
+        """A worker took the job."""
+        await self.emit(JobEvent(job_id, "started", 0, total, worker=worker))
+        self._call("job_progress", job_id, lambda listener: listener.job_progress(job_id, 0, total, None))
+
+    async def progress(self, job_id: int, step: int, total: int, preview: bytes | None, worker: str) -> None:
+        """The worker finished step `step` of `total`. Previews come only every so often; the listener keeps getting
+        the latest one with later step counts, so one that rate-limits its message edits still gets a preview with
+        whichever step it shows. (The event carries the preview of this step only.)"""
+        if preview is not None:
+            self._previews[job_id] = preview
+        latest = preview or self._previews.get(job_id)
+        await self.emit(JobEvent(job_id, "progress", step, total, preview, worker))
+        self._call("job_progress", job_id, lambda listener: listener.job_progress(job_id, step, total, latest))
+
+    async def released(self, job_id: int, step: int, total: int, worker: str) -> None:
+        """A stopping worker handed the job back to the queue (the listener is not told)."""
+        await self.emit(JobEvent(job_id, "released", step, total, worker=worker))
+
+    async def finished(self, job_id: int, kind: FinalKind, *, timeline: bytes | None = None, error: str = "",
+                       worker: str = "") -> None:
+        """The job is final (its row says so already)."""
+        self._previews.pop(job_id, None)
+        await self.emit(JobEvent(job_id, kind, error=error, worker=worker, timeline=timeline))
+        self._call("job_finished", job_id, lambda listener: listener.job_finished(job_id, timeline=timeline))
+
+    async def refresh_position(self, job_id: int) -> None:
+        """Let the listener show a waiting job's place in the line; awaited here (the caller paces these calls)."""
+        try:
+            await self._listener.job_queued(job_id)
+        except Exception:
+            log.exception("dispatch: listener job_queued failed for job %s", job_id)
+
+    # --- listener calls in flight -----------------------------------------------------------------------------------
+    def _call(self, method: str, job_id: int, call: Callable[[JobListener], Awaitable[None]]) -> None:
+        """Run a listener method in its own task, so slow Discord calls never hold up the queue."""
+        listener = self._listener
+
+        async def run() -> None:
+            try:
+                await call(listener)
+            except Exception:
+                log.exception("dispatch: listener %s failed for job %s", method, job_id)
+
+        task = asyncio.create_task(run())
+        self._listener_tasks.add(task)
+        task.add_done_callback(self._listener_tasks.discard)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for listener calls in flight (tests, shutdown)."""
+        if self._listener_tasks:
+            await asyncio.wait(set(self._listener_tasks), timeout=timeout)
