@@ -7,11 +7,21 @@ guild_setting   one row per guild: NSFW policy, queue paused, quota defaults (NU
 art_channel     channels of a guild where /imagine is allowed (none listed = everywhere)
 role_quota      per-role quota overrides (NULL field = not overridden by this role)
 user_quota      per-(guild, user) usage of the rolling window, active job count, per-user limit overrides
-job             one generation request: every parameter, state, quota ledger, attempts, timestamps, messages
+job             one generation request: its parameters (as JSON), state, quota ledger, attempts, timestamps, messages
 image           the files a job produced (path under data/ and sha256)
 ban             members barred from generating in a guild
 blocked_term    terms refused in prompts (stored normalised, see bot.services.moderation)
 audit_log       every moderator action
+
+A job's generation parameters live in ONE JSON column, `job.request`: the validated
+`generation.protocol.contract.GenerationRequest` as `to_json(with_image=False)` writes it. The request class is the
+only place its fields are declared, so adding one needs no column, no migration and no change to the job service
+(give it a default: the JSON of older jobs lacks it). Renaming or removing a field does need a revision that
+rewrites the stored JSON, as the request refuses fields it does not know.
+Columns of their own are kept only for what SQL filters, orders, joins or sums on (owner, state, quota ledger, the
+source image, timestamps, messages) plus `model`, a copy of the request's model for queries about which models
+have work waiting. Nothing queries a job's mode, prompt or size in SQL; should a query need one, SQLite reads it
+with `json_extract(request, '$.steps')`.
 """
 
 from __future__ import annotations
@@ -24,7 +34,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -183,19 +192,10 @@ class Job(Base):
     charge_state: Mapped[str] = mapped_column(String(16), default=ChargeState.RESERVED.value)
     charge_window_started_at: Mapped[datetime | None]
 
-    # Every parameter of the generation request (generation.protocol.contract.GenerationRequest).
-    mode: Mapped[str] = mapped_column(String(16), default="txt2img")
-    prompt: Mapped[str] = mapped_column(Text)
-    negative_prompt: Mapped[str] = mapped_column(Text, default="")
-    seed: Mapped[int] = mapped_column(BigInteger)
-    steps: Mapped[int]
-    guidance: Mapped[float] = mapped_column(Float)
-    width: Mapped[int]
-    height: Mapped[int]
-    scheduler: Mapped[str] = mapped_column(String(32))
-    num_images: Mapped[int]
-    strength: Mapped[float] = mapped_column(Float)
-    timeline: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The generation request (generation.protocol.contract.GenerationRequest) as JSON, without the init image:
+    #: every parameter of the job. Written once by JobService.create, read back by JobView.request.
+    request: Mapped[str] = mapped_column(Text)
+    #: The request's `model` ("" = the worker's default), copied here so that SQL can ask which models have work.
     model: Mapped[str] = mapped_column(String(200), default="")
     # The init image of a variation/upscale: image `source_image_index` of job `source_job_id`.
     source_job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))
@@ -225,7 +225,6 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'posted')", name="status"),
         CheckConstraint("charge_state IN ('reserved', 'committed', 'refunded')", name="charge_state"),
-        CheckConstraint("mode IN ('txt2img', 'variation', 'upscale')", name="mode"),
         CheckConstraint("cost >= 0", name="cost_not_negative"),
         Index("ix_job_status_id", "status", "id"),
         Index("ix_job_guild_id_user_id_id", "guild_id", "user_id", "id"),

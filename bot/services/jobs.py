@@ -28,13 +28,24 @@ already has in flight (running or dispatched). Jobs are taken by that "round", o
 so one member's twenty jobs hold everyone else back by at most one job each. Members are told apart by user id
 across guilds (one GPU serves them all); jobs of paused guilds are skipped by `next_for_dispatch`.
 `queue()` shows the whole line: running jobs, then dispatched ones, then the pending ones in fair order.
+
+Parameters
+----------
+`GenerationRequest` (generation.protocol.contract) is the one declaration of a job's parameters. `create` takes
+them as keywords and hands them to it unlisted; the row stores the checked request as JSON (`Job.request`); a
+`JobView` carries it back as `request` and shows its fields as its own attributes (`job.prompt`, `job.seed`, ...).
+So a field added to the request reaches the database and every reader of a job without a change here. The service
+only knows the few fields with a meaning of its own: `mode` (a variation/upscale needs a source image), `seed`
+(None draws one), `steps`/`width`/`height` (the member's limits), `num_images` (the default charge) and `model`
+(copied to a column for queries).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, Field, dataclass, fields
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, func, or_, select, update
@@ -51,7 +62,7 @@ from bot.errors import (
     SourceImageNotFound,
 )
 from bot.services.quota import QuotaService
-from generation.protocol.contract import GenerationRequest, RequestError
+from generation.protocol.contract import GenerationRequest, RequestError, random_seed
 
 JOB = Job.__table__
 
@@ -104,7 +115,9 @@ class NewImage(NamedTuple):
 
 @dataclass(frozen=True)
 class JobView:
-    """A job as stored. Every generation parameter is here; `to_request()` rebuilds the GenerationRequest."""
+    """A job as stored: its row, its images, and `request`, the GenerationRequest it was made with (its init image
+    left out: a variation/upscale names it by `source_job_id` and `source_image_index`). The request's fields read
+    as the job's own attributes (`job.prompt`, `job.seed`, `job.mode`, ...); `to_request()` adds the init image."""
 
     id: int
     guild_id: int
@@ -113,19 +126,7 @@ class JobView:
     status: JobStatus
     cost: int
     charge_state: ChargeState
-    mode: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    scheduler: str
-    num_images: int
-    strength: float
-    timeline: bool
-    model: str
+    request: GenerationRequest
     source_job_id: int | None
     source_image_index: int | None
     attempts: int
@@ -143,6 +144,14 @@ class JobView:
     posted_message_id: int | None
     images: tuple[ImageView, ...] = ()
 
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails, i.e. for names that are not the job's own: a field of the request
+        # reads through to it, so the fields are declared once (by the request class) and never listed here.
+        request = self.__dict__.get("request")
+        if request is not None and name in _field_names(type(request)):
+            return getattr(request, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def is_active(self) -> bool:
         """Queued or running."""
@@ -159,25 +168,16 @@ class JobView:
 
     def to_request(self, init_image: bytes | None = None) -> GenerationRequest:
         """The generation request of this job. Variations/upscales need the source image's bytes."""
-        return GenerationRequest(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            seed=self.seed,
-            steps=self.steps,
-            guidance=self.guidance,
-            width=self.width,
-            height=self.height,
-            scheduler=self.scheduler,
-            num_images=self.num_images,
-            mode=self.mode,  # type: ignore[arg-type]
-            init_image=init_image,
-            strength=self.strength,
-            timeline=self.timeline,
-            model=self.model,
-        )
+        return self.request.with_(init_image=init_image)
 
 
-_JOB_FIELDS = [f.name for f in fields(JobView) if f.name != "images"]
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+#: The job's own columns that a JobView shows (everything but its request and its images).
+_JOB_FIELDS = [f.name for f in fields(JobView) if f.name not in ("request", "images")]
 
 
 def _image_view(img: Image) -> ImageView:
@@ -188,7 +188,31 @@ def _job_view(job: Job, images: Iterable[Image] = ()) -> JobView:
     values: dict[str, Any] = {name: getattr(job, name) for name in _JOB_FIELDS}
     values["status"] = JobStatus(values["status"])
     values["charge_state"] = ChargeState(values["charge_state"])
-    return JobView(**values, images=tuple(_image_view(i) for i in sorted(images, key=lambda i: i.index)))
+    # The module's name is looked up at each call, here and in `create`: both use the same request class.
+    request = GenerationRequest.from_json(job.request, image_required=False)
+    return JobView(
+        **values, request=request, images=tuple(_image_view(i) for i in sorted(images, key=lambda i: i.index))
+    )
+
+
+def _has_default(f: Field) -> bool:
+    return f.default is not MISSING or f.default_factory is not MISSING
+
+
+def _request_params(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """`create`'s request keywords made ready for GenerationRequest, and the mode they ask for.
+
+    Every field of GenerationRequest but `init_image` is a keyword. One given as None takes the request's default
+    (a field without a default keeps the None, and the request says why that is wrong); `seed=None` draws a seed.
+    """
+    declared = {f.name: f for f in fields(GenerationRequest)}
+    for name in params:
+        if name not in declared or name == "init_image":
+            raise TypeError(f"JobService.create() got an unexpected keyword argument {name!r}")
+    given = {k: v for k, v in params.items() if v is not None or not _has_default(declared[k])}
+    if given.get("seed") is None:
+        given["seed"] = random_seed()
+    return given, given.get("mode", declared["mode"].default)
 
 
 def _as_new_image(item: NewImage | Sequence[Any]) -> NewImage:
@@ -217,56 +241,31 @@ class JobService:
         user_id: int,
         role_ids: Iterable[int],
         *,
-        prompt: str,
-        negative_prompt: str = "",
-        seed: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        scheduler: str | None = None,
-        num_images: int | None = None,
-        mode: str = "txt2img",
-        strength: float | None = None,
-        timeline: bool = False,
-        model: str = "",
         source_job_id: int | None = None,
         source_image_index: int | None = None,
         cost: int | None = None,
         cooldown: float = 0.0,
+        **params: Any,
     ) -> JobView:
         """Check the request, reserve its images and insert the job — one transaction. Returns the queued job.
 
-        Parameters left as None take `GenerationRequest`'s defaults; `seed=None` draws a random seed.
-        Variations and upscales name their init image as (`source_job_id`, `source_image_index`), an image of a
-        succeeded job. `cost` (images charged) defaults to `num_images`. `cooldown` (seconds, 0 = none): refuse the
-        job if the member started one in this guild less than that long ago — checked inside the same write
+        `params` are the fields of GenerationRequest (`prompt`, `negative_prompt`, `seed`, `steps`, `mode`, ...; not
+        `init_image`); one left out or given as None takes the request's default, and `seed=None` draws a random
+        seed. Variations and upscales name their init image as (`source_job_id`, `source_image_index`), an image of
+        a succeeded job. `cost` (images charged) defaults to `num_images`. `cooldown` (seconds, 0 = none): refuse
+        the job if the member started one in this guild less than that long ago — checked inside the same write
         transaction, so a burst of simultaneous requests lets exactly one through.
 
         Raises: InvalidRequest (a parameter out of range), LimitExceeded (steps/side above the member's roles),
-        SourceImageNotFound, OnCooldown, QuotaExceeded / TooManyActiveJobs (nothing charged).
+        SourceImageNotFound, OnCooldown, QuotaExceeded / TooManyActiveJobs (nothing charged); TypeError for a
+        keyword that is not a field of the request.
         """
-        from generation.protocol.contract import random_seed
-
-        given = {
-            "negative_prompt": negative_prompt,
-            "steps": steps,
-            "guidance": guidance,
-            "width": width,
-            "height": height,
-            "scheduler": scheduler,
-            "num_images": num_images,
-            "strength": strength,
-        }
-        params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-        params.update(
-            prompt=prompt, seed=random_seed() if seed is None else seed, mode=mode, timeline=timeline, model=model
-        )
+        given, mode = _request_params(params)
         if mode != "txt2img" and (source_job_id is None or source_image_index is None):
             raise InvalidRequest(f"Mode `{mode}` needs a source image (a job id and an image index).", "init_image")
         try:
-            # The contract checks every bound; a placeholder stands in for the init image, loaded at dispatch.
-            req = GenerationRequest(**params, init_image=b"\0" if mode != "txt2img" else None)
+            # Every bound is checked; the init image is left out (it is loaded from the source at dispatch).
+            req = GenerationRequest.from_dict(given, image_required=False)
         except RequestError as exc:
             raise InvalidRequest(str(exc), exc.field) from exc
         charge = req.num_images if cost is None else cost
@@ -290,18 +289,7 @@ class JobService:
                 cost=charge,
                 charge_state=ChargeState.RESERVED.value,
                 charge_window_started_at=window,
-                mode=req.mode,
-                prompt=req.prompt,
-                negative_prompt=req.negative_prompt,
-                seed=req.seed,
-                steps=req.steps,
-                guidance=float(req.guidance),
-                width=req.width,
-                height=req.height,
-                scheduler=req.scheduler,
-                num_images=req.num_images,
-                strength=float(req.strength),
-                timeline=req.timeline,
+                request=req.to_json(with_image=False),
                 model=req.model,
                 source_job_id=source_job_id if mode != "txt2img" else None,
                 source_image_index=source_image_index if mode != "txt2img" else None,

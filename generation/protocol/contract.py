@@ -3,6 +3,12 @@
 Both sides import this module; it imports neither torch nor discord, so the bot can build and check requests
 without loading any model code. Every type is a frozen dataclass that round-trips through JSON (`to_json` /
 `from_json`); raw bytes (images) are carried as base64 inside the JSON.
+
+`GenerationRequest` is the one declaration of a request's parameters: the bot stores a job's request as its JSON
+(bot.db.models.Job.request, without the init image, which a job names by source job and image index instead) and
+reads the fields back from it, so a field added here reaches the database, the job views and the worker without
+being listed anywhere else. `to_json(with_image=False)` and `from_json(..., image_required=False)` are that stored
+form.
 """
 
 from __future__ import annotations
@@ -116,6 +122,12 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         self.validate()
+        # A whole number given for a `float` field is kept as a float, so a request reads back from its JSON with
+        # the same types it was made with (7 and 7.0 would otherwise be told apart by the JSON, not by `==`).
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
 
     # --- checks -------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -159,13 +171,18 @@ class GenerationRequest:
     def with_(self, **changes: Any) -> GenerationRequest:
         return replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, with_image: bool = True) -> dict[str, Any]:
+        """Every field by name; `init_image` as base64, or None with `with_image=False` (the stored form)."""
         d = asdict(self)
-        d["init_image"] = _b64(self.init_image)
+        d["init_image"] = _b64(self.init_image) if with_image else None
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GenerationRequest:
+    def from_dict(cls, d: dict[str, Any], *, image_required: bool = True) -> GenerationRequest:
+        """The request of `to_dict`'s output; RequestError for a field this class does not declare.
+
+        `image_required=False` reads the stored form: a variation or upscale without its init image (it is loaded
+        from the source job when the request is run). Every other rule is checked as usual."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -173,14 +190,19 @@ class GenerationRequest:
         d = dict(d)
         if d.get("init_image") is not None:
             d["init_image"] = _unb64(d["init_image"])
+        elif not image_required:
+            # Checked with a stand-in image, which is then taken out again: the result says "no image loaded yet".
+            req = cls(**{**d, "init_image": b"\0"})
+            object.__setattr__(req, "init_image", None)
+            return req
         return cls(**d)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+    def to_json(self, *, with_image: bool = True) -> str:
+        return json.dumps(self.to_dict(with_image=with_image), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, data: str | bytes) -> GenerationRequest:
-        return cls.from_dict(json.loads(data))
+    def from_json(cls, data: str | bytes, *, image_required: bool = True) -> GenerationRequest:
+        return cls.from_dict(json.loads(data), image_required=image_required)
 
 
 def _int_in(name: str, value: Any, lo: int, hi: int) -> None:

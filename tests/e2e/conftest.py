@@ -125,10 +125,11 @@ class E2E:
                                       and self.fd.messages[record.original_id], timeout, "the interaction's answer")
 
     def job_row(self, job_id: int) -> dict:
+        """The job's row, with the parameters of its request (stored as JSON in `request`) as keys of their own."""
         with self.bot.db() as con:
             con.row_factory = sqlite3.Row
             row = con.execute("select * from job where id = ?", (job_id,)).fetchone()
-        return dict(row)
+        return {**json.loads(row["request"]), **dict(row)}
 
     async def wait_status(self, job_id: int, status: str, timeout: float = 30.0) -> dict:
         """Poll the job row until it reaches `status` (the bot writes it just after the Discord call)."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -122,3 +123,111 @@ async def test_downgrade_of_a_database_with_data_leaves_nothing_behind(services)
             "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND name != 'alembic_version'"
         ).fetchall()
     assert leftovers == []
+
+
+# --- 0002: a job's parameters as one JSON column ------------------------------------------------------------------
+#: Revision 0001's parameter columns of `job`, in its order.
+PARAMETER_COLUMNS = (
+    "mode", "prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler", "num_images",
+    "strength", "timeline", "model",
+)
+#: Jobs as revision 0001 stored them: (id, status, source job, source image, parameters).
+OLD_JOBS: list[tuple[int, str, int | None, int | None, dict]] = [
+    (1, "succeeded", None, None, {
+        # Every parameter away from its default, quotes, backslashes, newlines and non-ASCII text in the prompts.
+        "mode": "txt2img", "prompt": 'a "quoted" cat\'s hat, \\ back\\slash,\nnew line, café 猫 🐱',
+        "negative_prompt": "blurry, ‘curly quotes’, \u0000-free, tab\there", "seed": 2**32 - 1, "steps": 37,
+        "guidance": 12.25, "width": 768, "height": 320, "scheduler": "ddim", "num_images": 3, "strength": 0.9,
+        "timeline": True, "model": "models/tiny-sd ü",
+    }),
+    (2, "queued", 1, 2, {
+        "mode": "variation", "prompt": "naïve ‘variation’ \"of\" #1", "negative_prompt": "", "seed": 0, "steps": 25,
+        "guidance": 7.5, "width": 512, "height": 512, "scheduler": "dpmpp_2m", "num_images": 4, "strength": 0.7,
+        "timeline": False, "model": "",
+    }),
+    (3, "posted", 1, 0, {
+        # An upscale may have an empty prompt; a whole-number guidance stored as REAL.
+        "mode": "upscale", "prompt": "", "negative_prompt": "x" * 1500, "seed": 12345, "steps": 1, "guidance": 7.0,
+        "width": 1024, "height": 2048, "scheduler": "euler_a", "num_images": 1, "strength": 0.3, "timeline": False,
+        "model": "other",
+    }),
+]
+
+
+def _insert_old_jobs(path: Path) -> None:
+    cols = ", ".join(PARAMETER_COLUMNS)
+    marks = ", ".join("?" for _ in PARAMETER_COLUMNS)
+    with sqlite3.connect(path) as conn:
+        for job_id, status, src, idx, params in OLD_JOBS:
+            conn.execute(
+                f"INSERT INTO job (id, guild_id, channel_id, user_id, status, cost, charge_state, {cols}, source_job_id,"
+                f" source_image_index, attempts, created_at) VALUES (?, 10, 20, 30, ?, ?, 'committed', {marks}, ?, ?,"
+                " 1, '2026-01-05 10:00:00')",
+                (job_id, status, params["num_images"], *(params[c] for c in PARAMETER_COLUMNS), src, idx),
+            )
+        for i in range(3):
+            conn.execute(
+                "INSERT INTO image (job_id, \"index\", seed, path, sha256, nsfw, created_at) VALUES (1, ?, ?, ?, ?, 0,"
+                " '2026-01-05 10:01:00')",
+                (i, 2**32 - 1 + i, f"images/1/{i}.png", "0" * 64),
+            )
+
+
+def _old_rows(path: Path) -> list[tuple]:
+    cols = ", ".join(("id", *PARAMETER_COLUMNS, "source_job_id", "source_image_index", "status", "cost"))
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"SELECT {cols} FROM job ORDER BY id").fetchall()
+
+
+async def test_0002_moves_every_job_parameter_into_the_request_json_and_back(tmp_path):
+    """Jobs stored by revision 0001 come back from JobService with the same parameters after the upgrade (the JSON
+    being exactly what the request class writes), and downgrading to 0001 restores the columns unchanged."""
+    from bot.config import Settings
+    from bot.services import open_services
+    from generation.protocol.contract import GenerationRequest
+
+    path = tmp_path / "old.db"
+    url = sqlite_url(path)
+    await upgrade(url, "0001")
+    _insert_old_jobs(path)
+    before = _old_rows(path)
+
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", database_url=url)
+    async with open_services(settings) as services:  # migrates to head, as the bot does at start
+        assert await current_revision(url) == head_revision()
+        for job_id, _, src, idx, params in OLD_JOBS:
+            job = await services.jobs.get(job_id)
+            image = b"\x89PNG source" if params["mode"] != "txt2img" else None
+            expected = GenerationRequest(**params, init_image=image)
+            assert job.request.init_image is None
+            assert job.to_request(init_image=image) == expected
+            assert job.request.to_dict() == expected.to_dict(with_image=False)
+            assert {name: getattr(job, name) for name in params} == params
+            assert (job.source_job_id, job.source_image_index) == (src, idx)
+            assert type(job.guidance) is float and type(job.timeline) is bool
+        with sqlite3.connect(path) as conn:
+            stored = dict(conn.execute("SELECT id, request FROM job").fetchall())
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(job)")}
+        for job_id, _, _, _, params in OLD_JOBS:
+            image = b"img" if params["mode"] != "txt2img" else None
+            assert stored[job_id] == GenerationRequest(**params, init_image=image).to_json(with_image=False)
+        assert "request" in columns and "model" in columns
+        assert not columns & (set(PARAMETER_COLUMNS) - {"model"})
+        # A migrated job still serves as the source of a new variation.
+        new = await services.jobs.create(10, 20, 30, [], mode="variation", prompt="again", source_job_id=1,
+                                         source_image_index=2, num_images=1)
+        assert (await services.jobs.get(new.id)).source_job_id == 1
+
+    await downgrade(url, "0001")
+    assert await current_revision(url) == "0001"
+    after = _old_rows(path)
+    assert after[: len(before)] == before
+    with sqlite3.connect(path) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(job)")]
+        checks = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'job'").fetchone()[0]
+    assert columns[columns.index("charge_window_started_at") + 1 : columns.index("source_job_id")] == list(
+        PARAMETER_COLUMNS
+    )
+    assert "request" not in columns and "ck_job_mode" in checks
+    with sqlite3.connect(path) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE job SET mode = 'inpaint' WHERE id = 1")
