@@ -1,31 +1,28 @@
 """The messages that travel on the NATS queue between the bot and the workers, as typed, strictly parsed models.
 
-Both processes read messages the other wrote, possibly a different version of it, and the NATS subjects are open to
-anything that can connect. A message is therefore parsed strictly: a field of the wrong type (a string job id, a float
-step, a bool where a number is wanted, a preview that is not base64), an unknown field or a missing one refuses the
-whole message with a `MessageError` that names the message type, the field and what was wrong, instead of letting
-`"3"` become 3 or an unknown key slip by unnoticed. Readers (`generation.protocol.queue.JobQueue`, the worker) drop a
-refused message with a warning that gives the reason.
+Every message is parsed strictly (`generation.protocol.strict`): an unknown, missing or mistyped field refuses the
+whole message with a `MessageError` naming the field. Readers (`generation.protocol.queue.JobQueue`, the worker)
+drop a refused message with a warning that gives the reason.
 
-The models are pydantic dataclasses (frozen, strict, no extra fields), so they are built like the plain dataclasses they
-replace (`Outcome(job_id, "failed", error=...)`); building one with a mistyped value fails at the sender. The wire JSON
-is what it always was: field names as keys, tuples as arrays, bytes (`ProgressEvent.preview`) as standard, padded
-base64 strings.
+The models are built like plain dataclasses (`Outcome(job_id, "failed", error=...)`); building one with a mistyped
+value fails at the sender. The wire JSON is field names as keys, tuples as arrays, bytes (`ProgressEvent.preview`)
+as standard, padded base64 strings.
 
 This module imports neither torch nor discord nor nats; both sides import it (through `generation.protocol.queue`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+import re
 from dataclasses import field
-from functools import cache
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal
 
-from pydantic import ConfigDict, PlainSerializer, PlainValidator, TypeAdapter, ValidationError, ValidationInfo
+from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
+
+from generation.protocol.cards import ModelCard
+from generation.protocol.strict import STRICT, Base64Bytes, Message, MessageError, adapter, message_error, short
 
 #: The model token of jobs that name no model (served by every worker unless it was started with `--no-default`).
 DEFAULT_TOKEN = "_default"
@@ -33,101 +30,15 @@ DEFAULT_TOKEN = "_default"
 OutcomeStatus = Literal["succeeded", "failed", "cancelled"]
 WorkerState = Literal["loading", "ready", "busy", "stopping", "stopped", "failed"]
 
-#: Strict: no coercion ("3" is not an int, 3.0 is not an int, True is not an int); forbid: no unknown fields.
-STRICT = ConfigDict(strict=True, extra="forbid")
 
-
-class MessageError(ValueError):
-    """A queue message that could not be read: not JSON, or a field missing, unknown or of the wrong type.
-
-    `str(e)` reads like ``WorkerInfo: field `pid`: Input should be a valid integer (got '12')``."""
-
-    def __init__(self, message_type: str, problems: list[str]):
-        self.message_type = message_type
-        self.problems = tuple(problems)
-        super().__init__(f"{message_type}: {'; '.join(problems) or 'unreadable'}")
-
-
-def _b64_bytes(value: Any, info: ValidationInfo) -> bytes:
-    """Bytes travel as standard base64 in JSON; in Python they are plain bytes."""
-    if info.mode != "json":
-        if isinstance(value, bytes):
-            return value
-        raise ValueError("Input should be bytes")
-    if not isinstance(value, str):
-        raise ValueError("Input should be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ValueError(f"Input should be valid base64 ({e})") from None
-
-
-def _b64_str(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
-#: Bytes that are written as a standard base64 string (pydantic's own base64 is the URL-safe alphabet, which an
-#: older reader using `base64.b64decode` would misread).
-Base64Bytes = Annotated[
-    bytes, PlainValidator(_b64_bytes), PlainSerializer(_b64_str, return_type=str, when_used="json")
-]
-
-
-@cache
-def _adapter(cls: type) -> TypeAdapter:
-    return TypeAdapter(cls)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _problem(err: Any) -> str:
-    """One validation error in words: the field and what was wrong with it."""
-    kind = err["type"]
-    if kind == "unexpected_keyword_argument":
-        what = "unknown field"
-    elif kind in ("missing", "missing_argument", "missing_keyword_only_argument"):
-        what = "missing"
-    elif kind == "json_invalid":
-        what = err["msg"]
-    elif kind == "value_error":  # raised by a validator of ours: its own words, without pydantic's "Value error, "
-        what = f"{err.get('ctx', {}).get('error', err['msg'])} (got {_short(err.get('input'))})"
-    else:
-        what = f"{err['msg']} (got {_short(err.get('input'))})"
-    where = _location(err["loc"])
-    return f"field `{where}`: {what}" if where else what
-
-
-def _message_error(cls: type, e: ValidationError) -> MessageError:
-    return MessageError(cls.__name__, [_problem(err) for err in e.errors(include_url=False)])
-
-
-class _Message:
-    """`to_json()` / `from_json()` of every message type."""
-
-    def to_json(self) -> bytes:
-        return _adapter(type(self)).dump_json(self)
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> Self:
-        """Parse one message; raises `MessageError` (naming the field and the problem) when it does not fit."""
-        try:
-            return _adapter(cls).validate_json(data)
-        except ValidationError as e:
-            raise _message_error(cls, e) from e
+def model_token(name: str) -> str:
+    """The subject/consumer-safe token of a model name; "" (the worker's default) maps to `_default`."""
+    token = re.sub(r"[^a-z0-9_-]+", "-", (name or "").strip().lower()).strip("-_")
+    return token[:64] if token else DEFAULT_TOKEN
 
 
 @dataclass(frozen=True, config=STRICT)
-class StoredImage(_Message):
+class StoredImage(Message):
     """One image of an outcome, stored in the object store under `object`."""
 
     index: int
@@ -139,7 +50,7 @@ class StoredImage(_Message):
 
 
 @dataclass(frozen=True, config=STRICT)
-class Outcome(_Message):
+class Outcome(Message):
     """The final word of a worker on a job: succeeded (with images), failed (with a reason) or cancelled."""
 
     job_id: int
@@ -156,7 +67,7 @@ class Outcome(_Message):
 
 
 @dataclass(frozen=True, config=STRICT)
-class ProgressEvent(_Message):
+class ProgressEvent(Message):
     """`started` when a worker takes a job, `step` for each denoising step, `released` when a stopping worker hands
     the job back to the queue."""
 
@@ -171,7 +82,7 @@ class ProgressEvent(_Message):
 
 
 @dataclass(frozen=True, config=STRICT)
-class WorkerInfo(_Message):
+class WorkerInfo(Message):
     """What a worker announces about itself (every few seconds and on every change of state).
 
     Unknown fields are refused like in every other message: a worker and a bot of different versions that disagree
@@ -191,14 +102,24 @@ class WorkerInfo(_Message):
     load_seconds: float = 0.0
     sent_at: float = 0.0
     error: str = ""
+    #: The card of every model this worker serves (`model` is the first), as it built them when it loaded them. A
+    #: worker still loading its first model announces none yet.
+    models: tuple[ModelCard, ...] = ()
 
     @property
     def tokens(self) -> tuple[str, ...]:
-        return (self.token, DEFAULT_TOKEN) if self.serves_default and self.token != DEFAULT_TOKEN else (self.token,)
+        """The queue tokens this worker pulls from: its models', and the default queue unless `--no-default`."""
+        own = tuple(dict.fromkeys([self.token, *(model_token(card.name) for card in self.models)]))
+        return (*own, DEFAULT_TOKEN) if self.serves_default and DEFAULT_TOKEN not in own else own
+
+    def card(self, name: str) -> ModelCard | None:
+        """The card of the model called `name` (compared as queue tokens), or None when this worker lacks it."""
+        token = model_token(name)
+        return next((c for c in self.models if model_token(c.name) == token), None)
 
 
 @dataclass(frozen=True, config=STRICT)
-class JobMessage(_Message):
+class JobMessage(Message):
     """The payload of a job message. A source image travels in the object store (`init_object`).
 
     Only the envelope is parsed here; `request` stays the raw dict, which the worker checks with
@@ -212,7 +133,7 @@ class JobMessage(_Message):
 
 
 @dataclass(frozen=True, config=STRICT)
-class MaxDeliveries(_Message):
+class MaxDeliveries(Message):
     """The server gave up on a job message after its last delivery was not acked."""
 
     stream_seq: int
@@ -228,9 +149,9 @@ class MaxDeliveries(_Message):
         except (ValueError, UnicodeDecodeError) as e:
             raise MessageError(cls.__name__, [f"Invalid JSON: {e}"]) from e
         if not isinstance(d, dict):
-            raise MessageError(cls.__name__, [f"Input should be an object (got {_short(d)})"])
+            raise MessageError(cls.__name__, [f"Input should be an object (got {short(d)})"])
         picked = {k: d[k] for k in ("stream_seq", "deliveries", "consumer") if k in d}
         try:
-            return _adapter(cls).validate_json(json.dumps(picked))
+            return adapter(cls).validate_json(json.dumps(picked))
         except ValidationError as e:
-            raise _message_error(cls, e) from e
+            raise message_error(cls, e) from e

@@ -64,6 +64,7 @@ from generation.protocol.messages import (
     ProgressEvent,
     StoredImage,
     WorkerInfo,
+    model_token,
 )
 
 # The message types live in `generation.protocol.messages`; they are re-exported here, where both sides have always
@@ -92,12 +93,6 @@ log = logging.getLogger(__name__)
 MSG_ID = "Nats-Msg-Id"
 JOB_HEADER = "Imagine-Job"
 ADVISORY_MAX_DELIVER = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
-
-
-def model_token(name: str) -> str:
-    """The subject/consumer-safe token of a model name; "" (the worker's default) maps to `_default`."""
-    token = re.sub(r"[^a-z0-9_-]+", "-", (name or "").strip().lower()).strip("-_")
-    return token[:64] if token else DEFAULT_TOKEN
 
 
 def request_digest(req: GenerationRequest) -> str:
