@@ -68,11 +68,11 @@ class Outcome(Message):
 
 @dataclass(frozen=True, config=STRICT)
 class ProgressEvent(Message):
-    """`started` when a worker takes a job, `step` for each denoising step, `released` when a stopping worker hands
-    the job back to the queue."""
+    """`started` when a worker takes a job, `loading` while the worker loads the job's model into memory first,
+    `step` for each denoising step, `released` when a stopping worker hands the job back to the queue."""
 
     job_id: int
-    kind: Literal["started", "step", "released"]
+    kind: Literal["started", "loading", "step", "released"]
     step: int = 0
     total: int = 0
     #: A small PNG of the image so far (base64 in JSON).
