@@ -1,5 +1,6 @@
-"""The diffusers engine: model loading, running (txt2img, variation, upscale), step callbacks, schedulers, PNG
-metadata, the denoising timeline and the `python -m generation` command line.
+"""The diffusers engine: model loading (diffusers folders, single checkpoint files, Hugging Face Hub ids), the
+model's card (what each text-to-image family can do), running (txt2img, variation, upscale), step callbacks,
+schedulers, PNG metadata, the denoising timeline and the `python -m generation` command line.
 
 Importing `generation.engine.<module>` for one helper does not load torch; the names below are loaded on first use.
 """
@@ -23,6 +24,7 @@ _EXPORTS = {
     "load_pipeline": "generation.engine.loading",
     "pick_device": "generation.engine.loading",
     "pick_dtype": "generation.engine.loading",
+    "resolve_source": "generation.engine.loading",
 }
 
 __all__ = list(_EXPORTS)

@@ -4,6 +4,7 @@
     python -m generation "a blue square" --num-images 4 --timeline --out grid.png
     python -m generation "a blue square" --guidance-grid 1,3,5,7.5 --out cfg.png
     python -m generation "" --mode variation --init out.png --strength 0.7 --out var.png
+    python -m generation "a cat" --model stabilityai/sdxl-turbo --variant fp16 --out cat.png
 
 Bad input exits with status 2 and a message naming the option, its value and what is allowed.
 """
@@ -31,7 +32,8 @@ from generation.protocol.contract import (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m generation",
-        description="Generate images with a Stable Diffusion checkpoint (diffusers folder or .safetensors/.ckpt).",
+        description="Generate images with a text-to-image model: a diffusers folder, a .safetensors/.ckpt file or a"
+                    " Hugging Face model id (SD 1.x/2.x, SDXL, SD 3.x, Flux, ...).",
     )
     p.add_argument("prompt", help="what to draw")
     p.add_argument("--negative", default="", help="what to steer away from (negative prompt)")
@@ -48,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", action="store_true", help="also save the denoising timeline (x0 estimates) as WebP/GIF")
     p.add_argument("--guidance-grid", default=None, metavar="SCALES",
                    help="compare guidance scales with the same seed, e.g. 1,3,5,7.5 (saved to --out)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="diffusers folder or .safetensors/.ckpt file")
+    p.add_argument("--model", default=str(DEFAULT_MODEL),
+                   help="diffusers folder, .safetensors/.ckpt file or Hugging Face model id org/name[@revision]")
     p.add_argument("--config", type=Path, default=None, help="folder of component configs for a single-file model")
+    p.add_argument("--variant", default=None, help="weights variant of a folder or Hub model, e.g. fp16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: all cores; 1 is faster when other work shares the cores)")
@@ -117,17 +121,18 @@ def run(args: argparse.Namespace) -> int:
     generic = {"steps": 25, "guidance": 7.5, "width": 512, "height": 512, "scheduler": "dpmpp_2m"}
     GenerationRequest(**_request_fields(args, generic))
     scales = _parse_scales(args.guidance_grid) if args.guidance_grid else None
-    model = args.model
-    if not model.exists():
-        raise UsageError(
-            f"model path `{model}` does not exist. Train the default model with `make train`, or pass"
-            " --model PATH (a diffusers folder or a .safetensors/.ckpt file)."
-        )
+    from generation.engine.loading import ModelLoadError, resolve_source
+
+    try:
+        model = resolve_source(args.model)
+    except ModelLoadError as exc:
+        raise UsageError(f"{exc} Pass --model PATH_OR_ID.") from None
 
     from generation.engine import Engine
     from generation.engine.timeline import animation_extension, grid
 
-    engine = Engine.load(model, device=args.device, config=args.config, threads=args.threads)
+    engine = Engine.load(model.text, device=args.device, config=args.config, variant=args.variant,
+                         threads=args.threads)
     engine.preview_interval = float("inf")  # the terminal shows a bar, not pictures: skip preview decoding
     req = GenerationRequest(**_request_fields(args, engine.defaults))
     on_progress, close = _progress(args.quiet)

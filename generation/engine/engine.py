@@ -1,8 +1,8 @@
-"""The generation engine: one loaded Stable Diffusion pipeline that turns `GenerationRequest`s into images.
+"""The generation engine: one loaded text-to-image pipeline that turns `GenerationRequest`s into images.
 
 A run goes through the stages the diffusion papers describe, each timed:
 
-1. check the request against the model's limits;
+1. check the request against the model's card (`ModelCard.check`: sizes, steps, sampler, mode);
 2. encode the prompt (and the negative prompt, when guidance is on) with the text encoder;
 3. for `variation`/`upscale`, encode the source image into a latent with the VAE;
 4. denoise: start from Gaussian noise (one seeded generator per image), let the UNet predict the noise at each
@@ -10,13 +10,20 @@ A run goes through the stages the diffusion papers describe, each timed:
    predictions in one batch and mixes them as uncond + scale * (cond - uncond) (skipped when scale <= 1; a model
    can limit it to its noisier steps with `guidance_min_timestep`, see `Engine`);
 5. decode the final latents with the VAE, run the checkpoint's safety checker when it has one;
-6. write PNGs carrying their parameters in the A1111 `parameters` text chunk;
+6. write PNGs carrying their parameters in the A1111 `parameters` text chunk (with the card's model name);
 7. on request, decode the x0 estimate of every step into the denoising timeline, an animated WebP/GIF.
 
+That is the SD path, which Stable Diffusion 1.x/2.x and SDXL models take. Every other text-to-image family (SD 3.x,
+Flux, ...) takes the generic path: stages 2-5 are the pipeline's own, called with the prompts as text, the negative
+prompt only where the model takes one, the guidance scale as the model understands it (classifier-free, or an input
+of a guidance-distilled model such as FLUX.1-dev, or not at all), and a step-end callback for progress and
+cancelling; there is no timeline, no preview and no guidance interval there (`families.py` says why, and the card
+says what a model can do).
+
 The engine knows nothing of Discord or the database; it takes a request and returns a result. Turning a model
-folder or file into a pipeline with its limits and defaults is `loading.py`'s part (`Engine.load` calls it); what
-happens after every denoising step (x0 capture, progress, cancelling, the end of the guidance interval) is done by the
-diffusers step-end callbacks of `callbacks.py`.
+source into a pipeline is `loading.py`'s part and what the model is and can do `families.py`'s (`Engine.load` calls
+both); what happens after every denoising step (x0 capture, progress, cancelling, the end of the guidance interval)
+is done by the diffusers step-end callbacks of `callbacks.py`.
 """
 
 from __future__ import annotations
@@ -40,16 +47,17 @@ from generation.engine.callbacks import (
     SDXLGuidanceIntervalCallback,
     TimelineCallback,
 )
+from generation.engine.families import build_card, call_parameters, card_name, runs_sd_path, scheduler_choices
 from generation.engine.loading import (
+    INFO_FILE,
+    ModelLoadError,
     guidance_min_timestep,
     is_sdxl,
-    limits_for,
     load_pipeline,
-    model_name,
     pick_device,
     pick_dtype,
     read_info,
-    snap_side,
+    resolve_source,
 )
 from generation.engine.pngmeta import format_parameters, png_bytes
 from generation.engine.schedulers import make_scheduler
@@ -63,6 +71,7 @@ from generation.engine.timeline import (
     latent_to_rgb,
     thumbnail,
 )
+from generation.protocol.cards import ModelCard
 from generation.protocol.contract import (
     MAX_GUIDANCE,
     MAX_SIDE,
@@ -86,6 +95,11 @@ TIMELINE_MAX_SIDE = 512
 SMALL_VAE_PARAMS = 5_000_000
 
 
+def _snap(x: float, multiple: int) -> int:
+    """A side length rounded to the nearest multiple of `multiple`, at least one."""
+    return max(multiple, int(round(x / multiple)) * multiple)
+
+
 def effective_strength(req: GenerationRequest) -> float:
     """The img2img strength a request really runs at (an upscale is capped at STRENGTH_UPSCALE)."""
     strength = float(req.strength)
@@ -93,7 +107,10 @@ def effective_strength(req: GenerationRequest) -> float:
 
 
 class Engine:
-    """A loaded pipeline plus everything to run requests on it. Use `Engine.load(path)`; one run at a time.
+    """A loaded pipeline plus everything to run requests on it. Use `Engine.load(source)`; one run at a time.
+
+    `card` (a `ModelCard`, built once at load) says what the model is, takes, defaults to and can do; `check`
+    holds a request against it, and `name` is the card's name, which results and PNGs carry.
 
     Modes:
     - `txt2img`: `num_images` images of `width` x `height`, image i from seed `seed + i`.
@@ -102,36 +119,50 @@ class Engine:
     - `upscale`: `init_image` doubled with Lanczos, then an img2img refine pass adds detail at the new size, at
       `strength` but never above STRENGTH_UPSCALE (0.3), so the picture is kept; the size comes from the source,
       `width`/`height` are not used.
-    The img2img pipeline is built with `from_pipe`, so all modes share one copy of the weights.
+    The img2img pipeline is built with `from_pipe`, so all modes share one copy of the weights; a family diffusers
+    has no image-to-image pipeline for draws from text only (the card says `img2img: false`).
 
-    Guidance interval: with `guidance_min_timestep` T > 0 (from the model's `imaginebot.json`, 0 = off), guidance
-    runs only on steps whose timestep is >= T; once the next step's timestep falls below T the unconditional half
-    of the batch is dropped and the rest of the run follows the conditional prediction alone (and costs half as
-    much per step; `GuidanceIntervalCallback` in callbacks.py makes the cut). A variation/upscale whose starting
-    noise (strength x the training timesteps) is already below T runs unguided. Guiding only the noisier steps follows Kynkaenniemi et al. 2024 ("Applying Guidance in a Limited
-    Interval Improves Sample and Distribution Quality"); for the default model it is measured in docs/model.md.
+    Guidance interval (SD path only): with `guidance_min_timestep` T > 0 (from the model's `imaginebot.json`, 0 =
+    off), guidance runs only on steps whose timestep is >= T; once the next step's timestep falls below T the
+    unconditional half of the batch is dropped and the rest of the run follows the conditional prediction alone
+    (and costs half as much per step; `GuidanceIntervalCallback` in callbacks.py makes the cut). A
+    variation/upscale whose starting noise (strength x the training timesteps) is already below T runs unguided.
+    Guiding only the noisier steps follows Kynkaenniemi et al. 2024 ("Applying Guidance in a Limited Interval
+    Improves Sample and Distribution Quality"); for the default model it is measured in docs/model.md.
     """
 
     def __init__(self, pipe, name: str, device: str, dtype: torch.dtype, info: dict[str, Any] | None = None,
-                 path: Path | None = None):
+                 path: Path | None = None, *, source: str = ""):
         self.pipe = pipe
-        self.name = name
         self.device = device
         self.dtype = dtype
         self.info: dict[str, Any] = dict(info or {})
         self.path = path
-        self.limits, self.default_scheduler = limits_for(pipe, self.info)
+        #: The source it was loaded from, as given (a folder, a file or a Hub id).
+        self.source = source or (str(path) if path is not None else "")
         self.is_xl = is_sdxl(pipe)
+        #: Whether it runs on the SD path (engine-built embeddings, timeline, previews, guidance interval).
+        self.sd_path = runs_sd_path(pipe)
+        self._img2img = None
+        self._lock = threading.Lock()
+        self.card: ModelCard = build_card(pipe, self.info, name, img2img=self._make_img2img() is not None)
         self._base_scheduler_config = pipe.scheduler.config
-        probe = make_scheduler("ddim", self._base_scheduler_config)
-        self._alphas_cumprod = probe.alphas_cumprod.numpy()
+        self._own_scheduler = type(pipe.scheduler)
+        self._swap_scheduler = scheduler_choices(pipe, self.sd_path)[1]
         self._prediction_type = self._base_scheduler_config.get("prediction_type", "epsilon")
         self._num_train_timesteps = int(self._base_scheduler_config.get("num_train_timesteps", 1000))
         self.guidance_min_timestep = guidance_min_timestep(self.info, self._num_train_timesteps)
-        self._img2img = None
-        self._lock = threading.Lock()
-        vae_decoder_params = sum(p.numel() for p in pipe.vae.decoder.parameters())
-        self.preview_with_vae = vae_decoder_params < SMALL_VAE_PARAMS
+        if self.guidance_min_timestep and not self.sd_path:
+            raise ModelLoadError(f"`guidance_min_timestep` in {INFO_FILE} is {self.guidance_min_timestep}, but the"
+                                 f" guidance interval works on Stable Diffusion 1.x/2.x and SDXL models only, not on a"
+                                 f" {type(pipe).__name__}; remove it.")
+        self._alphas_cumprod = None
+        self.preview_with_vae = False
+        if self.sd_path:
+            probe = make_scheduler("ddim", self._base_scheduler_config)
+            self._alphas_cumprod = probe.alphas_cumprod.numpy()
+            vae_decoder_params = sum(p.numel() for p in pipe.vae.decoder.parameters())
+            self.preview_with_vae = vae_decoder_params < SMALL_VAE_PARAMS
         #: Seconds between two progress previews (the first comes this long after denoising starts).
         self.preview_interval = 0.5
         #: Largest number of images denoised in one batch by `generate_many`.
@@ -139,72 +170,92 @@ class Engine:
 
     # loading ----------------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | str | None = None,
-             name: str | None = None, *, config: str | Path | None = None,
+    def load(cls, source: str | Path, device: str | None = None, dtype: torch.dtype | str | None = None,
+             name: str | None = None, *, config: str | Path | None = None, variant: str | None = None,
              threads: int | None = None, channels_last: bool = False, compile: bool = False) -> Engine:
-        """Load a diffusers folder or a single .safetensors/.ckpt file onto `device` (auto: CUDA, else CPU).
+        """Load a model onto `device` (auto: CUDA, else CPU): a diffusers folder, a single .safetensors/.ckpt file or
+        a Hugging Face Hub id `org/name[@revision]` (see `generation.engine.loading`).
 
-        `config` is a diffusers folder of component configs for a single-file checkpoint (else one named like the
-        file is looked for beside it). `threads` sets torch's CPU thread count for this process: on a machine whose
-        cores are busy with other work, 1 thread is far faster than threads spinning against each other.
-        `channels_last` and `compile` are GPU speed-ups, off by default (see `optimize`).
-        Device, precision, the pipeline and the model's settings come from `generation.engine.loading`.
+        `name` is the name the model is served under and its card carries (else `imaginebot.json`'s `name`, else the
+        folder's, file's or repository's name). `config` is a diffusers folder of component configs for a
+        single-file checkpoint (else one named like the file is looked for beside it, then the Hugging Face cache).
+        `variant` picks a weights variant of a folder or repository (`fp16`). `threads` sets torch's CPU thread
+        count for this process: on a machine whose cores are busy with other work, 1 thread is far faster than
+        threads spinning against each other. `channels_last` and `compile` are GPU speed-ups, off by default (see
+        `optimize`).
         """
-        path = Path(path)
+        where = resolve_source(source)
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         device = pick_device(device)
         dtype = pick_dtype(device, dtype)
         t0 = time.perf_counter()
-        pipe = load_pipeline(path, device, dtype, config=config)
-        info = read_info(path) if path.exists() else {}
-        name = name or model_name(path, info)
-        engine = cls(pipe, name=name, device=device, dtype=dtype, info=info, path=path)
+        info = read_info(where)  # before the weights: a mistake in it is reported without waiting for them
+        pipe = load_pipeline(where, device, dtype, config=config, variant=variant)
+        name = name or str(info.get("name") or "") or card_name(where.default_name())
+        engine = cls(pipe, name=name, device=device, dtype=dtype, info=info, path=where.path, source=where.text)
         engine.optimize(channels_last=channels_last, compile=compile)
-        _ = engine.img2img  # built now so the first variation does not pay for it
-        log.info("loaded model %s from %s on %s (%s) in %.2fs", name, path, device, dtype, time.perf_counter() - t0)
+        card = engine.card
+        log.info("loaded model %s (%s, %s; guidance %s, img2img %s) from %s on %s (%s) in %.2fs", card.name,
+                 card.architecture, card.pipeline, card.guidance, "yes" if card.img2img else "no", where, device,
+                 dtype, time.perf_counter() - t0)
         return engine
 
     def optimize(self, *, channels_last: bool = False, compile: bool = False, compile_mode: str | None = None) -> None:
-        """GPU speed-ups for the UNet and the VAE; both off by default (they gain little on a CPU).
+        """GPU speed-ups for the denoiser (UNet or transformer) and the VAE; both off by default (they gain little on
+        a CPU).
 
         - `channels_last`: UNet and VAE weights in NHWC memory format, which the tensor-core convolution kernels
-          prefer; results are the same up to float rounding.
-        - `compile`: `torch.compile` the UNet and the VAE decode (`compile_mode`: torch's `mode`, None = default).
-          Every new shape (image size, batch size) compiles on its first run, which takes a minute or more on a
-          GPU; later runs of that shape are fast.
+          prefer; results are the same up to float rounding (a transformer has no convolutions to speed up).
+        - `compile`: `torch.compile` the denoiser and the VAE decode (`compile_mode`: torch's `mode`, None =
+          default). Every new shape (image size, batch size) compiles on its first run, which takes a minute or more
+          on a GPU; later runs of that shape are fast.
         Attention already runs through `torch.nn.functional.scaled_dot_product_attention` (diffusers' default).
         """
         pipe = self.pipe
+        net = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         if channels_last:
-            pipe.unet.to(memory_format=torch.channels_last)
+            if net == "unet":
+                pipe.unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
         if compile:
-            pipe.unet = torch.compile(pipe.unet, mode=compile_mode, dynamic=False)
+            setattr(pipe, net, torch.compile(getattr(pipe, net), mode=compile_mode, dynamic=False))
             pipe.vae.decode = torch.compile(pipe.vae.decode, mode=compile_mode, dynamic=False)
         if channels_last or compile:
             self._img2img = None  # rebuilt over the optimized components
             log.info("model %s: channels_last=%s, compile=%s", self.name, channels_last, compile)
 
     @property
+    def name(self) -> str:
+        """The model's name as its card carries it (results and PNGs are labelled with it)."""
+        return self.card.name
+
+    @property
     def defaults(self) -> dict[str, Any]:
-        """Request defaults for this model: width, height, steps, guidance, scheduler."""
-        lim = self.limits
-        return {
-            "width": lim.default_width,
-            "height": lim.default_height,
-            "steps": lim.default_steps,
-            "guidance": lim.default_guidance,
-            "scheduler": self.default_scheduler,
-        }
+        """Request defaults for this model: width, height, steps, guidance, scheduler (from its card)."""
+        return self.card.defaults()
+
+    @property
+    def default_scheduler(self) -> str:
+        return self.card.default_scheduler
 
     @property
     def img2img(self):
         """The image-to-image pipeline over the *same* components (no second copy of the weights)."""
+        if self._make_img2img() is None:
+            raise RequestError("mode", "variation", f"{self.name} draws from text only (no variations or upscales)")
+        return self._img2img
+
+    def _make_img2img(self):
+        """Build the img2img pipeline when there is none yet; None when diffusers has none for this family."""
         if self._img2img is None:
             from diffusers import AutoPipelineForImage2Image
 
-            self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            try:
+                self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.info("%s has no image-to-image pipeline: %s", type(self.pipe).__name__, exc)
+                return None
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
@@ -218,11 +269,12 @@ class Engine:
 
     # checks -----------------------------------------------------------------------------------------------------
     def check(self, req: GenerationRequest) -> None:
-        """Raise `RequestError` when `req` is outside what this model accepts."""
+        """Raise `RequestError` when `req` is outside what this model accepts (its card's rules, and the engine's)."""
         if not isinstance(req, GenerationRequest):
             raise RequestError("request", type(req).__name__, "it has to be a GenerationRequest")
-        if req.mode != "upscale":  # an upscale's size comes from its source image
-            self.limits.check(req)
+        card = self.card
+        # An upscale's size comes from its source image (checked when it is opened): the card judges the rest.
+        card.check(req if req.mode != "upscale" else req.with_(width=card.default_width, height=card.default_height))
 
     # public runs ------------------------------------------------------------------------------------------------
     def generate(self, req: GenerationRequest, on_progress: ProgressFn | None = None,
@@ -291,15 +343,18 @@ class Engine:
         for r in reqs:
             self.check(r)
         with self._lock, torch.inference_mode():
+            if not self.sd_path:
+                return self._run_pipeline(reqs, first, on_progress, should_cancel)
             return self._run_locked(reqs, first, on_progress, should_cancel)
 
     def _run_locked(self, reqs, first: GenerationRequest, on_progress, should_cancel) -> list[GenerationResult]:
+        """The SD path: every stage of the module docstring, the engine's own."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         pipe = self.pipe
         seeds = [s for r in reqs for s in r.seeds]
         n = len(seeds)
-        guidance = float(first.guidance)
+        guidance = 1.0 if self.card.guidance == "none" else float(first.guidance)
         cfg = guidance > 1.0 and pipe.unet.config.get("time_cond_proj_dim") is None
         pipe_guidance = guidance
         min_t = self.guidance_min_timestep
@@ -374,7 +429,67 @@ class Engine:
         pil = [Image.new("RGB", im.size) if flag else im for im, flag in zip(pil, flags, strict=True)]
         timings["decode"] = time.perf_counter() - t
 
-        # 6. PNGs with parameters
+        # 6. PNGs with parameters, 7. the timeline of x0 estimates
+        frames = timeline_cb.frames if first.timeline and timeline_cb is not None else None
+        return self._results(reqs, pil, flags, timings, t_start, size, interval, frames)
+
+    def _run_pipeline(self, reqs, first: GenerationRequest, on_progress, should_cancel) -> list[GenerationResult]:
+        """The generic path: the pipeline runs stages 2-5 itself, given the prompts as text and only the inputs this
+        model takes (see the card); the engine adds the seeds, the sampler, progress and cancelling, and the PNGs."""
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        card = self.card
+        seeds = [s for r in reqs for s in r.seeds]
+        if should_cancel is not None and should_cancel():
+            raise GenerationCancelled(0, first.steps)
+        size = (first.width, first.height)
+        inputs: dict[str, Any] = {}
+        if first.mode == "txt2img":
+            pipe = self.pipe
+            inputs.update(height=first.height, width=first.width, num_inference_steps=first.steps)
+        else:
+            pipe = self.img2img
+            image, size = self._open_init_image(first)
+            strength = effective_strength(first)
+            # img2img runs steps * strength steps; ask for enough steps that at least one runs.
+            inputs.update(image=image, strength=strength, num_inference_steps=max(first.steps, math.ceil(1 / strength)))
+            inputs.update(height=size[1], width=size[0])
+        params = call_parameters(pipe)
+        inputs.update(prompt=[r.prompt for r in reqs for _ in r.seeds], output_type="pil", return_dict=False)
+        if card.negative_prompt and any(r.negative_prompt for r in reqs):
+            inputs["negative_prompt"] = [r.negative_prompt for r in reqs for _ in r.seeds]
+        if "guidance_scale" in params:
+            # cfg: classifier-free guidance; distilled: an input of the model (FLUX.1-dev); none: 1 turns it off
+            inputs["guidance_scale"] = 1.0 if card.guidance == "none" else float(first.guidance)
+        if "generator" in params:
+            inputs["generator"] = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        progress_cb = ProgressCallback(on_progress, should_cancel)
+        if "callback_on_step_end" in params:
+            inputs["callback_on_step_end"] = progress_cb
+        inputs = {k: v for k, v in inputs.items() if k in params}
+        pipe.scheduler = self._scheduler(first.scheduler)
+        t = time.perf_counter()
+        out = pipe(**inputs)
+        timings["denoise"] = time.perf_counter() - t  # the pipeline's whole run: text encoding to decoding
+        progress_cb.raise_if_cancelled()
+        pil = [im.convert("RGB") for im in out[0]]
+        nsfw = out[1] if len(out) > 1 and isinstance(out[1], list) else None
+        flags = [bool(f) for f in nsfw] if nsfw is not None and len(nsfw) == len(pil) else [False] * len(pil)
+        pil = [Image.new("RGB", im.size) if flag else im for im, flag in zip(pil, flags, strict=True)]
+        return self._results(reqs, pil, flags, timings, t_start, size, {}, None)
+
+    def _scheduler(self, name: str):
+        """A fresh scheduler for a run (no state carried over): the sampler `name` built from the model's noise
+        schedule, or the model's own scheduler where the engine's samplers do not apply (flow matching)."""
+        if self._swap_scheduler:
+            return make_scheduler(name, self._base_scheduler_config)
+        return self._own_scheduler.from_config(self._base_scheduler_config)
+
+    def _results(self, reqs: list[GenerationRequest], pil: list[Image.Image], flags: list[bool],
+                 timings: dict[str, float], t_start: float, size: tuple[int, int], extra: dict[str, Any],
+                 frames: list[torch.Tensor] | None) -> list[GenerationResult]:
+        """Stages 6 and 7: one PNG per image with its parameters, the timeline when asked for, the results."""
+        first = reqs[0]
         t = time.perf_counter()
         images: list[list[GeneratedImage]] = []
         k = 0
@@ -382,27 +497,39 @@ class Engine:
             mine = []
             for index, seed in enumerate(r.seeds):
                 im = pil[k]
-                params = format_parameters(r, seed, im.width, im.height, self.name, strength=effective_strength(r),
-                                           **interval)
-                mine.append(GeneratedImage(index=index, seed=seed, png=png_bytes(im, params), nsfw=flags[k]))
+                png = png_bytes(im, self._parameters(r, seed, im, **extra))
+                mine.append(GeneratedImage(index=index, seed=seed, png=png, nsfw=flags[k]))
                 k += 1
             images.append(mine)
         timings["png"] = time.perf_counter() - t
 
-        # 7. timeline of x0 estimates
         timeline = None
-        if first.timeline:
+        if frames is not None:
             t = time.perf_counter()
-            timeline = self._timeline(timeline_cb.frames, pil, flags)
+            timeline = self._timeline(frames, pil, flags)
             timings["timeline"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
-        log.info("generated %d image(s) of %dx%d in %d steps on %s: %s", n, size[0], size[1], first.steps,
+        log.info("generated %d image(s) of %dx%d in %d steps on %s: %s", len(pil), size[0], size[1], first.steps,
                  self.device, ", ".join(f"{k}={v:.3f}s" for k, v in timings.items()))
         return [
             GenerationResult(request=r, images=tuple(imgs), timeline=timeline, timings=dict(timings), model=self.name,
                              device=self.device)
             for r, imgs in zip(reqs, images, strict=True)
         ]
+
+    def _parameters(self, r: GenerationRequest, seed: int, im: Image.Image, **extra: Any) -> str:
+        """The PNG's `parameters` text, saying what ran: no negative prompt where the model takes none, and the
+        guidance as other tools write it (`CFG scale: 1` and `Distilled CFG Scale` for a guidance-distilled model,
+        `CFG scale: 1` for one without guidance)."""
+        shown = r
+        if r.negative_prompt and not self.card.negative_prompt:
+            shown = shown.with_(negative_prompt="")
+        if self.card.guidance == "none":
+            shown = shown.with_(guidance=1.0)
+        elif self.card.guidance == "distilled" and not self.sd_path:  # an LCM's scale is written as CFG scale
+            extra = {"Distilled CFG Scale": f"{float(r.guidance):g}", **extra}
+            shown = shown.with_(guidance=1.0)
+        return format_parameters(shown, seed, im.width, im.height, self.name, strength=effective_strength(r), **extra)
 
     # stage helpers ----------------------------------------------------------------------------------------------
     def _encode_prompts(self, reqs: list[GenerationRequest], cfg: bool) -> dict[str, torch.Tensor]:
@@ -427,8 +554,9 @@ class Engine:
                 embeds[key] = values[0] if len(values) == 1 else torch.cat(values)
         return embeds
 
-    def _encode_init_image(self, req: GenerationRequest, n: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Open, resize and VAE-encode the source image; return `n` copies of its scaled latent and the size."""
+    def _open_init_image(self, req: GenerationRequest) -> tuple[Image.Image, tuple[int, int]]:
+        """Open the source image and resize it to the size the run makes: the request's for a variation, twice the
+        source's for an upscale (within the card's sides, on its grid)."""
         try:
             image = Image.open(io.BytesIO(req.init_image or b""))
             image.load()
@@ -436,19 +564,25 @@ class Engine:
             raise RequestError("init_image", f"<{len(req.init_image or b'')} bytes>",
                                "it has to be a PNG, JPEG or WebP image") from exc
         image = image.convert("RGB")
+        card = self.card
         if req.mode == "upscale":
-            cap = min(MAX_SIDE, 2 * self.limits.max_side)
-            size = (snap_side(image.width * 2), snap_side(image.height * 2))
+            cap = min(MAX_SIDE, 2 * card.max_side)
+            size = (_snap(image.width * 2, card.multiple), _snap(image.height * 2, card.multiple))
             if max(size) > cap:
                 raise RequestError("init_image", f"{image.width}x{image.height} image",
                                    f"upscaling doubles it and this model refines at most {cap} px a side")
-            if min(size) < self.limits.min_side:
+            if min(size) < card.min_side:
                 raise RequestError("init_image", f"{image.width}x{image.height} image",
-                                   f"doubled, it has to be at least {self.limits.min_side} px a side")
+                                   f"doubled, it has to be at least {card.min_side} px a side")
         else:
             size = (req.width, req.height)
         if image.size != size:
             image = image.resize(size, Image.Resampling.LANCZOS)
+        return image, size
+
+    def _encode_init_image(self, req: GenerationRequest, n: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Open, resize and VAE-encode the source image; return `n` copies of its scaled latent and the size."""
+        image, size = self._open_init_image(req)
         pixels = self.pipe.image_processor.preprocess(image).to(self.pipe.device, self.pipe.vae.dtype)
         latent = self.pipe.vae.encode(pixels).latent_dist.mode()
         cfg = self.pipe.vae.config

@@ -6,6 +6,11 @@ Discord can be reproduced elsewhere. Format:
     <prompt>
     Negative prompt: <negative prompt>          (line left out when empty)
     Steps: 20, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 123, Size: 512x512, Model: name[, Denoising strength: 0.35]
+
+`Model:` is the name of the model's card (the name its worker serves it under), which readers such as sd-parsers
+report as the model. The engine writes what really ran: no negative prompt for a model that takes none, `CFG scale:
+1` for one without guidance, and for a guidance-distilled model (FLUX.1-dev) `CFG scale: 1, Distilled CFG Scale: x`
+as Forge does; extra fields (`CFG min timestep`, `Upscale`) follow the standard ones.
 """
 
 from __future__ import annotations

@@ -81,6 +81,9 @@ class ModelCard(Message):
     negative_prompt: bool = True
     img2img: bool = True
     inpainting: bool = False
+    #: Whether the denoising timeline (and step previews) can be shown: the engine follows the x0 estimate only on
+    #: the Stable Diffusion path (SD 1.x/2.x, SDXL).
+    timeline: bool = True
 
     # --- what it knows -----------------------------------------------------------------------------------------
     #: Words the model was trained on, by kind (`{"colors": ["red", ...]}`), shown by `/help`.
@@ -139,5 +142,7 @@ class ModelCard(Message):
             raise RequestError("steps", req.steps, f"{self.name} takes at most {self.max_steps} steps")
         if req.scheduler not in self.schedulers:
             raise RequestError("scheduler", req.scheduler, f"{self.name} runs with {', '.join(self.schedulers)}")
+        if req.timeline and not self.timeline:
+            raise RequestError("timeline", req.timeline, f"{self.name} cannot show a denoising timeline")
         if req.mode != "txt2img" and not self.img2img:
             raise RequestError("mode", req.mode, f"{self.name} draws from text only (no variations or upscales)")

@@ -79,9 +79,9 @@ class _Sampler:
             from generation.engine import Engine
 
             self.engine = Engine.load(model, device="cpu")
-            self.size = self.engine.limits.default_width
-            self.steps = self.engine.limits.default_steps
-            self.scheduler = self.engine.default_scheduler
+            self.size = self.engine.card.default_width
+            self.steps = self.engine.card.default_steps
+            self.scheduler = self.engine.card.default_scheduler
 
     @property
     def vae(self):

@@ -1,11 +1,18 @@
-"""Tiny Stable Diffusion pipelines built in code, for tests and smoke runs (no download, a few MB, CPU-fast).
+"""Tiny text-to-image pipelines built in code, for tests and smoke runs (no download, a few MB, CPU-fast).
 
 `build_tiny_pipeline(folder)` saves a complete diffusers folder (tokenizer, CLIP text encoder, conditional UNet,
 VAE with 4x downsampling, DPM++ scheduler) with random weights. It has the same layout and component classes as a
-real SD 1.x checkpoint, so the engine loads it through exactly the code it uses for real models.
+real SD 1.x checkpoint, so the engine loads it through exactly the code it uses for real models. The other families
+the engine serves have one each, with the component classes of the real ones and the tokenizers built in code:
+`build_tiny_sd2_pipeline` (SD 2.x: OpenCLIP-style text encoder, linear attention projections, v-prediction),
+`build_tiny_sdxl_pipeline`, `build_tiny_sd3_pipeline` (two CLIP encoders and a T5, an MMDiT transformer, flow
+matching) and `build_tiny_flux_pipeline` (CLIP and T5, a Flux transformer with or without the guidance embedding of
+FLUX.1-dev, packed latents).
 
 `save_single_file(folder, path)` writes the same weights as one original-layout (LDM) checkpoint, the format of
-community `.safetensors` / `.ckpt` files, so the single-file loading path can be tested offline too.
+community `.safetensors` / `.ckpt` files, so the single-file loading path can be tested offline too, and
+`put_in_hf_cache(folder, repo_id, cache)` lays a folder out as the Hugging Face cache holds a downloaded repository,
+so loading by Hub id (or with configs from the cache) is tested with no network either.
 """
 
 from __future__ import annotations
@@ -59,12 +66,14 @@ def build_tiny_pipeline(
     info: dict[str, Any] | None = None,
     safety_checker: bool = False,
     flag_all: bool = False,
+    sd2: bool = False,
 ):
     """Build a tiny random-weight SD pipeline; save it to `folder` when given, and return the pipeline.
 
     `sample_size` is the UNet's latent side; images are 4x that (16 -> 64x64 px). With `safety_checker=True` a tiny
     `StableDiffusionSafetyChecker` is included; it flags nothing, or every image with `flag_all=True`.
-    `info`, when given, is written as the folder's `imaginebot.json`.
+    `info`, when given, is written as the folder's `imaginebot.json`. `sd2=True` makes it an SD 2.x model (see
+    `build_tiny_sd2_pipeline`).
     """
     import torch
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -84,6 +93,7 @@ def build_tiny_pipeline(
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            **({"hidden_act": "gelu"} if sd2 else {}),  # OpenCLIP's activation (OpenAI CLIP's is quick_gelu)
         )
     )
     unet = UNet2DConditionModel(
@@ -97,6 +107,7 @@ def build_tiny_pipeline(
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=16,
+        **({"use_linear_projection": True} if sd2 else {}),
     )
     vae = AutoencoderKL(
         sample_size=sample_size * 4,
@@ -111,7 +122,7 @@ def build_tiny_pipeline(
     )
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        steps_offset=1,
+        steps_offset=1, **({"prediction_type": "v_prediction"} if sd2 else {}),
     )
     checker, extractor = (None, None)
     if safety_checker:
@@ -126,6 +137,18 @@ def build_tiny_pipeline(
         feature_extractor=extractor,
         requires_safety_checker=safety_checker,
     )
+    return _save(pipe, folder, info)
+
+
+def build_tiny_sd2_pipeline(folder: str | Path | None = None, seed: int = 0, sample_size: int = 16, *,
+                            info: dict[str, Any] | None = None):
+    """A tiny SD 2.x pipeline: `StableDiffusionPipeline` like SD 1.x, but with the traits of SD 2's 768-v model
+    (an OpenCLIP-style text encoder with GELU, linear attention projections in the UNet, a v-prediction scheduler)."""
+    return build_tiny_pipeline(folder, seed, sample_size, info=info, sd2=True)
+
+
+def _save(pipe, folder: str | Path | None, info: dict[str, Any] | None = None):
+    """Turn the progress bar off; save the pipeline (and `info` as its `imaginebot.json`) to `folder` when given."""
     pipe.set_progress_bar_config(disable=True)
     if folder is not None:
         folder = Path(folder)
@@ -134,6 +157,141 @@ def build_tiny_pipeline(
         if info is not None:
             (folder / "imaginebot.json").write_text(json.dumps(info, indent=2))
     return pipe
+
+
+def build_tiny_t5_tokenizer(max_length: int = 512):
+    """A word-level tokenizer laid out like T5's: pad 0, end-of-sequence 1, unknown 2, no start token."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + list(TINY_VOCAB))}
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, pad_token="<pad>",
+                                   unk_token="<unk>", eos_token="</s>")
+
+
+def _tiny_t5(vocab_size: int, d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+
+
+def _tiny_clip_config(tokenizer, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=TINY_MAX_LENGTH, projection_dim=32, hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, **extra,
+    )
+
+
+def _tiny_flow_vae(sample_size: int, shift_factor: float, scaling_factor: float):
+    """A VAE with 4x downsampling and no quant convs, like the SD3 and Flux VAEs (which have 8x and 16 channels)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=sample_size * 4, in_channels=3, out_channels=3, block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, latent_channels=4, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=shift_factor, scaling_factor=scaling_factor,
+    )
+
+
+def build_tiny_sd3_pipeline(folder: str | Path | None = None, seed: int = 0, sample_size: int = 16, *,
+                            info: dict[str, Any] | None = None):
+    """A tiny `StableDiffusion3Pipeline`: two CLIP text encoders with projections, a T5 encoder, an MMDiT
+    (`SD3Transformer2DModel`, 2x2 patches), a flow-matching Euler scheduler; images are 4x `sample_size`."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2, tokenizer_3 = build_tiny_tokenizer(), build_tiny_tokenizer(), build_tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(_tiny_clip_config(tokenizer))
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_config(tokenizer_2))
+    # SD3 puts both CLIP states side by side (2 x 32) and pads them to the T5's width, the joint attention width.
+    text_encoder_3 = _tiny_t5(tokenizer_3.vocab_size, d_model=64)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64,
+        pos_embed_max_size=32,
+    )
+    vae = _tiny_flow_vae(sample_size, shift_factor=0.0609, scaling_factor=1.5035)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+    return _save(pipe, folder, info)
+
+
+def build_tiny_flux_pipeline(folder: str | Path | None = None, seed: int = 0, *, guidance_embeds: bool = True,
+                             info: dict[str, Any] | None = None):
+    """A tiny `FluxPipeline`: a CLIP text encoder (pooled), a T5 encoder, a `FluxTransformer2DModel` over 2x2-packed
+    latents. `guidance_embeds=True` is FLUX.1-dev's guidance-distilled kind (the scale is an input of the
+    transformer), False FLUX.1-schnell's (no guidance at all). FluxPipeline's native size is fixed at 128 latent
+    pixels, 512 px with this 4x VAE."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    tokenizer, tokenizer_2 = build_tiny_tokenizer(), build_tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer))
+    text_encoder_2 = _tiny_t5(tokenizer_2.vocab_size, d_model=32)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 4, 8),
+    )
+    vae = _tiny_flow_vae(16, shift_factor=0.1159, scaling_factor=0.3611)
+    if guidance_embeds:  # FLUX.1-dev's schedule shifts with the image size, schnell's does not
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    pipe = FluxPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2, transformer=transformer,
+    )
+    return _save(pipe, folder, info)
+
+
+def put_in_hf_cache(folder: str | Path, repo_id: str, cache: str | Path, *, revision: str = "main",
+                    only: tuple[str, ...] | None = None) -> Path:
+    """Copy `folder` into the Hugging Face hub cache `cache` (`$HF_HOME/hub`) as the snapshot of `repo_id` that
+    `revision` points at, the layout `huggingface_hub` writes when it downloads a repository; return the snapshot.
+
+    `only`: file suffixes to copy (`(".json", ".txt")` for the configs alone, as diffusers' single-file loading
+    fetches them); everything by default.
+    """
+    import hashlib
+    import shutil
+
+    folder = Path(folder)
+    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    for file in folder.rglob("*"):
+        if file.is_file() and (only is None or file.name.endswith(only)):
+            target = snapshot / file.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(file, target)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot
 
 
 def _tiny_safety_checker(flag_all: bool):
@@ -365,9 +523,4 @@ def build_tiny_sdxl_pipeline(folder: str | Path | None = None, seed: int = 0, sa
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
     )
-    pipe.set_progress_bar_config(disable=True)
-    if folder is not None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        pipe.save_pretrained(folder, safe_serialization=True)
-    return pipe
+    return _save(pipe, folder)

@@ -91,3 +91,10 @@ def test_cli_help_runs_as_a_module():
     """`python -m generation --help` works and lists the options."""
     out = subprocess.run([sys.executable, "-m", "generation", "--help"], capture_output=True, text=True, check=True)
     assert "--guidance-grid" in out.stdout and "--timeline" in out.stdout
+
+
+def test_cli_hub_id_missing_offline_exits_2_saying_how_to_fetch_it(hf_cache, tmp_path, capsys):
+    """`--model org/name` is a Hugging Face model id; offline and not cached, it exits 2 saying how to fetch it."""
+    code = main(["a cat", "--model", "absent-org/absent-model", "--out", str(tmp_path / "x.png")])
+    assert code == 2
+    assert "huggingface-cli download absent-org/absent-model" in capsys.readouterr().err

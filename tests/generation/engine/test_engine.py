@@ -29,7 +29,7 @@ def test_load_folder_picks_cpu_float32_and_architecture_limits(engine, tiny_mode
     assert engine.device == "cpu"
     assert engine.pipe.unet.dtype == torch.float32
     assert engine.name == tiny_model_dir.name
-    assert (engine.limits.default_width, engine.limits.max_side) == (64, 128)
+    assert (engine.card.default_width, engine.card.max_side) == (64, 128)
     assert engine.defaults == {"width": 64, "height": 64, "steps": 25, "guidance": 7.5, "scheduler": "dpmpp_2m"}
 
 
@@ -44,7 +44,7 @@ def test_imaginebot_json_sets_name_limits_and_defaults(tiny_model_dir, tmp_path)
     assert eng.name == "shapes-v1"
     assert eng.info["knows"] == {"colors": ["red"]}
     assert eng.defaults == {"width": 96, "height": 96, "steps": 12, "guidance": 4.0, "scheduler": "euler_a"}
-    assert eng.limits.max_side == 96
+    assert eng.card.max_side == 96
 
 
 def test_missing_model_path_names_the_path(tmp_path):

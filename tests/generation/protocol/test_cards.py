@@ -85,3 +85,10 @@ def test_worker_tokens_cover_every_served_model():
     assert info.card("sdxl base 1.0") == other and info.card("flux") is None
     assert WorkerInfo("w", "a", "a", "ready", serves_default=False, models=(other,)).tokens == ("a", "sdxl-base-1-0")
     assert WorkerInfo.from_json(info.to_json()) == info
+
+
+def test_a_model_without_timeline_refuses_one():
+    card = ModelCard(**{**SHAPES.__dict__, "timeline": False})
+    with pytest.raises(RequestError, match="cannot show a denoising timeline"):
+        card.check(GenerationRequest("x", width=64, height=64, timeline=True))
+    card.check(GenerationRequest("x", width=64, height=64))

@@ -98,7 +98,7 @@ MISTYPED = [
     (PROGRESS, {"preview": "AAA"}, "preview", "base64"),  # unpadded
     (PROGRESS, {"preview": "-_-_"}, "preview", "base64"),  # URL-safe alphabet
     (PROGRESS, {"preview": [1, 2]}, "preview", "base64"),
-    (PROGRESS, {"kind": "finished"}, "kind", "'started', 'step' or 'released'"),
+    (PROGRESS, {"kind": "finished"}, "kind", "'started', 'loading', 'step' or 'released'"),
     (OUTCOME, {"status": "done"}, "status", "'succeeded', 'failed' or 'cancelled'"),
     (OUTCOME, {"job_id": True}, "job_id", "valid integer"),
     (OUTCOME, {"error": None}, "error", "valid string"),
