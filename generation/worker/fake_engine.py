@@ -7,25 +7,39 @@ and `generate_many` runs a batch in the time of one request (as a GPU batch roug
 `noise=True` makes each image random noise, which PNG cannot compress: a 720x720 image is about 1.5 MB, enough to
 exercise the object store with realistic sizes.
 
+A fake engine has a model card (`generation.protocol.cards.ModelCard`) like a real one, and holds requests against it
+(`check`). `FakeEngine.for_model(seconds, source)` builds the card from the `imaginebot.json` of a model folder (or
+beside a model file): its name, description, sides, defaults, schedulers, knowledge and example prompts, over the
+default fake card. That is how tests give the bot a model card without a model: `--fake-engine S --model DIR` with
+an `imaginebot.json` in DIR, or several such `--model` folders for a fake worker serving several models. Without a
+file the card is `default_card(name)`: sides 64-2048, 512x512 by default, 25 steps, guidance 7.5, every scheduler.
+
 When the environment variable `IMAGINE_FAKE_JOURNAL` names a file, every finished run appends one line
 `<prompt>\\t<pid>` to it, so tests can count how often a job really ran.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
 
+from generation.protocol.cards import ModelCard
 from generation.protocol.contract import (
+    MAX_SIDE,
+    MIN_SIDE,
     GeneratedImage,
     GenerationCancelled,
     GenerationRequest,
     GenerationResult,
     Progress,
 )
+from generation.protocol.strict import MessageError
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
@@ -53,12 +67,55 @@ def _image(req: GenerationRequest, seed: int, noise: bool) -> bytes:
     return png_rgb(w, h, color * (w * h))
 
 
+#: The model's own settings file, as the real engine reads it (`generation.engine.loading.INFO_FILE`).
+INFO_FILE = "imaginebot.json"
+#: The card fields an `imaginebot.json` may set for the fake engine; the rest of the file is kept in `settings`.
+CARD_KEYS = frozenset(f.name for f in fields(ModelCard)) - {"name", "architecture", "pipeline", "settings"}
+
+
+def default_card(name: str = "fake") -> ModelCard:
+    """The card of a fake model without an `imaginebot.json`: it takes every size, step count and scheduler."""
+    return ModelCard(name=name, architecture="other", pipeline="FakeEngine",
+                     description="The fake engine: flat-colour images, for tests and benchmarks.",
+                     min_side=MIN_SIDE, max_side=MAX_SIDE, default_width=512, default_height=512, default_steps=25,
+                     default_guidance=7.5)
+
+
+def read_info(source: str | Path) -> dict | None:
+    """The `imaginebot.json` of a model folder (or beside a model file) as a dict; None when there is none."""
+    path = Path(source)
+    file = (path if path.is_dir() else path.parent) / INFO_FILE
+    if not path.exists() or not file.is_file():
+        return None
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"`{file}` could not be read as JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"`{file}` has to hold a JSON object")
+    return info
+
+
+def card_from_info(info: dict, name: str) -> ModelCard:
+    """A fake model's card from its `imaginebot.json`: the card fields the file sets, over the default fake card,
+    read as strictly as a card from the queue (a mistyped or contradictory value is refused, naming it)."""
+    raw = json.loads(default_card(name).to_json())
+    raw.update({k: v for k, v in info.items() if k in CARD_KEYS})
+    raw["settings"] = info
+    try:
+        return ModelCard.from_json(json.dumps(raw))
+    except MessageError as e:
+        raise ValueError(f"its {INFO_FILE} does not make a model card: {e}") from None
+
+
 class FakeEngine:
     """Sleeps `seconds_per_step` per denoising step and returns PNGs of the requested size."""
 
-    def __init__(self, seconds_per_step: float = 0.01, name: str = "fake", noise: bool = False, device: str = "fake"):
+    def __init__(self, seconds_per_step: float = 0.01, name: str = "fake", noise: bool = False, device: str = "fake",
+                 card: ModelCard | None = None):
         self.seconds_per_step = float(seconds_per_step)
-        self.name = name
+        self.card = card if card is not None else default_card(name)
+        self.name = self.card.name
         self.noise = noise
         self.device = device
         self.max_batch_images = 16
@@ -68,8 +125,22 @@ class FakeEngine:
     def load(cls, spec: str, **kwargs) -> FakeEngine:
         return cls(float(spec), **kwargs)
 
+    @classmethod
+    def for_model(cls, seconds_per_step: float, source: str | Path | None, *, name: str | None = None,
+                  default_name: str = "fake", **kwargs) -> FakeEngine:
+        """A fake engine serving the model at `source`: its card from the model's `imaginebot.json` when there is
+        one, else the default fake card. Its name: `name` when given (`NAME=SOURCE`), else the file's `name`, else
+        `default_name`."""
+        info = read_info(source) if source is not None else None
+        if info is None:
+            return cls(seconds_per_step, card=default_card(name or default_name), **kwargs)
+        return cls(seconds_per_step, card=card_from_info(info, name or str(info.get("name") or default_name)), **kwargs)
+
     def check(self, req: GenerationRequest) -> None:
         req.validate()
+        # Like the real engine's: an upscale's size comes from its source image, not from the model's sides.
+        self.card.check(req if req.mode != "upscale" else req.with_(width=self.card.default_width,
+                                                                   height=self.card.default_height))
 
     def generate(
         self, req: GenerationRequest, on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None

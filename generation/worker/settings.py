@@ -15,6 +15,13 @@ argparse keeps the flags exactly as they always were (names, `--no-default`, `--
 that were given, as strings, and pydantic checks and converts every value whichever source it came from, so a bad
 value is refused the same way and named the same way (flag and variable) wherever it was set.
 
+Models: `--model` may be given several times, each `SOURCE` or `NAME=SOURCE` (`WORKER_MODELS` holds the same as a
+comma-separated list), and `--models-file PATH` (`WORKER_MODELS_FILE`) names a file with one `[NAME=]SOURCE` per line
+(blank lines and `#` comments are skipped; relative paths are taken from the working directory, like `--model`'s).
+A worker serves the models of the flags (or `WORKER_MODELS`) first, then those of the file; with none of them it
+serves the one model of `MODEL_PATH` (which the bot shares). The fake engine never reads `MODEL_PATH`: it serves the
+models given as flags, variable or file, and when none is given, one default fake model (see `generation.worker.fake_engine`).
+
 The NATS URL may hold credentials (`nats://user:password@host:4222`); it is a `SecretStr`, shown as `**********` in
 `repr()` and logs, and `nats_url.get_secret_value()` is called only where the connection is made.
 """
@@ -23,19 +30,81 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from generation.protocol.queue import QueueConfig
+from generation.protocol.queue import QueueConfig, model_token
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 PROG = "python -m generation.worker"
 ENV_PREFIX = "WORKER_"
+
+
+#: A model name given as `NAME=SOURCE` (the rule of `generation.protocol.cards.ModelCard.name`).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,79}$")
+#: A comment in a models file: from a `#` at the start of a line or after a space to the end of the line.
+COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve as the operator wrote it: a source (a diffusers folder, a `.safetensors`/`.ckpt` file or a
+    Hugging Face id `org/name[@revision]`; the engine resolves it) and, with `NAME=SOURCE`, the name to serve it as
+    (else the name comes from the model's card)."""
+
+    source: str
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """`SOURCE` or `NAME=SOURCE`. Text before the first `=` is a name unless it holds a path separator (a
+        source that itself contains `=` needs a `NAME=` in front)."""
+        text = text.strip()
+        name, sep, source = text.partition("=")
+        if sep and not name.strip():
+            raise ValueError(f"model {text!r} has no name before its '='")
+        if not sep or "/" in name or "\\" in name:
+            name, source = "", text
+        name, source = name.strip(), source.strip()
+        if not source:
+            raise ValueError(f"model {text!r} names no source (a folder, a .safetensors/.ckpt file or org/name)")
+        if name and not MODEL_NAME.match(name):
+            raise ValueError(f"model name {name!r} has to be 1-80 letters, digits, spaces, '.', '_' or '-'")
+        return cls(source, name or None)
+
+    @property
+    def label(self) -> str:
+        """How logs name the model before its card is known: its given name, else its source."""
+        return self.name or self.source
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.source}" if self.name else self.source
+
+
+def read_models_file(path: Path) -> list[ModelSpec]:
+    """The models of a models file: one `[NAME=]SOURCE` per line; blank lines and `#` comments are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"the models file could not be read ({e.strerror or e})") from None
+    specs = []
+    for number, line in enumerate(lines, 1):
+        text = COMMENT.sub("", line).strip()
+        if not text:
+            continue
+        try:
+            specs.append(ModelSpec.parse(text))
+        except ValueError as e:
+            raise ValueError(f"{path}, line {number}: {e}") from None
+    return specs
 
 
 def default_name() -> str:
@@ -67,9 +136,16 @@ class WorkerSettings(BaseSettings):
     #: Deliveries of one job before it fails (and is refunded by the bot).
     max_deliver: int = Field(3, ge=1, validation_alias="QUEUE_MAX_DELIVER")
 
-    # model and engine
-    #: Diffusers folder or single checkpoint file of the model to serve.
+    # models and engine
+    #: The model served when no other is given (`--model`, `WORKER_MODELS`, `--models-file`): a diffusers folder,
+    #: a single checkpoint file or a Hugging Face id. The bot's setting too; the fake engine ignores it.
     model: str = Field("generation/models/default", min_length=1, validation_alias="MODEL_PATH")
+    #: Models to serve, each `SOURCE` or `NAME=SOURCE`; the first also takes the jobs that name no model.
+    models: Annotated[tuple[str, ...], NoDecode] = ()
+    #: A file with one `[NAME=]SOURCE` per line (`#` comments), served after `models`.
+    models_file: Path | None = None
+    #: Most models held in memory at once; a job for another one loads it, evicting the least recently used.
+    max_loaded: int = Field(1, ge=1)
     #: Torch device. Unset: CUDA when present, else CPU.
     device: str | None = None
     #: Torch CPU threads. Unset (or 0): torch's own choice.
@@ -102,6 +178,42 @@ class WorkerSettings(BaseSettings):
     def _upper_level(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, v: object) -> object:
+        """`WORKER_MODELS` is comma-separated; the flags arrive as a list, one item per `--model`."""
+        if isinstance(v, str):
+            v = v.split(",")
+        if isinstance(v, list | tuple):
+            return tuple(item.strip() for item in v if not isinstance(item, str) or item.strip())
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models_parse(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for text in v:
+            ModelSpec.parse(text)
+        return v
+
+    @field_validator("models_file")
+    @classmethod
+    def _models_file_reads(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            read_models_file(v)
+        return v
+
+    @model_validator(mode="after")
+    def _model_names_differ(self) -> WorkerSettings:
+        seen: dict[str, str] = {}
+        for spec in self.given_models():
+            if spec.name is None:
+                continue
+            key = model_token(spec.name)  # jobs find a model by its token: "My Model" and "my-model" collide
+            if key in seen:
+                raise ValueError(f"two models share the name {spec.name!r} ({seen[key]} and {spec}); give each its own")
+            seen[key] = str(spec)
+        return self
+
     @field_validator("threads", mode="before")
     @classmethod
     def _zero_threads_is_unset(cls, v: object) -> object:
@@ -113,6 +225,17 @@ class WorkerSettings(BaseSettings):
         alias = cls.model_fields[field].validation_alias
         return alias if isinstance(alias, str) else f"{ENV_PREFIX}{field}".upper()
 
+    def given_models(self) -> tuple[ModelSpec, ...]:
+        """The models named by `--model` (or `WORKER_MODELS`) and then by the models file, in that order."""
+        specs = [ModelSpec.parse(text) for text in self.models]
+        if self.models_file is not None:
+            specs += read_models_file(self.models_file)
+        return tuple(specs)
+
+    def model_specs(self) -> tuple[ModelSpec, ...]:
+        """The models to serve: those given, else the one of `MODEL_PATH` (the default model)."""
+        return self.given_models() or (ModelSpec.parse(self.model),)
+
     def queue_config(self) -> QueueConfig:
         return QueueConfig(prefix=self.prefix, ack_wait=self.ack_wait, max_deliver=self.max_deliver)
 
@@ -120,7 +243,13 @@ class WorkerSettings(BaseSettings):
 #: The flags: (option, setting, help, argparse keywords). The help gets the setting's environment variable appended.
 FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--nats-url", "nats_url", "NATS server with JetStream; default nats://127.0.0.1:4222", {}),
-    ("--model", "model", "diffusers folder or single checkpoint file; default generation/models/default", {}),
+    ("--model", "models", "a model to serve, SOURCE or NAME=SOURCE (a diffusers folder, a .safetensors/.ckpt file or a "
+     "Hugging Face id org/name[@revision]); repeat it to serve several, the first also takes jobs that name no model. "
+     "Default: MODEL_PATH, else generation/models/default", {"action": "append", "metavar": "[NAME=]SOURCE"}),
+    ("--models-file", "models_file", "a file with one [NAME=]SOURCE per line (# comments), served after the --model "
+     "ones", {"metavar": "PATH"}),
+    ("--max-loaded", "max_loaded", "most models in memory at once; a job for another loads it, evicting the least "
+     "recently used; default 1", {"metavar": "N"}),
     ("--fake-engine", "fake_engine", "run the fake engine instead of a model (tests, benchmarks)",
      {"metavar": "SECONDS_PER_STEP"}),
     ("--fake-noise", "fake_noise", "fake engine: random-noise PNGs (about 1.5 MB at 720x720)",
@@ -134,7 +263,8 @@ FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--compile", "compile", "torch.compile the UNet and the VAE decode (GPU; each new image or batch size compiles "
      "once, a minute or more)", {"action": "store_true"}),
     ("--name", "name", "worker name in logs and announcements; default host name + GPU or pid", {}),
-    ("--no-default", "serve_default", "take only jobs that name this worker's model", {"action": "store_false"}),
+    ("--no-default", "serve_default", "take only jobs that name one of this worker's models",
+     {"action": "store_false"}),
     ("--max-batch", "max_batch", "most same-shape jobs run as one batch; default 4", {}),
     ("--ack-wait", "ack_wait", "seconds of silence before a job goes to another worker; default 10", {}),
     ("--max-deliver", "max_deliver", "deliveries of one job before it fails; default 3", {}),
@@ -164,14 +294,18 @@ def describe_error(e: ValidationError) -> str:
     by_env = {WorkerSettings.env_name(f): f for f in WorkerSettings.model_fields}
     lines = []
     for err in e.errors(include_url=False):
-        key = str(err["loc"][0]) if err["loc"] else ""
+        msg = str(err.get("ctx", {}).get("error", err["msg"])) if err["type"] == "value_error" else err["msg"]
+        if not err["loc"]:  # a rule across settings (two models of the same name)
+            lines.append(f"settings: {msg}")
+            continue
+        key = str(err["loc"][0])
         field = by_env.get(key, key)
         where = [flags[field]] if field in flags else []
         if field in WorkerSettings.model_fields:
             where.append(f"env {WorkerSettings.env_name(field)}")
         # The NATS URL may hold a password: never repeat it.
         value = "" if err["type"] == "missing" or field == "nats_url" else f" (got {err.get('input')!r})"
-        lines.append(f"setting `{field}` ({', '.join(where)}): {err['msg']}{value}")
+        lines.append(f"setting `{field}` ({', '.join(where)}): {msg}{value}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

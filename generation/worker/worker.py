@@ -1,23 +1,45 @@
-"""A generation worker: keeps one model loaded and takes jobs from the NATS JetStream queue.
+"""A generation worker: serves one model or several and takes their jobs from the NATS JetStream queue.
 
     python -m generation.worker --nats-url nats://host:4222 --model path/to/model     # one per GPU
+    python -m generation.worker --model sd15=path/to/sd15 --model org/sdxl-model@main --max-loaded 1
     CUDA_VISIBLE_DEVICES=1 python -m generation.worker --name gpu1 ...
     python -m generation.worker --fake-engine 0.05                                    # tests and benchmarks
 
 Settings come from flags, the environment and `.env` (`generation.worker.settings`; `--help` lists them).
 
+Models. `--model` may be repeated, each `SOURCE` or `NAME=SOURCE` (a folder, a `.safetensors`/`.ckpt` file or a
+Hugging Face id `org/name[@revision]`; `--models-file` lists more). Every model has its own durable consumer on the
+queue (`workers-<model token>`); the worker pulls from each model's and, unless `--no-default`, from `_default`, whose
+jobs (requests that name no model) go to the first model. At most `--max-loaded` models (default 1) are held in memory;
+a job for a model that is not loaded gets a `loading` progress event, then the worker loads it, first evicting the
+least recently used one (the engine is dropped, `gc.collect()` runs and, when torch is already imported and CUDA is
+present, `torch.cuda.empty_cache()` returns its memory), logs `loading model NAME (evicting OTHER)` and the seconds
+the load took, and runs the job. A batch only holds jobs of one model. The worker keeps to one consumer while it has
+jobs (a switch may cost a load) and gives the others a turn after 8 batches in a row.
+
+At start-up every model is loaded once, in order, and its card is announced as soon as it is known; the last
+`--max-loaded` stay in memory. A card (`generation.protocol.cards.ModelCard`) cannot be had without loading: its
+sizes, defaults and guidance come from the pipeline's configuration (the UNet's sample size, the VAE's scale, the
+pipeline class), not only from `imaginebot.json`, and the bot offers only the models whose cards it has.
+
+A model that does not load is the operator's to fix. When it is the worker's only model (or every one of them fails)
+the worker logs why, announces itself `failed` with the reason (the bot then fails the jobs no other worker can take,
+with that reason, instead of letting them wait forever), takes no job and exits with status 1. When other models did
+load, the worker logs the failure as an error, keeps announcing it (`WorkerInfo.error`, state `ready`), leaves the
+model out of its cards and does not pull that model's jobs; it serves the others (default requests go to the first
+model that loaded). A model that loaded at start-up but fails to load again later is dropped the same way, and the
+jobs held for it are handed back (they fail once their deliveries run out, unless another worker takes them).
+
 How a job goes through a worker:
 
-1. pull one message from the shared durable consumer of the model (and of `_default`, unless `--no-default`); when
-   more same-shape jobs are waiting, take a few more and run them as one batch (`generate_many`);
-2. skip it when it was cancelled while queued or when a previous attempt already stored its outcome;
-3. announce `started`, run the engine in a thread, send `in_progress` to the server every `ack_wait/4` seconds (so a
-   short ack wait still detects a dead worker quickly) and a progress event per step (throttled);
-4. put the images in the object store, publish the outcome, and only then ack the message.
-
-A model that does not load is the operator's to fix: the worker logs why, announces itself `failed` with the reason
-(the bot then fails the jobs no other worker can take, with that reason, instead of letting them wait forever),
-takes no job and exits with status 1.
+1. pull one message from a model's durable consumer (or `_default`'s); when more same-shape jobs are waiting, take a
+   few more and run them as one batch (`generate_many`);
+2. load the jobs' model when it is not in memory (see above);
+3. skip a job when it was cancelled while queued or when a previous attempt already stored its outcome;
+4. announce `started`, run the engine in a thread, send `in_progress` to the server every `ack_wait/4` seconds (so a
+   short ack wait still detects a dead worker quickly, and a long model load does not lose the job) and a progress
+   event per step (throttled);
+5. put the images in the object store, publish the outcome, and only then ack the message.
 
 A failure that is not the request's fault is retried (nak) until the consumer's delivery limit; the last attempt
 publishes a `failed` outcome. SIGTERM/SIGINT: stop pulling, hand back (nak) jobs not started, let the running job
@@ -29,11 +51,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
+import json
 import logging
 import os
+import re
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -45,6 +71,7 @@ from typing import Any, Protocol
 
 import nats.errors
 
+from generation.protocol.cards import ModelCard
 from generation.protocol.contract import (
     GenerationCancelled,
     GenerationRequest,
@@ -65,7 +92,7 @@ from generation.protocol.queue import (
     WorkerInfo,
     model_token,
 )
-from generation.worker.settings import WorkerSettings, parse_args
+from generation.worker.settings import ModelSpec, WorkerSettings, parse_args
 
 log = logging.getLogger("generation.worker")
 
@@ -73,14 +100,25 @@ PROGRESS_MIN_INTERVAL = 0.25
 #: How long a worker whose model failed to load keeps announcing that before it exits (a bot that was not listening
 #: at the first announcement asks again with a ping within this time).
 FAILED_ANNOUNCE_SECONDS = 3.0
+#: Batches in a row from one consumer before another one with waiting jobs gets a turn.
+STREAK = 8
+#: A Hugging Face model id, `org/name` with an optional `@revision`: the engine's rule
+#: (`generation.engine.loading.resolve_source`), repeated so that a missing path is reported before torch loads.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+                    r"(@[A-Za-z0-9._][A-Za-z0-9._/-]{0,199})?$")
 
 
 class ModelLoadFailed(RuntimeError):
-    """The worker's model could not be loaded; the message says which and why."""
+    """No model of the worker could be loaded; the message says which and why."""
+
+
+class ModelLoadConflict(RuntimeError):
+    """A model loaded, but under the name of another model the worker serves (jobs could not tell them apart)."""
 
 
 class EngineLike(Protocol):
-    """What the worker needs of an engine (`generation.engine.Engine` and `FakeEngine` both fit)."""
+    """What the worker needs of an engine (`generation.engine.Engine` and `FakeEngine` both fit). An engine should
+    have a `card` (`ModelCard`); one without gets a card made from its `name` (and `limits`, where it has them)."""
 
     name: str
 
@@ -90,6 +128,69 @@ class EngineLike(Protocol):
         on_progress: Callable[[Progress], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult: ...
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model a worker is to serve, before it is loaded: how logs and announcements name it until its card is
+    known (the `NAME` of `NAME=SOURCE`, else the source), and a function that loads it (run in a thread)."""
+
+    hint: str
+    load: Callable[[], EngineLike]
+
+
+@dataclass(eq=False)
+class Model:
+    """One model the worker serves: its card once it has been loaded, its engine while it is in memory."""
+
+    source: ModelSource
+    card: ModelCard | None = None
+    engine: EngineLike | None = None
+    #: Why it could not be loaded ("" while it is fine); a failed model is not served.
+    error: str = ""
+    load_seconds: float = 0.0
+    #: `time.monotonic()` of its last load or batch: the least recently used model is evicted first.
+    used: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.card.name if self.card is not None else self.source.hint
+
+    @property
+    def token(self) -> str:
+        return model_token(self.name)
+
+    @property
+    def serving(self) -> bool:
+        return self.card is not None and not self.error
+
+
+def card_of(engine: EngineLike) -> ModelCard:
+    """The engine's model card. An engine without one (a stand-in in a test) gets a card made of its name, and of
+    its limits and default scheduler where it has them."""
+    card = getattr(engine, "card", None)
+    if isinstance(card, ModelCard):
+        return card
+    raw: dict[str, Any] = {"name": engine.name, "architecture": "other"}
+    limits = getattr(engine, "limits", None)
+    if limits is not None:
+        for key in ("min_side", "max_side", "multiple", "default_width", "default_height", "default_steps"):
+            raw[key] = getattr(limits, key)
+        raw["default_guidance"] = float(limits.default_guidance)
+    if isinstance(getattr(engine, "default_scheduler", None), str):
+        raw["default_scheduler"] = engine.default_scheduler
+    return ModelCard.from_json(json.dumps(raw))
+
+
+def free_memory() -> None:
+    """Return the memory of dropped engines: collect them now, and give CUDA's cached blocks back to the driver
+    (only when torch is already imported: a fake-engine worker never imports it)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        with contextlib.suppress(Exception):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def batch_key(req: GenerationRequest) -> tuple | None:
@@ -113,6 +214,8 @@ class Job:
     queued_for: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
     settled: bool = False
+    #: The model it runs on (the one of the consumer it came from; `_default`'s: the first model).
+    model: Model | None = None
 
     @property
     def key(self) -> tuple | None:
@@ -120,32 +223,41 @@ class Job:
 
 
 class Worker:
+    """Takes jobs for its models from the queue and runs them. `load_engine` is one loader (a function returning an
+    engine, for a worker of one model; `model_hint` names it until it is loaded) or a list of `ModelSource`s, the
+    first of which also takes default requests. At most `max_loaded` engines are held at once."""
+
     def __init__(
         self,
         queue: JobQueue,
-        load_engine: Callable[[], EngineLike],
+        load_engine: Callable[[], EngineLike] | Sequence[ModelSource],
         *,
         name: str,
         model_hint: str = "",
         serve_default: bool = True,
         max_batch: int = 4,
+        max_loaded: int = 1,
         drain_timeout: float = 30.0,
         announce_every: float = 2.0,
         fetch_timeout: float = 1.0,
     ):
         self.queue = queue
         self.config: QueueConfig = queue.config
-        self._load_engine = load_engine
+        sources = [ModelSource(model_hint, load_engine)] if callable(load_engine) else list(load_engine)
+        if not sources:
+            raise ValueError("a worker needs at least one model")
+        self.models = [Model(source) for source in sources]
         self.name = name
-        self.model_hint = model_hint
         self.serve_default = serve_default
         self.max_batch = max(1, max_batch)
+        self.max_loaded = max(1, max_loaded)
         self.drain_timeout = drain_timeout
         self.announce_every = announce_every
         self.fetch_timeout = fetch_timeout
-        self.engine: EngineLike | None = None
         self.state = "loading"
+        #: Seconds the latest model load took.
         self.load_seconds = 0.0
+        #: Why the worker serves nothing (state `failed`).
         self.error = ""
         self.held: deque[Job] = deque()
         self.running: list[Job] = []
@@ -154,8 +266,142 @@ class Worker:
         self._release = threading.Event()  # interrupt the running batch and hand it back
         self._recent_cancels: deque[int] = deque(maxlen=1000)
         self._tasks: list[asyncio.Task] = []
-        self._subs: list = []
+        self._subs: list[tuple[str, Any]] = []  # (model token, pull subscription)
         self._main_task: asyncio.Task | None = None
+
+    # --- models ---------------------------------------------------------------------------------------------------
+    @property
+    def engine(self) -> EngineLike | None:
+        """The engine used most recently, when it is still in memory."""
+        loaded = [m for m in self.models if m.engine is not None]
+        return max(loaded, key=lambda m: m.used).engine if loaded else None
+
+    @property
+    def loaded(self) -> list[Model]:
+        """The models in memory now."""
+        return [m for m in self.models if m.engine is not None]
+
+    def primary(self) -> Model:
+        """The model that takes default requests and that announcements name first: the first one that loaded
+        (while none has yet, the first one not known to have failed)."""
+        return next((m for m in self.models if m.serving), None) or next(
+            (m for m in self.models if not m.error), self.models[0])
+
+    def _model_for(self, token: str) -> Model:
+        if token == DEFAULT_TOKEN:
+            return self.primary()
+        return next((m for m in self.models if m.serving and m.token == token), None) or next(
+            m for m in self.models if m.token == token)
+
+    async def _load_model(self, model: Model, jobs: Sequence[Job] = ()) -> EngineLike:
+        """Bring `model` into memory, first evicting the least recently used models so that at most `max_loaded`
+        are held. `jobs` (waiting for it) get a `loading` progress event first. Raises what the load raised."""
+        evicted = []
+        while len(others := [m for m in self.loaded if m is not model]) >= self.max_loaded:
+            victim = min(others, key=lambda m: m.used)
+            victim.engine = None
+            evicted.append(victim.name)
+        if evicted:
+            free_memory()
+        for job in jobs:
+            await self._progress(ProgressEvent(job.job_id, "loading", 0, job.request.steps if job.request else 0,
+                                               worker=self.name, attempt=job.attempt))
+        log.info("worker %s: loading model %s%s%s", self.name, model.name,
+                 f" (evicting {', '.join(evicted)})" if evicted else "",
+                 f" for job(s) {', '.join(str(j.job_id) for j in jobs)}" if jobs else "")
+        t0 = time.monotonic()
+        task = asyncio.create_task(asyncio.to_thread(model.source.load))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=5.0)
+            if done:
+                break
+            log.info("worker %s: still loading model %s (%.0f s)", self.name, model.name, time.monotonic() - t0)
+            await self._announce()
+        engine = task.result()
+        card = card_of(engine)
+        twin = next((m for m in self.models if m is not model and m.serving and m.token == model_token(card.name)),
+                    None)
+        if twin is not None:
+            del engine  # not kept: its memory goes back with the failure
+            raise ModelLoadConflict(f"it is called {card.name!r}, like model `{twin.source.hint}` (give one of them "
+                                    "another name with NAME=SOURCE)")
+        model.card, model.engine, model.error = card, engine, ""
+        model.used = time.monotonic()
+        model.load_seconds = self.load_seconds = model.used - t0
+        log.info("worker %s: model %s loaded in %.1f s%s", self.name, card.name, model.load_seconds,
+                 f" (evicted {', '.join(evicted)})" if evicted else "")
+        self._announce_soon()
+        return engine
+
+    def _model_failed(self, model: Model, e: BaseException) -> None:
+        """Record (and log) why `model` could not be loaded; it is served no more."""
+        what = model.source.hint or "(no model given)"
+        detail = str(e) if type(e).__name__ in ("ModelLoadError", "ModelLoadConflict") else f"{type(e).__name__}: {e}"
+        model.error = f"worker {self.name} could not load model `{what}`: {detail}"[:1000]
+        model.engine = None
+        e.__traceback__ = None  # its frames may hold what the load had built so far
+        free_memory()
+        log.error("%s", model.error)
+
+    def _log_missing(self) -> None:
+        """Say loudly which models are not served while the others are (each failure was logged as it happened)."""
+        failed = [m.source.hint or "(no model given)" for m in self.models if m.error]
+        serving = [m.name for m in self.models if m.serving]
+        if failed and serving:
+            log.error("worker %s serves %s WITHOUT %s, which could not be loaded (see above); their jobs are left to "
+                      "other workers", self.name, ", ".join(serving), ", ".join(failed))
+
+    async def _load_all(self) -> None:
+        """Load every model once, in order, so that each card is known (and announced); the last `max_loaded` stay
+        in memory. Raises `ModelLoadFailed` when not one of them loads."""
+        for model in self.models:
+            if self._stopping.is_set():
+                return
+            try:
+                await self._load_model(model)
+            except Exception as e:
+                self._model_failed(model, e)
+                await self._announce()
+        if not self._stopping.is_set() and not any(m.serving for m in self.models):
+            await self._load_failed()
+        self._log_missing()
+
+    async def _load_failed(self) -> None:
+        """No model left to serve: say why (announcement, repeated for a few seconds), then give up."""
+        self.error = "; ".join(m.error for m in self.models if m.error)[:1000] or f"worker {self.name}: no model"
+        self.state = "failed"
+        deadline = time.monotonic() + FAILED_ANNOUNCE_SECONDS
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            await self._announce()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.5)
+        raise ModelLoadFailed(self.error) from None
+
+    async def _ensure_loaded(self, model: Model) -> bool:
+        """Load the model of the next held job when it is not in memory. False when it could not be loaded: the
+        model is then dropped (its consumer too) and the jobs held for it are handed back."""
+        if model.engine is not None:
+            return True
+        jobs = [j for j in self.held if j.model is model]
+        if not model.error:
+            try:
+                await self._load_model(model, [j for j in jobs if j.request is not None])
+                return True
+            except Exception as e:
+                self._model_failed(model, e)
+        for token, sub in [s for s in self._subs if s[0] == model.token and s[0] != DEFAULT_TOKEN]:
+            self._subs.remove((token, sub))
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for job in jobs:
+            with contextlib.suppress(ValueError):
+                self.held.remove(job)
+            await self._retry_or_fail(job, model.error)
+        self._announce_soon()
+        if not any(m.serving for m in self.models):
+            await self._load_failed()
+        self._log_missing()
+        return False
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def request_stop(self, force: bool = False) -> None:
@@ -188,21 +434,20 @@ class Worker:
         self._tasks.append(asyncio.create_task(self._announce_loop()))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         try:
-            try:
-                self.engine = await self._load()
-            except Exception as e:
-                await self._load_failed(e)
+            await self._load_all()
             if self._stopping.is_set():
                 return
-            tokens = [model_token(self.engine.name)]
-            if self.serve_default and tokens[0] != DEFAULT_TOKEN:
+            serving = [m for m in self.models if m.serving]
+            tokens = list(dict.fromkeys(m.token for m in serving))
+            if self.serve_default and DEFAULT_TOKEN not in tokens:
                 tokens.append(DEFAULT_TOKEN)
-            self._subs = [await self.queue.job_subscription(t) for t in tokens]
+            self._subs = [(t, await self.queue.job_subscription(t)) for t in tokens]
             self.state = "ready"
             await self._announce()
             log.info(
-                "worker %s ready: model %s on %s, consumers %s, batch up to %d, ack wait %.1f s",
-                self.name, self.engine.name, getattr(self.engine, "device", "?"),
+                "worker %s ready: model%s %s (in memory: %s) on %s, consumers %s, batch up to %d, ack wait %.1f s",
+                self.name, "s" if len(serving) > 1 else "", ", ".join(m.name for m in serving),
+                ", ".join(m.name for m in self.loaded), getattr(self.engine, "device", "?"),
                 ", ".join(self.config.consumer_name(t) for t in tokens), self.max_batch, self.config.ack_wait,
             )
             await self._loop()
@@ -219,38 +464,9 @@ class Worker:
                     await t
             log.info("worker %s stopped after %d job(s)", self.name, self.completed)
 
-    async def _load(self) -> EngineLike:
-        t0 = time.monotonic()
-        log.info("worker %s: loading model %s", self.name, self.model_hint or "(fake)")
-        task = asyncio.create_task(asyncio.to_thread(self._load_engine))
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=5.0)
-            if done:
-                break
-            log.info("worker %s: still loading model %s (%.0f s)", self.name, self.model_hint, time.monotonic() - t0)
-            await self._announce()
-        engine = task.result()
-        self.load_seconds = time.monotonic() - t0
-        log.info("worker %s: model %s loaded in %.1f s", self.name, engine.name, self.load_seconds)
-        return engine
-
-    async def _load_failed(self, e: BaseException) -> None:
-        """Say why the model did not load (log and announcement, repeated for a few seconds), then give up."""
-        what = self.model_hint or "(no model given)"
-        detail = str(e) if type(e).__name__ == "ModelLoadError" else f"{type(e).__name__}: {e}"
-        self.error = f"worker {self.name} could not load model `{what}`: {detail}"[:1000]
-        self.state = "failed"
-        log.error("%s", self.error)
-        deadline = time.monotonic() + FAILED_ANNOUNCE_SECONDS
-        while time.monotonic() < deadline and not self._stopping.is_set():
-            await self._announce()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.5)
-        raise ModelLoadFailed(self.error) from None
-
     # --- announcements and heartbeats -----------------------------------------------------------------------------
     def info(self) -> WorkerInfo:
-        model = self.engine.name if self.engine is not None else self.model_hint
+        model = self.primary().name
         jobs = tuple(j.job_id for j in [*self.running, *self.held])
         state = self.state if self.state != "ready" or not self.running else "busy"
         return WorkerInfo(
@@ -266,7 +482,9 @@ class Worker:
             max_batch=self.max_batch,
             load_seconds=round(self.load_seconds, 2),
             sent_at=time.time(),
-            error=self.error,
+            # A model that failed while others serve: the worker is ready, and says what it lacks.
+            error=self.error or "; ".join(m.error for m in self.models if m.error)[:1000],
+            models=tuple(m.card for m in self.models if m.serving and m.card is not None),
         )
 
     async def _announce(self) -> None:
@@ -305,21 +523,29 @@ class Worker:
         streak = 0
         while not self._stopping.is_set():
             if not self.held:
-                sub = self._subs[current]
-                jobs = await self._pull(sub)
+                current %= len(self._subs)
+                token, sub = self._subs[current]
+                jobs = await self._pull(token, sub)
                 if not jobs:
                     current = (current + 1) % len(self._subs)
                     streak = 0
                     continue
                 streak += 1
-                if streak >= 8 and len(self._subs) > 1:
-                    # Give another consumer a turn, but only if it has jobs waiting (a fetch on an empty one would
-                    # wait out its timeout).
+                if streak >= STREAK and len(self._subs) > 1:
+                    # Give another consumer a turn, but only one with jobs waiting (a fetch on an empty one would
+                    # wait out its timeout, and a switch of model may cost a load).
                     streak = 0
-                    other = (current + 1) % len(self._subs)
-                    if await self._has_waiting(self._subs[other]):
-                        current = other
+                    for step in range(1, len(self._subs)):
+                        other = (current + step) % len(self._subs)
+                        if await self._has_waiting(self._subs[other][1]):
+                            current = other
+                            break
                 self.held.extend(jobs)
+            if self._stopping.is_set():
+                break
+            first = self.held[0]
+            if first.request is not None and first.model is not None and not await self._ensure_loaded(first.model):
+                continue
             if self._stopping.is_set():
                 break
             batch = self._take_batch()
@@ -331,9 +557,9 @@ class Worker:
         except Exception:
             return True
 
-    async def _pull(self, sub) -> list[Job]:
+    async def _pull(self, token: str, sub) -> list[Job]:
         try:
-            # With two consumers (model + default) poll each briefly so neither waits long behind the other.
+            # With several consumers (models, default) poll each briefly so none waits long behind the others.
             timeout = self.fetch_timeout if len(self._subs) == 1 else min(self.fetch_timeout, 0.25)
             msgs = await sub.fetch(1, timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
@@ -345,9 +571,12 @@ class Worker:
         if self.max_batch > 1 and not self._stopping.is_set():
             with contextlib.suppress(Exception):
                 msgs += await sub.fetch(self.max_batch - 1, timeout=0.05)
+        model = self._model_for(token)
         jobs = []
         for m in msgs:
-            jobs.append(await self._parse(m))
+            job = await self._parse(m)
+            job.model = model
+            jobs.append(job)
         return jobs
 
     async def _parse(self, msg) -> Job:
@@ -384,14 +613,15 @@ class Worker:
         first = self.held.popleft()
         batch = [first]
         key = first.key
-        if key is None or self.max_batch == 1 or not hasattr(self.engine, "generate_many"):
+        engine = first.model.engine if first.model is not None else None
+        if key is None or self.max_batch == 1 or not hasattr(engine, "generate_many"):
             return batch
-        limit = getattr(self.engine, "max_batch_images", 16)
+        limit = getattr(engine, "max_batch_images", 16)
         images = first.request.num_images if first.request else 0
         for job in list(self.held):
             if len(batch) >= self.max_batch:
                 break
-            if job.key == key and images + job.request.num_images <= limit:
+            if job.model is first.model and job.key == key and images + job.request.num_images <= limit:
                 self.held.remove(job)
                 batch.append(job)
                 images += job.request.num_images
@@ -404,6 +634,8 @@ class Worker:
 
     # --- running --------------------------------------------------------------------------------------------------
     async def _run_batch(self, batch: list[Job]) -> None:
+        model = batch[0].model
+        engine = model.engine if model is not None else None
         runnable: list[Job] = []
         for job in batch:
             if job.request is None:
@@ -421,7 +653,10 @@ class Worker:
                 log.info("job %d: outcome already stored by an earlier attempt; acking", job.job_id)
                 await self._ack(job)
                 continue
-            check = getattr(self.engine, "check", None)
+            if engine is None:  # its model was dropped meanwhile (it failed to load)
+                await self._retry_or_fail(job, model.error if model is not None else "no model")
+                continue
+            check = getattr(engine, "check", None)
             if check is not None:
                 try:
                     check(job.request)
@@ -430,17 +665,16 @@ class Worker:
                                                     attempt=job.attempt, request_digest=job.digest))
                     continue
             runnable.append(job)
-        if not runnable:
+        if not runnable or engine is None:
             return
+        model.used = time.monotonic()
         self.running = runnable
         try:
-            await self._generate(runnable)
+            await self._generate(runnable, engine)
         finally:
             self.running = []
 
-    async def _generate(self, batch: list[Job]) -> None:
-        assert self.engine is not None
-        engine = self.engine
+    async def _generate(self, batch: list[Job], engine: EngineLike) -> None:
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         for job in batch:
@@ -569,32 +803,66 @@ class Worker:
 
 
 # --- command line ---------------------------------------------------------------------------------------------------
-def engine_loader(settings: WorkerSettings) -> tuple[Callable[[], EngineLike], str]:
-    """A function that loads the engine the settings ask for (run in a thread by the worker), and the model's name
-    for logs until it is loaded."""
+def is_hub_id(source: str) -> bool:
+    """Whether `source` reads as a Hugging Face id (`org/name[@revision]`) rather than a path: it has that form, is
+    not named like a checkpoint file, and no file or folder of that name exists."""
+    return (bool(HUB_ID.match(source)) and not source.lower().endswith((".safetensors", ".ckpt"))
+            and not Path(source).expanduser().exists())
+
+
+def fake_model_name(spec: ModelSpec) -> str:
+    """The name of a fake model whose source gives none (no `NAME=`, no `name` in its `imaginebot.json`): the
+    folder's name, the file's stem or the id's last part."""
+    path = Path(spec.source.split("@", 1)[0])
+    return (path.name if path.is_dir() or not path.suffix else path.stem) or "fake"
+
+
+def model_sources(settings: WorkerSettings) -> list[ModelSource]:
+    """The models the settings ask for, each with a function that loads it (run in a thread by the worker)."""
     if settings.fake_engine is not None:
         from generation.worker.fake_engine import FakeEngine
 
-        seconds = settings.fake_engine
-        return (lambda: FakeEngine(seconds, name=settings.fake_name, noise=settings.fake_noise)), settings.fake_name
+        seconds, noise = settings.fake_engine, settings.fake_noise
+        specs = settings.given_models()  # never MODEL_PATH: a .env written for the real model must not rename it
+        if not specs:
+            name = settings.fake_name
+            return [ModelSource(name, lambda: FakeEngine(seconds, name=name, noise=noise))]
 
-    def load() -> EngineLike:
-        if not Path(settings.model).exists():  # say so now, not after importing torch for seconds
-            raise FileNotFoundError("that path does not exist; pass a diffusers folder or a .safetensors/.ckpt file")
-        from generation.engine import Engine
+        def fake(spec: ModelSpec) -> Callable[[], EngineLike]:
+            # A sole model without a name of its own keeps the name of --fake-name, as before models had cards.
+            fallback = settings.fake_name if len(specs) == 1 else fake_model_name(spec)
+            return lambda: FakeEngine.for_model(seconds, spec.source, name=spec.name, default_name=fallback,
+                                                noise=noise)
 
-        return Engine.load(settings.model, device=settings.device, threads=settings.threads,
-                           channels_last=settings.channels_last, compile=settings.compile)
+        return [ModelSource(spec.label, fake(spec)) for spec in specs]
 
-    return load, settings.model
+    def real(spec: ModelSpec) -> Callable[[], EngineLike]:
+        def load() -> EngineLike:
+            if not is_hub_id(spec.source) and not Path(spec.source).expanduser().exists():
+                # Say so now, not after importing torch for seconds.
+                raise FileNotFoundError("that path does not exist; pass a diffusers folder, a .safetensors/.ckpt "
+                                        "file or a Hugging Face id org/name[@revision]")
+            from generation.engine import Engine
+
+            return Engine.load(spec.source, name=spec.name, device=settings.device, threads=settings.threads,
+                               channels_last=settings.channels_last, compile=settings.compile)
+
+        return load
+
+    return [ModelSource(spec.label, real(spec)) for spec in settings.model_specs()]
+
+
+def engine_loader(settings: WorkerSettings) -> tuple[Callable[[], EngineLike], str]:
+    """The loader of the settings' first model, and its name for logs until it is loaded."""
+    first = model_sources(settings)[0]
+    return first.load, first.hint
 
 
 async def amain(settings: WorkerSettings) -> int:
     queue = await JobQueue.connect(settings.nats_url.get_secret_value(), settings.queue_config(),
                                    name=f"worker {settings.name}", connect_timeout=30.0)
-    load, hint = engine_loader(settings)
-    worker = Worker(queue, load, name=settings.name, model_hint=hint, serve_default=settings.serve_default,
-                    max_batch=settings.max_batch, drain_timeout=settings.drain_timeout)
+    worker = Worker(queue, model_sources(settings), name=settings.name, serve_default=settings.serve_default,
+                    max_batch=settings.max_batch, max_loaded=settings.max_loaded, drain_timeout=settings.drain_timeout)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from generation.protocol.contract import GenerationRequest, RequestError
 from generation.worker.fake_engine import FakeEngine
-from generation.worker.settings import FLAGS, WorkerSettings, parse_args
-from generation.worker.worker import engine_loader
+from generation.worker.settings import FLAGS, ModelSpec, WorkerSettings, parse_args
+from generation.worker.worker import engine_loader, is_hub_id, model_sources
 
 ROOT = Path(__file__).resolve().parents[3]
 ENV_NAMES = [WorkerSettings.env_name(f) for f in WorkerSettings.model_fields]
@@ -24,6 +26,7 @@ def clean_env(tmp_path, monkeypatch):
     for name in [*ENV_NAMES, "CUDA_VISIBLE_DEVICES"]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "models.txt").write_text("tiny=/models/tiny\n")
 
 
 def test_defaults():
@@ -31,6 +34,8 @@ def test_defaults():
     assert s.nats_url.get_secret_value() == "nats://127.0.0.1:4222"
     assert (s.model, s.prefix, s.ack_wait, s.max_deliver, s.max_batch) == ("generation/models/default", "imagine",
                                                                           10.0, 3, 4)
+    assert (s.models, s.models_file, s.max_loaded) == ((), None, 1)
+    assert s.model_specs() == (ModelSpec("generation/models/default"),)
     assert (s.device, s.threads, s.channels_last, s.compile, s.fake_engine) == (None, None, False, False, None)
     assert (s.serve_default, s.drain_timeout, s.log_level, s.fake_name, s.fake_noise) == (True, 30.0, "INFO",
                                                                                           "fake", False)
@@ -44,7 +49,9 @@ def test_default_name_names_the_gpu(monkeypatch):
 
 FLAG_CASES = [
     (["--nats-url", "nats://h:4333"], "nats_url", "nats://h:4333"),
-    (["--model", "/models/sd15"], "model", "/models/sd15"),
+    (["--model", "/models/sd15"], "models", ("/models/sd15",)),
+    (["--models-file", "models.txt"], "models_file", Path("models.txt")),
+    (["--max-loaded", "2"], "max_loaded", 2),
     (["--fake-engine", "0.05"], "fake_engine", 0.05),
     (["--fake-noise"], "fake_noise", True),
     (["--fake-name", "tiny"], "fake_name", "tiny"),
@@ -81,6 +88,9 @@ def test_every_flag_is_tested():
 ENV_CASES = [
     ("NATS_URL", "nats://env:4222", "nats_url", "nats://env:4222"),
     ("MODEL_PATH", "/models/env", "model", "/models/env"),
+    ("WORKER_MODELS", "sd15=/models/sd15, org/sdxl@v2,", "models", ("sd15=/models/sd15", "org/sdxl@v2")),
+    ("WORKER_MODELS_FILE", "models.txt", "models_file", Path("models.txt")),
+    ("WORKER_MAX_LOADED", "3", "max_loaded", 3),
     ("WORKER_NAME", "gpu-box-0", "name", "gpu-box-0"),
     ("WORKER_THREADS", "1", "threads", 1),
     ("WORKER_THREADS", "0", "threads", None),
@@ -145,6 +155,15 @@ def test_dot_env_file_is_read_below_the_environment(tmp_path, monkeypatch):
         (["--prefix", "a.b"], {}, "setting `prefix` (--prefix, env QUEUE_PREFIX)"),
         (["--threads", "-1"], {}, "setting `threads` (--threads, env WORKER_THREADS)"),
         (["--fake-engine", "fast"], {}, "setting `fake_engine` (--fake-engine, env WORKER_FAKE_ENGINE)"),
+        (["--max-loaded", "0"], {}, "setting `max_loaded` (--max-loaded, env WORKER_MAX_LOADED)"),
+        (["--model", "no good!=/models/x"], {}, "setting `models` (--model, env WORKER_MODELS): model name 'no good!' "
+                                                 "has to be 1-80 letters"),
+        ([], {"WORKER_MODELS": "a=/x,=/y"}, "setting `models` (--model, env WORKER_MODELS): model '=/y' has no "
+                                            "name before its '='"),
+        (["--model", "a= "], {}, "setting `models` (--model, env WORKER_MODELS): model 'a=' names no source"),
+        (["--models-file", "missing.txt"], {}, "setting `models_file` (--models-file, env WORKER_MODELS_FILE): the "
+                                               "models file could not be read (No such file or directory)"),
+        (["--model", "sd=/a", "--model", "SD=/b"], {}, "settings: two models share the name 'SD' (sd=/a and SD=/b)"),
     ],
 )
 def test_a_bad_value_exits_naming_the_setting(monkeypatch, capsys, argv, env, named):
@@ -206,3 +225,87 @@ def test_the_command_refuses_a_bad_environment_value(tmp_path):
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "setting `max_batch` (--max-batch, env WORKER_MAX_BATCH)" in out.stderr and "'many'" in out.stderr
+
+
+def test_models_repeat_and_name_themselves():
+    """`--model` repeats, each `SOURCE` or `NAME=SOURCE` (folder, checkpoint file or Hugging Face id); the first
+    serves default requests. A `=` after a path separator belongs to the source."""
+    s = parse_args(["--model", "sd15=/models/sd15", "--model", "org/sdxl-base@v1.0", "--model", "My Model = ./m.ckpt",
+                    "--model", "./odd/a=b", "--max-loaded", "2"])
+    assert s.model_specs() == (ModelSpec("/models/sd15", "sd15"), ModelSpec("org/sdxl-base@v1.0"),
+                               ModelSpec("./m.ckpt", "My Model"), ModelSpec("./odd/a=b"))
+    assert [str(m) for m in s.model_specs()] == ["sd15=/models/sd15", "org/sdxl-base@v1.0", "My Model=./m.ckpt",
+                                                 "./odd/a=b"]
+    assert s.max_loaded == 2 and s.model == "generation/models/default"
+
+
+def test_models_given_replace_model_path(monkeypatch):
+    """MODEL_PATH is the one model served when no other is given; `--model` (or WORKER_MODELS) replaces it."""
+    monkeypatch.setenv("MODEL_PATH", "/models/env")
+    assert parse_args([]).model_specs() == (ModelSpec("/models/env"),)
+    assert parse_args(["--model", "a=/models/a"]).model_specs() == (ModelSpec("/models/a", "a"),)
+    monkeypatch.setenv("WORKER_MODELS", "b=/models/b,/models/c")
+    assert parse_args([]).model_specs() == (ModelSpec("/models/b", "b"), ModelSpec("/models/c"))
+    assert parse_args(["--model", "/models/d"]).model_specs() == (ModelSpec("/models/d"),)  # the flag wins
+
+
+def test_models_file_lines_follow_the_flags(tmp_path):
+    """A models file: one `[NAME=]SOURCE` per line, blank lines and `#` comments skipped, served after `--model`."""
+    file = tmp_path / "served.txt"
+    file.write_text("# the models of gpu0\n\nsdxl = stabilityai/sdxl-base@main   # the big one\n  /models/shapes\n"
+                    "anime=/models/anime.safetensors\n")
+    s = parse_args(["--model", "tiny=/models/tiny", "--models-file", str(file)])
+    assert s.model_specs() == (ModelSpec("/models/tiny", "tiny"), ModelSpec("stabilityai/sdxl-base@main", "sdxl"),
+                               ModelSpec("/models/shapes"), ModelSpec("/models/anime.safetensors", "anime"))
+    assert parse_args(["--models-file", str(file)]).model_specs()[0].name == "sdxl"
+
+
+def test_a_bad_models_file_line_is_named(tmp_path, capsys):
+    file = tmp_path / "served.txt"
+    file.write_text("/models/a\nbad name!=/models/b\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--models-file", str(file)])
+    err = capsys.readouterr().err
+    assert "setting `models_file` (--models-file, env WORKER_MODELS_FILE)" in err
+    assert f"{file}, line 2: model name 'bad name!'" in err
+    file.write_text("a=/models/a\nA=/models/b\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--models-file", str(file)])
+    assert "two models share the name 'A'" in capsys.readouterr().err
+
+
+def test_fake_engine_models(tmp_path, monkeypatch):
+    """The fake engine serves the models given (cards from their `imaginebot.json`), never MODEL_PATH's: without a
+    `--model` it is one default fake model named by `--fake-name`."""
+    monkeypatch.setenv("MODEL_PATH", str(ROOT / "generation/models/default"))  # has an imaginebot.json
+    sources = model_sources(parse_args(["--fake-engine", "0", "--fake-name", "tiny"]))
+    assert [s.hint for s in sources] == ["tiny"]
+    engine = sources[0].load()
+    assert engine.card.name == "tiny" and (engine.card.min_side, engine.card.max_side) == (64, 2048)
+    assert (engine.card.default_width, engine.card.default_steps, engine.card.default_guidance) == (512, 25, 7.5)
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "imaginebot.json").write_text(json.dumps({"name": "shapes", "description": "Shapes.", "max_side": 256,
+                                                     "default_width": 64, "default_height": 64, "default_steps": 4,
+                                                     "knows": {"colors": ["red"]}, "example_prompts": ["a red dot"],
+                                                     "trained_steps": 10}))
+    two = tmp_path / "two"
+    two.mkdir()
+    sources = model_sources(parse_args(["--fake-engine", "0", "--model", str(one), "--model", str(two),
+                                        "--model", f"named={one}"]))
+    cards = [s.load().card for s in sources]
+    assert [c.name for c in cards] == ["shapes", "two", "named"]
+    assert (cards[0].description, cards[0].max_side, cards[0].default_steps, cards[0].knows,
+            cards[0].example_prompts) == ("Shapes.", 256, 4, {"colors": ("red",)}, ("a red dot",))
+    assert cards[0].settings["trained_steps"] == 10 and cards[2].max_side == 256
+    # A sole model folder without a name of its own keeps the name of --fake-name, as before cards.
+    assert model_sources(parse_args(["--fake-engine", "0", "--model", str(two)]))[0].load().name == "fake"
+    with pytest.raises(RequestError, match="shapes takes sides from 64 to 256 px"):
+        sources[0].load().check(GenerationRequest("x", width=512, height=512))
+
+
+def test_hub_ids_are_not_paths():
+    assert is_hub_id("stabilityai/sdxl-turbo") and is_hub_id("org/model@v1.0") and is_hub_id("org/m@refs/pr/1")
+    assert not is_hub_id("/models/sd15") and not is_hub_id("generation/models/default")
+    assert not is_hub_id("./local") and not is_hub_id("model.safetensors") and not is_hub_id("org/model.ckpt")
