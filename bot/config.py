@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     local_worker: bool | None = None
     #: Extra command-line arguments of the local worker, e.g. "--threads 1 --max-batch 2".
     worker_args: str = ""
-    #: Folder (diffusers format) or single checkpoint file of the model the worker loads.
+    #: Folder (diffusers format) or single checkpoint file of the model the local worker loads (bot.dispatch.local
+    #: passes it as `--model`). The bot itself reads no model files: it learns each served model, its limits and
+    #: defaults from the card its worker announces.
     model_path: str = "generation/models/default"
     #: Guild where slash commands are synced instantly while developing. Unset: commands are synced globally.
     dev_guild_id: int | None = None

@@ -17,12 +17,15 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from bot.config import Settings
+    from bot.dispatch.registry import ServedModel
     from bot.services import Services
     from bot.services.audit import AuditService
     from bot.services.images import ImageStore
     from bot.services.jobs import JobService, JobView
+    from bot.services.model_policy import ModelPolicyService
     from bot.services.moderation import ModerationService
     from bot.services.quota import QuotaService
+    from generation.protocol.cards import ModelCard
 
 
 class QueueControl(Protocol):
@@ -36,6 +39,17 @@ class QueueControl(Protocol):
 
     async def kick(self) -> None:
         """Look for jobs to dispatch now (after a guild's queue was resumed)."""
+
+    async def served_models(self, *, loading_wait: float = 0.0) -> list[ServedModel]:
+        """The models live workers serve now, sorted by name: each with its card (limits, defaults, what it knows),
+        its workers, whether they are all busy, and how many jobs wait for it. Right after the bot starts it waits a
+        moment for the workers' first announcements rather than answer "none"; with `loading_wait` it also waits up
+        to that many seconds while a worker is still loading its first model."""
+        ...
+
+    def card(self, name: str) -> ModelCard | None:
+        """The card of the served model called `name` (any case), or None when no live worker serves it."""
+        ...
 
 
 class NotOpened(RuntimeError):
@@ -52,6 +66,12 @@ class NoQueue:
         raise NotOpened("the job queue is not open in this process")
 
     async def kick(self) -> None:
+        raise NotOpened("the job queue is not open in this process")
+
+    async def served_models(self, *, loading_wait: float = 0.0) -> list[ServedModel]:
+        raise NotOpened("the job queue is not open in this process")
+
+    def card(self, name: str) -> ModelCard | None:
         raise NotOpened("the job queue is not open in this process")
 
 
@@ -77,6 +97,10 @@ class Deps:
     @property
     def moderation(self) -> ModerationService:
         return self._services().moderation
+
+    @property
+    def model_policy(self) -> ModelPolicyService:
+        return self._services().model_policy
 
     @property
     def audit(self) -> AuditService:

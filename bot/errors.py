@@ -132,6 +132,70 @@ class NotJobOwner(BotError):
         super().__init__(f"Job #{job_id} is not yours; only its owner or a moderator can do that.")
 
 
+# --- models ----------------------------------------------------------------------------------------------------
+def _names(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names[:15]) + (f" and {len(names) - 15} more" if len(names) > 15 else "")
+
+
+def _shown_name(name: str) -> str:
+    """A model name a member typed, shown in a refusal: one line, at most 80 characters, no backticks."""
+    text = " ".join(str(name).split()).replace("`", "'")
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+class ModelUnavailable(BotError):
+    """The job's model can not be used now (no worker serves it, or it is not offered here); nothing was charged."""
+
+
+class NoModelServed(ModelUnavailable):
+    def __init__(self) -> None:
+        super().__init__(
+            "No image worker is running right now (or it is still loading its model), so nothing can be drawn. "
+            "Nothing was charged; please try again in a minute, or tell a moderator if it lasts."
+        )
+
+
+class ModelNotServed(ModelUnavailable):
+    """The member asked for a model no live worker serves."""
+
+    def __init__(self, name: str, offered: list[str]):
+        self.name = name
+        self.offered = offered
+        msg = f"No worker serves the model `{_shown_name(name)}` right now."
+        msg += f" Models you can use: {_names(offered)}." if offered else " No model is offered in this server now."
+        super().__init__(msg + " Nothing was charged.")
+
+
+class ModelNotOffered(ModelUnavailable):
+    """The member asked for a model this server's moderators hid."""
+
+    def __init__(self, name: str, offered: list[str]):
+        self.name = name
+        self.offered = offered
+        msg = f"The model `{_shown_name(name)}` is not offered in this server."
+        msg += f" Models you can use: {_names(offered)}." if offered else ""
+        super().__init__(msg + " Nothing was charged.")
+
+
+class DefaultModelNotServed(ModelUnavailable):
+    """The member named no model and the server's default model is not served now."""
+
+    def __init__(self, name: str, offered: list[str]):
+        self.name = name
+        self.offered = offered
+        msg = f"This server's default model `{_shown_name(name)}` is not served right now."
+        if offered:
+            msg += f" Choose one with the `model` option: {_names(offered)}."
+        super().__init__(msg + " Nothing was charged.")
+
+
+class NoModelOffered(ModelUnavailable):
+    """Every served model is hidden in this server."""
+
+    def __init__(self) -> None:
+        super().__init__("No model is offered in this server right now; please ask a moderator. Nothing was charged.")
+
+
 # --- moderation ------------------------------------------------------------------------------------------------
 class UserBanned(BotError):
     def __init__(self, reason: str | None = None, until: datetime | None = None):

@@ -3,7 +3,9 @@ as UTC and returned as aware UTC datetimes. Changes to this file need an Alembic
 
 Tables
 ------
-guild_setting   one row per guild: NSFW policy, queue paused, quota defaults (NULL = the bot's settings default)
+guild_setting   one row per guild: NSFW policy, queue paused, quota defaults (NULL = the bot's settings default),
+                the default model of /imagine (NULL = chosen from the served models, see bot.exts.imagine.models)
+hidden_model    models a guild's moderators took off the /imagine model list (by name, compared as queue tokens)
 art_channel     channels of a guild where /imagine is allowed (none listed = everywhere)
 role_quota      per-role quota overrides (NULL field = not overridden by this role)
 user_quota      per-(guild, user) usage of the rolling window, active job count, per-user limit overrides
@@ -128,10 +130,24 @@ class GuildSetting(Base):
     max_concurrent: Mapped[int | None]
     max_steps: Mapped[int | None]
     max_side: Mapped[int | None]
+    #: The model /imagine uses when a member names none (a model card's name); NULL = chosen automatically.
+    default_model: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (CheckConstraint("nsfw_policy IN ('block', 'age_restricted', 'allow')", name="nsfw_policy"),)
+
+
+class HiddenModel(Base):
+    """A model the guild's moderators hid: members are not offered it and may not choose it."""
+
+    __tablename__ = "hidden_model"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    #: The model's name as a card gives it (or as the moderator typed it, for a model not served then).
+    model: Mapped[str] = mapped_column(String(80), primary_key=True)
+    hidden_by: Mapped[int] = mapped_column(Snowflake)
+    hidden_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ArtChannel(Base):

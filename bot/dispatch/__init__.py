@@ -1,7 +1,8 @@
 """Dispatch: the bot's side of the NATS JetStream job queue.
 
 - `bot.dispatch.dispatcher`: `Dispatcher`, the front the bot talks to (start, publish, cancel, reconcile, close);
-- `bot.dispatch.registry`: `WorkerRegistry`, the live workers, their models, and when unserved jobs must fail;
+- `bot.dispatch.registry`: `WorkerRegistry`, the live workers, the models they serve (`ServedModel`: a worker's card,
+  who serves it, how busy) and when unserved jobs must fail;
 - `bot.dispatch.feeder`: `Feeder`, fills the stream's window from the database in fair order;
 - `bot.dispatch.recorder`: `OutcomeRecorder`, records starts and outcomes, exactly once;
 - `bot.dispatch.events`: `JobEvents`, `JobEvent` and the `JobListener` protocol, the fan-out of what happens to jobs;
@@ -15,7 +16,7 @@ from bot.dispatch.events import JobEvent, JobEvents, JobListener, NoListener
 from bot.dispatch.feeder import Feeder
 from bot.dispatch.local import LocalWorker, open_dispatcher
 from bot.dispatch.recorder import OutcomeRecorder
-from bot.dispatch.registry import WorkerRegistry
+from bot.dispatch.registry import ServedModel, WorkerRegistry
 
 __all__ = [
     "Dispatcher",
@@ -27,6 +28,7 @@ __all__ = [
     "NoListener",
     "OutcomeRecorder",
     "ReconcileReport",
+    "ServedModel",
     "WorkerRegistry",
     "open_dispatcher",
 ]

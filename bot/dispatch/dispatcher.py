@@ -8,9 +8,10 @@
 
 The database row is the source of truth. `Dispatcher` is the front of four parts, each in its own module:
 
-- `WorkerRegistry` (`bot.dispatch.registry`): the workers' announcements, which models live workers serve, and when
-  a job no worker serves must stop waiting (after `load_error_grace` when a worker could not load the model, else
-  `unserved_timeout`): the dispatcher then fails it, refunded, and takes it out of the stream;
+- `WorkerRegistry` (`bot.dispatch.registry`): the workers' announcements, which models live workers serve (their
+  cards, which `served_models()` and `card()` give the commands), and when a job no worker serves must stop waiting
+  (after `load_error_grace` when a worker could not load the model, else `unserved_timeout`): the dispatcher then
+  fails it, refunded, and takes it out of the stream;
 - `Feeder` (`bot.dispatch.feeder`): keeps only a few more jobs in JetStream than the live workers can take, taken
   from `JobService.next_for_dispatch` in fair order (`publish(job)` just wakes it), and refreshes queue positions;
 - `OutcomeRecorder` (`bot.dispatch.recorder`): records starts and outcomes (images into `ImageStore`, then `succeed`
@@ -23,6 +24,12 @@ re-publishes dispatched jobs the stream lacks, and hands succeeded-but-unposted 
 
 The listener is a `JobListener` (`job_queued`, `job_progress`, `job_finished`; the imagine extension's
 `JobPresenter` is one); without one the dispatcher uses a `NoListener`.
+
+Start-up grace: `start()` asks every worker to announce itself (`ping_workers`); answers take a moment, so for
+`STARTUP_GRACE` seconds after it `served_models()` waits for the first card instead of answering "none", and a
+restart of the bot does not refuse the first jobs. A caller that can wait longer (a new job: its interaction is
+deferred meanwhile) passes `loading_wait`: while no model is served but a worker is still loading its first one (the
+local worker restarts with the bot), it waits that long for the card.
 """
 
 from __future__ import annotations
@@ -38,18 +45,28 @@ from typing import Any, Protocol
 from bot.dispatch.events import JobEvent, JobEvents, JobListener, NoListener
 from bot.dispatch.feeder import Feeder, FeederJobs, SourceImages
 from bot.dispatch.recorder import OutcomeRecorder, RecorderImages, RecorderJobs
-from bot.dispatch.registry import UNSERVED_TIMEOUT, WorkerRegistry
+from bot.dispatch.registry import UNSERVED_TIMEOUT, ServedModel, WorkerRegistry
+from generation.protocol.cards import ModelCard
 from generation.protocol.queue import JobQueue, QueueConfig, WorkerInfo
 
-__all__ = ["Dispatcher", "ImagesLike", "JobEvent", "JobListener", "JobsLike", "NoListener", "ReconcileReport"]
+__all__ = [
+    "Dispatcher", "ImagesLike", "JobEvent", "JobListener", "JobsLike", "NoListener", "ReconcileReport", "ServedModel",
+]
 
 log = logging.getLogger("bot.dispatch")
+
+#: Seconds after `start()` during which `served_models()` waits for the workers' first announcement (answers to the
+#: start-up ping take milliseconds when the workers run; the wait only matters right after a restart).
+STARTUP_GRACE = 2.0
+#: Seconds a count of the jobs waiting per model is reused (the commands ask for it on every keystroke).
+WAITING_TTL = 1.0
 
 
 class JobsLike(FeederJobs, RecorderJobs, Protocol):
     """The parts of `bot.services.jobs.JobService` the dispatcher and its parts use."""
 
     async def unfinished(self) -> list[Any]: ...
+    async def waiting_by_model(self) -> dict[str, int]: ...
 
 
 class ImagesLike(SourceImages, RecorderImages, Protocol):
@@ -99,6 +116,10 @@ class Dispatcher:
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._started = False
+        #: When `start()` pinged the workers (None before); set at every worker announcement.
+        self._started_at: float | None = None
+        self._announced = asyncio.Event()
+        self._waiting_read_at = float("-inf")
         #: Set by `open_dispatcher` in the default mode (embedded server, local worker process).
         self.local_server: Any = None
         self.local_worker: Any = None
@@ -153,6 +174,7 @@ class Dispatcher:
         await q.subscribe_workers(self._on_worker)
         await q.subscribe_progress(self.recorder.on_progress)
         results = await q.results_subscription(durable=f"{self.name}-results")
+        self._started_at = time.monotonic()
         await q.ping_workers()
         report = await self.reconcile() if reconcile else None
         self._tasks.append(asyncio.create_task(self.recorder.run(results), name="dispatch-results"))
@@ -216,6 +238,37 @@ class Dispatcher:
     def serves(self, model: str) -> bool:
         """Whether a live worker takes jobs for `model` ("" = any worker that serves default requests)."""
         return self.registry.serves(model)
+
+    async def served_models(self, *, loading_wait: float = 0.0) -> list[ServedModel]:
+        """The models live workers serve now, by name, each with its card, its workers, whether they are all busy and
+        how many jobs wait for it. While none is served it waits for a first card: up to `STARTUP_GRACE` seconds
+        after `start()`, and up to `loading_wait` seconds from now while a worker is still loading its first model
+        (see the module docstring). The waiting counts are read from the job table at most every `WAITING_TTL` s."""
+        since = time.monotonic()
+        while not self.registry.served():
+            now = time.monotonic()
+            deadline = now if self._started_at is None else self._started_at + STARTUP_GRACE
+            if loading_wait > 0 and self.registry.starting():
+                deadline = max(deadline, since + loading_wait)
+            if now >= deadline:
+                break
+            # Every announcement sets the event; the deadline is looked at again at least once a second (a worker
+            # may start loading, or fail, meanwhile).
+            self._announced.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._announced.wait(), min(deadline - now, 1.0))
+        now = time.monotonic()
+        if now - self._waiting_read_at >= WAITING_TTL:
+            self._waiting_read_at = now  # callers meanwhile use the counts in hand
+            try:
+                self.registry.note_waiting(await self.jobs.waiting_by_model())
+            except Exception:
+                log.warning("dispatch: could not count the jobs waiting per model", exc_info=True)
+        return self.registry.served()
+
+    def card(self, name: str) -> ModelCard | None:
+        """The card of the served model called `name`, or None when no live worker serves it."""
+        return self.registry.card(name)
 
     def window(self) -> int:
         """How many jobs may sit in JetStream (see `Feeder.window`)."""
@@ -308,6 +361,7 @@ class Dispatcher:
     async def _on_worker(self, info: WorkerInfo) -> None:
         if self.registry.heard(info):
             self.feeder.wake()
+        self._announced.set()
 
     def _require_queue(self) -> JobQueue:
         if self.queue is None:

@@ -11,7 +11,8 @@ messages from these calls.
 - `job_progress(job_id, step, total, preview)`: a worker started the job (step 0) or finished a step; previews come
   only every so often, and the latest one is passed on with later steps;
 - `job_finished(job_id, *, timeline=None)`: the job is final (succeeded, failed or cancelled); the timeline is the
-  animation of its steps when the worker made one.
+  animation of its steps when the worker made one;
+- `job_loading(job_id)`: the worker that took the job loads its model first (the presenter shows "loading model…").
 
 Each listener call runs in its own task, so a slow Discord call never holds up the queue; an exception there is
 logged and forgotten. `NoListener` calls nothing, for a dispatcher that needs no listener (tests, tools).
@@ -27,7 +28,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 log = logging.getLogger("bot.dispatch")
 
-EventKind = Literal["dispatched", "started", "progress", "released", "succeeded", "failed", "cancelled"]
+EventKind = Literal["dispatched", "started", "loading", "progress", "released", "succeeded", "failed", "cancelled"]
 FinalKind = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -56,6 +57,7 @@ class JobListener(Protocol):
     async def job_queued(self, job_id: int) -> None: ...
     async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None: ...
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None: ...
+    async def job_loading(self, job_id: int) -> None: ...
 
 
 class NoListener:
@@ -69,6 +71,9 @@ class NoListener:
         return None
 
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
+        return None
+
+    async def job_loading(self, job_id: int) -> None:
         return None
 
 
@@ -145,6 +150,11 @@ class JobEvents:
         """A worker took the job."""
         await self.emit(JobEvent(job_id, "started", 0, total, worker=worker))
         self._call("job_progress", job_id, lambda listener: listener.job_progress(job_id, 0, total, None))
+
+    async def loading(self, job_id: int, worker: str) -> None:
+        """The worker that took the job loads the job's model first."""
+        await self.emit(JobEvent(job_id, "loading", worker=worker))
+        self._call("job_loading", job_id, lambda listener: listener.job_loading(job_id))
 
     async def progress(self, job_id: int, step: int, total: int, preview: bytes | None, worker: str) -> None:
         """The worker finished step `step` of `total`. Previews come only every so often; the listener keeps getting

@@ -160,8 +160,7 @@ class LocalWorker:
             "--ack-wait", str(config.ack_wait), "--max-deliver", str(config.max_deliver), "--prefix", config.prefix,
             "--drain-timeout", str(drain_timeout),
         ]
-        if model_path and "--fake-engine" not in args:
-            self.cmd += ["--model", str(model_path)]
+        self.cmd += _model_flags(model_path, list(args), env)
         self.cmd += list(args)
         # The worker talks only to the queue: it never gets the bot's Discord token.
         self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in WORKER_HIDDEN_ENV}
@@ -403,6 +402,20 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view):]
     except OSError:
         pass
+
+
+def _model_flags(model_path: str | Path | None, args: list[str], env: dict[str, str] | None) -> list[str]:
+    """`--model MODEL_PATH` for the local worker, unless its arguments or environment name its models already (a
+    worker serves every `--model` it is given, and its flags replace WORKER_MODELS). A fake-engine worker gets the
+    folder only when it exists: it builds the card it announces from the folder's imaginebot.json."""
+    if not model_path or "--model" in args or "--models-file" in args:
+        return []
+    merged = {**os.environ, **(env or {})}
+    if merged.get("WORKER_MODELS") or merged.get("WORKER_MODELS_FILE"):
+        return []
+    if "--fake-engine" in args and not Path(model_path).is_dir():
+        return []
+    return ["--model", str(model_path)]
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,8 @@
     await recorder.run(await q.results_subscription(durable="bot-results"))   # until close()
 
 - `started` event from a worker: `JobService.start` (queued/running → running) and `record_attempt`, then the
-  `started` event; `step` and `released` events are passed on to the event fan-out;
+  `started` event; `loading` (the worker loads the job's model first), `step` and `released` events are passed on
+  to the event fan-out;
 - outcome (a durable consumer of the results stream, so outcomes that arrived while the bot was down are read on
   start): images copied from the object store into `ImageStore` (each checked against its sha256), then `succeed` /
   `fail` / `cancel` (the quota service commits or refunds exactly once), then the outcome message is acked and
@@ -91,6 +92,9 @@ class OutcomeRecorder:
                 log.exception("job %d: could not record its start", ev.job_id)
             log.info("job %d started on %s (attempt %d)", ev.job_id, ev.worker, ev.attempt)
             await self.events.started(ev.job_id, ev.total, ev.worker)
+        elif ev.kind == "loading":
+            log.info("job %d: worker %s loads its model first", ev.job_id, ev.worker)
+            await self.events.loading(ev.job_id, ev.worker)
         elif ev.kind == "step":
             await self.events.progress(ev.job_id, ev.step, ev.total, ev.preview, ev.worker)
         elif ev.kind == "released":

@@ -3,10 +3,18 @@
     registry = WorkerRegistry()
     changed = registry.heard(info)                     # a worker announced itself (every few seconds, on each change)
     registry.workers(); registry.models(); registry.serves("tiny")
+    registry.served(); registry.card("tiny")           # the models offered to members, with their cards
+    registry.note_waiting({"tiny": 3})                 # jobs waiting per model token (the dispatcher counts them)
     for job_id, reason in registry.overdue(await jobs.unfinished()): ...   # fail and refund these
 
 Workers announce themselves every few seconds and on every change of state; one not heard from for `WORKER_TIMEOUT`
 seconds is gone. A worker serves the jobs of its model token (and, unless told otherwise, the default requests).
+
+The served models come from the cards in the announcements (`WorkerInfo.models`, see `generation.protocol.cards`):
+`served()` lists every model that a live worker taking jobs announced a card for, with the workers serving it,
+whether all of them are busy and how many jobs wait for it. The bot reads no model files: a card lives as long as a
+worker announcing it, so a worker that goes quiet takes its cards with it. Two workers announcing different cards
+for one model (a restarted worker with a changed `imaginebot.json`) are read by their newest announcement.
 
 A job whose model no live worker serves is not left waiting forever. When a worker announced that it could not load
 that model (state `failed`, with a reason), the job fails with the worker's reason after `load_error_grace` seconds
@@ -21,9 +29,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from generation.protocol.cards import ModelCard
 from generation.protocol.queue import WorkerInfo, model_token
 
 log = logging.getLogger("bot.dispatch")
@@ -39,6 +49,27 @@ LOAD_ERROR_GRACE = 10.0
 SERVING_STATES = ("loading", "ready", "busy", "stopping")
 #: Worker states in which a worker takes new jobs (or is about to).
 TAKING_STATES = ("ready", "busy", "loading")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model that live workers serve now, as the bot offers it: its card, who serves it, how loaded it is."""
+
+    card: ModelCard
+    #: Names of the live workers that take its jobs.
+    workers: tuple[str, ...]
+    #: Every one of those workers is running a job (a new job waits).
+    busy: bool = False
+    #: Jobs queued for it that no worker has started yet.
+    waiting: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def token(self) -> str:
+        return model_token(self.card.name)
 
 
 class WorkerRegistry:
@@ -64,6 +95,8 @@ class WorkerRegistry:
         self._unserved_since: dict[int, float] = {}
         self._started = clock()
         self._last_check: float | None = None
+        #: Jobs waiting per model token, as last counted (`note_waiting`).
+        self._waiting: dict[str, int] = {}
 
     def mark_started(self) -> None:
         """Count the wait of unserved jobs from now at the earliest (the bot starts listening to workers now)."""
@@ -82,8 +115,11 @@ class WorkerRegistry:
         elif info.state == "failed":
             for t in info.tokens:
                 self._load_errors[t] = (info.error or f"worker {info.name} could not load its model", now)
+        cards_changed = info.models and (before is None or before[0].models != info.models)
+        if cards_changed:
+            log.info("worker %s serves model(s): %s", info.name, ", ".join(c.name for c in info.models))
         if before is not None and before[0].state == info.state:
-            return False
+            return bool(cards_changed)
         log.info("worker %s: %s (model %s, device %s)%s", info.name, info.state, info.model or "?",
                  info.device or "?", f": {info.error}" if info.error else "")
         if info.state == "failed":
@@ -93,8 +129,12 @@ class WorkerRegistry:
     # --- who serves what --------------------------------------------------------------------------------------------
     def workers(self) -> list[WorkerInfo]:
         """Workers heard from in the last `worker_timeout` seconds and not stopped."""
+        return [info for info, _ in self._live()]
+
+    def _live(self) -> list[tuple[WorkerInfo, float]]:
+        """The live workers (see `workers`), each with when it was last heard from."""
         now = self._clock()
-        return [i for i, seen in self._workers.values()
+        return [(i, seen) for i, seen in self._workers.values()
                 if now - seen < self.worker_timeout and i.state not in ("stopped", "failed")]
 
     def models(self) -> set[str]:
@@ -113,6 +153,45 @@ class WorkerRegistry:
     def capacity(self) -> int:
         """Jobs the live workers can hold: a full batch each, plus the next one ready."""
         return sum(w.max_batch + 1 for w in self.workers() if w.state in TAKING_STATES)
+
+    # --- the models offered to members ------------------------------------------------------------------------------
+    def served(self) -> list[ServedModel]:
+        """Every model a live worker taking jobs announced a card for, sorted by name (case-insensitive), with its
+        workers, whether they are all busy, and the jobs waiting for it (`note_waiting`)."""
+        cards: dict[str, tuple[ModelCard, float]] = {}
+        workers: dict[str, list[WorkerInfo]] = {}
+        for info, seen in self._live():
+            if info.state not in TAKING_STATES:
+                continue
+            for card in info.models:
+                token = model_token(card.name)
+                if token not in cards or seen >= cards[token][1]:
+                    cards[token] = (card, seen)
+                workers.setdefault(token, []).append(info)
+        served = [
+            ServedModel(
+                card=card,
+                workers=tuple(sorted(w.name for w in workers[token])),
+                busy=all(w.state == "busy" for w in workers[token]),
+                waiting=self._waiting.get(token, 0),
+            )
+            for token, (card, _) in cards.items()
+        ]
+        return sorted(served, key=lambda m: (m.name.casefold(), m.name))
+
+    def starting(self) -> bool:
+        """Whether a live worker is still loading its first model (it announced itself, but no card yet)."""
+        return any(w.state == "loading" and not w.models for w in self.workers())
+
+    def card(self, name: str) -> ModelCard | None:
+        """The card of the served model called `name` (compared as queue tokens), or None when no live worker
+        serves it."""
+        token = model_token(name)
+        return next((m.card for m in self.served() if m.token == token), None)
+
+    def note_waiting(self, counts: Mapping[str, int]) -> None:
+        """Remember how many jobs wait for each model token (what `served()` reports as `waiting`)."""
+        self._waiting = {token: n for token, n in counts.items() if n > 0}
 
     # --- jobs no worker serves --------------------------------------------------------------------------------------
     def check_due(self, *, force: bool = False) -> bool:

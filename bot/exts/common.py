@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import discord
@@ -143,19 +141,3 @@ async def audit(interaction: discord.Interaction, action: str, target: str | Non
 
     guild_id = guild_id_of(interaction)
     await run_write(deps(interaction).sessions, lambda s: write_audit(s, guild_id, interaction.user.id, action, target, details))
-
-
-MODEL_CARD = "imaginebot.json"
-
-
-def model_card(model_path: str | None) -> dict[str, Any]:
-    """The model folder's `imaginebot.json` (what the model was trained to draw), or {} when there is none."""
-    if not model_path:
-        return {}
-    path = Path(model_path)
-    card = path / MODEL_CARD if path.is_dir() else path.with_name(MODEL_CARD)
-    try:
-        data = json.loads(card.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

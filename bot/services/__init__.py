@@ -1,4 +1,4 @@
-"""Domain services of the bot (no Discord code): quotas, jobs, moderation, audit log, image files.
+"""Domain services of the bot (no Discord code): quotas, jobs, moderation, audit log, image files, model policy.
 
 Services take an `async_sessionmaker` (bot.db.make_sessionmaker) and return frozen dataclasses, never ORM rows.
 `open_services(settings)` migrates the database and wires everything together:
@@ -23,6 +23,7 @@ from bot.db.models import utcnow
 from bot.services.audit import AuditEntry, AuditService
 from bot.services.images import ImageStore, ImageWriteError, StoredImage
 from bot.services.jobs import ImageView, JobService, JobView, NewImage
+from bot.services.model_policy import ModelPolicy, ModelPolicyService
 from bot.services.moderation import ModerationService
 from bot.services.quota import Limits, QuotaService, QuotaStatus
 
@@ -36,6 +37,7 @@ class Services:
     moderation: ModerationService
     audit: AuditService
     images: ImageStore
+    model_policy: ModelPolicyService
 
 
 def build_services(settings: Settings, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> Services:
@@ -50,6 +52,7 @@ def build_services(settings: Settings, engine: AsyncEngine, *, clock: Callable[[
         moderation=ModerationService(sessions, clock=clock),
         audit=AuditService(sessions),
         images=ImageStore(settings.data_dir),
+        model_policy=ModelPolicyService(sessions, clock=clock),
     )
 
 
@@ -77,6 +80,8 @@ __all__ = [
     "JobService",
     "JobView",
     "Limits",
+    "ModelPolicy",
+    "ModelPolicyService",
     "ModerationService",
     "NewImage",
     "QuotaService",

@@ -63,6 +63,7 @@ from bot.errors import (
 )
 from bot.services.quota import QuotaService
 from generation.protocol.contract import GenerationRequest, RequestError, random_seed
+from generation.protocol.messages import model_token
 
 JOB = Job.__table__
 
@@ -245,6 +246,7 @@ class JobService:
         source_image_index: int | None = None,
         cost: int | None = None,
         cooldown: float = 0.0,
+        check: Callable[[GenerationRequest], None] | None = None,
         **params: Any,
     ) -> JobView:
         """Check the request, reserve its images and insert the job — one transaction. Returns the queued job.
@@ -254,7 +256,9 @@ class JobService:
         seed. Variations and upscales name their init image as (`source_job_id`, `source_image_index`), an image of
         a succeeded job. `cost` (images charged) defaults to `num_images`. `cooldown` (seconds, 0 = none): refuse
         the job if the member started one in this guild less than that long ago — checked inside the same write
-        transaction, so a burst of simultaneous requests lets exactly one through.
+        transaction, so a burst of simultaneous requests lets exactly one through. `check(request)`, when given, holds
+        the checked request against the target model (`ModelCard.check`: its sides, steps, samplers) before anything
+        is written; its `RequestError` is refused as InvalidRequest.
 
         Raises: InvalidRequest (a parameter out of range), LimitExceeded (steps/side above the member's roles),
         SourceImageNotFound, OnCooldown, QuotaExceeded / TooManyActiveJobs (nothing charged); TypeError for a
@@ -266,6 +270,8 @@ class JobService:
         try:
             # Every bound is checked; the init image is left out (it is loaded from the source at dispatch).
             req = GenerationRequest.from_dict(given, image_required=False)
+            if check is not None:
+                check(req)
         except RequestError as exc:
             raise InvalidRequest(str(exc), exc.field) from exc
         charge = req.num_images if cost is None else cost
@@ -659,6 +665,20 @@ class JobService:
             if limit is not None:
                 rest = rest.limit(limit - len(ids))
             return ids + list((await s.execute(rest)).scalars())
+
+        return await run_read(self.sessions, work)
+
+    async def waiting_by_model(self) -> dict[str, int]:
+        """How many queued jobs (not started by a worker yet) wait for each model, keyed by the model's queue token
+        (`generation.protocol.messages.model_token`); jobs that name no model count under `_default`."""
+
+        async def work(s: AsyncSession) -> dict[str, int]:
+            q = select(JOB.c.model, func.count()).where(JOB.c.status == Q.value).group_by(JOB.c.model)
+            counts: dict[str, int] = {}
+            for model, n in (await s.execute(q)).all():
+                token = model_token(model or "")
+                counts[token] = counts.get(token, 0) + n
+            return counts
 
         return await run_read(self.sessions, work)
 

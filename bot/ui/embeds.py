@@ -45,6 +45,7 @@ def _footer(job: Any) -> str:
 def parameters_line(job: Any) -> str:
     """The parameters of a job in one short line."""
     parts = [
+        _get(job, "model") or None,
         f"seed {_get(job, 'seed')}",
         f"{_get(job, 'width')}×{_get(job, 'height')}",
         f"{_get(job, 'steps')} steps",
@@ -63,6 +64,16 @@ def queued_embed(job: Any, position: int | None, *, paused: bool = False) -> dis
     if paused:
         desc += "\nThe queue is paused by the moderators; your job will start when it resumes."
     embed = discord.Embed(title=job_title(job), description=desc, colour=GREY)
+    embed.add_field(name="Parameters", value=safe_text(parameters_line(job), EMBED_FIELD_VALUE), inline=False)
+    embed.set_footer(text=_footer(job))
+    return fit_embed(embed)
+
+
+def loading_embed(job: Any) -> discord.Embed:
+    """A job a worker took but whose model it loads into memory first (the first job of that model there)."""
+    what = f"`{safe_text(_get(job, 'model'), 100, single_line=True)}`" if _get(job, "model") else "the model"
+    desc = f"⏳ Loading model… the worker loads {what} first; your job starts right after."
+    embed = discord.Embed(title=job_title(job), description=desc, colour=BLUE)
     embed.add_field(name="Parameters", value=safe_text(parameters_line(job), EMBED_FIELD_VALUE), inline=False)
     embed.set_footer(text=_footer(job))
     return fit_embed(embed)

@@ -95,6 +95,14 @@ class BotProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    async def wait_for_log(self, text: str, timeout: float) -> None:
+        """Poll the log until it holds `text`."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the bot did not log {text!r} within {timeout:g} s; log tail:\n{self.log()[-3000:]}")
+            await asyncio.sleep(0.2)
+
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.data_dir / "bot.db")
 
@@ -163,6 +171,9 @@ async def e2e(tmp_path_factory, e2e_model):
         started = time.monotonic()
         try:
             await fd.wait_until_ready(60)
+            # The bot offers the models whose cards the workers announced: wait for the local worker's (it loads
+            # the model first, which takes a while on a CPU).
+            await bot.wait_for_log("worker local serves model(s)", GRID_TIMEOUT)
             yield world
         except BaseException:
             print(bot.log()[-5000:])

@@ -34,6 +34,9 @@ class PostingListener:
     async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
         pass
 
+    async def job_loading(self, job_id: int) -> None:
+        pass
+
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
         job = await self.jobs.find(job_id)
         if job is not None and str(job.status) == "succeeded" and await self.jobs.mark_posted(job_id, 1, 10_000 + job_id):

@@ -101,6 +101,9 @@ class PostingListener:
     async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
         pass
 
+    async def job_loading(self, job_id: int) -> None:
+        pass
+
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
         await with_retries(lambda: self._post(job_id), f"job {job_id}: posting", self.retry_delays)
 
@@ -213,9 +216,11 @@ def journal_runs(path: Path) -> Counter[str]:
 
 
 # --- the real bot process against the fake Discord -----------------------------------------------------------------
+#: The `imaginebot.json` of the fake model: the fake worker builds its card from it and announces it; the bot learns
+#: the model's limits and defaults from that card (it reads no model files).
 MODEL_CARD = {
-    "description": "The fake engine (solid colours).", "default_width": 64, "default_height": 64, "default_steps": 4,
-    "max_side": 256,
+    "name": "fake", "description": "The fake engine (solid colours).", "default_width": 64, "default_height": 64,
+    "default_steps": 4, "max_side": 256,
 }
 
 
@@ -232,7 +237,8 @@ class BotProcess(E2EBotProcess):
 
     def __init__(self, fd, data_dir: Path, log_path: Path, *, worker_args: str = "--fake-engine 0.02",
                  env: dict[str, str] | None = None):
-        super().__init__(fd, data_dir, fake_model_dir(data_dir.parent), log_path)
+        model = fake_model_dir(data_dir.parent)
+        super().__init__(fd, data_dir, model, log_path)
         self.env.update({
             "PYTHONUNBUFFERED": "1",
             "WORKER_ARGS": worker_args,
@@ -263,10 +269,11 @@ class BotProcess(E2EBotProcess):
             raise AssertionError(f"bot did not log {pattern!r}; log tail:\n{self.log()[-4000:]}") from None
 
     async def ready(self, timeout: float = 90.0) -> None:
-        """Connected to the fake Discord and its local worker is taking jobs."""
+        """Connected to the fake Discord and its local worker is taking jobs (its model card is known)."""
         await self.fd.wait_for(lambda: self.fd.identified >= self.starts and self.fd._sockets, timeout,
                                "the bot to identify")
         await self.wait_log(r"worker local: ready", timeout)
+        await self.wait_log(r"worker local serves model\(s\)", timeout)
 
     def children(self) -> tuple[int, int]:
         """pids of the embedded nats-server and the local worker of the current run."""

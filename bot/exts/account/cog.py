@@ -5,38 +5,46 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import JobNotFound
-from bot.exts.common import deps, guild_id_of, is_moderator, model_card, role_ids_of
+from bot.exts.common import deps, guild_id_of, is_moderator, role_ids_of
+from bot.exts.imagine import models
+from bot.services.model_policy import ModelPolicy
 from bot.ui.embeds import BLUE, history_embed, parameters_embed, quota_embed
 from bot.ui.images import compose_grid, fit_to_limit
 from bot.ui.text import EMBED_FIELD_VALUE, fit_embed, safe_text
 
+if TYPE_CHECKING:
+    from bot.dispatch.registry import ServedModel
+    from generation.protocol.cards import ModelCard
+
 log = logging.getLogger(__name__)
 
-def describe_model(card: dict[str, Any]) -> str:
-    """A few lines on what the model knows, from its card's fields (whatever of them it has)."""
+def describe_model(card: ModelCard) -> str:
+    """A few lines on one model from its card: what it is, what it knows, prompts to try, its sizes and steps."""
     lines: list[str] = []
-    if card.get("description"):
-        lines.append(str(card["description"]))
-    knows = card.get("knows") or card.get("vocabulary") or card.get("attributes")
-    if isinstance(knows, dict):
-        for key, values in knows.items():
-            if isinstance(values, list | tuple):
-                lines.append(f"**{key}**: {', '.join(map(str, values))}")
-    elif isinstance(knows, list | tuple):
-        lines.append(", ".join(map(str, knows)))
-    examples = card.get("examples") or card.get("example_prompts") or card.get("prompts")
-    if isinstance(examples, list | tuple) and examples:
-        lines.append("Try: " + " · ".join(f"`{e}`" for e in list(examples)[:4]))
-    if card.get("default_width") and card.get("default_height"):
-        lines.append(f"Native size: {card['default_width']}×{card['default_height']} px")
+    lines.append(f"**{card.name}**" + (f" — {card.description}" if card.description else ""))
+    for kind, words in card.knows.items():
+        if words:
+            lines.append(f"**{kind}**: {', '.join(words)}")
+    if card.example_prompts:
+        lines.append("Try: " + " · ".join(f"`{e}`" for e in card.example_prompts[:4]))
+    lines.append(f"Native size: {card.default_width}×{card.default_height} px · sizes {card.min_side}–{card.max_side} px "
+                 f"(multiples of {card.multiple}) · {card.default_steps} steps (at most {card.max_steps})")
+    if not card.negative_prompt:
+        lines.append("It takes no negative prompt.")
     return "\n".join(lines)
+
+
+def served_line(model: ServedModel, policy: ModelPolicy) -> str:
+    """One served model in /help's list: name, short description, native size, state."""
+    about = ", ".join(p for p in (models.short_description(model.card), models.native_size(model.card)) if p)
+    return " · ".join([f"`{model.name}` — {about}", *models.state_marks(model, policy)])
 
 
 class Account(commands.Cog):
@@ -84,9 +92,10 @@ class Account(commands.Cog):
             embed.clear_fields()
         await interaction.followup.send(embed=embed, files=files, ephemeral=True)
 
-    @app_commands.command(name="help", description="How to use the bot, and what the model can draw.")
+    @app_commands.command(name="help", description="How to use the bot, and what the models can draw.")
     async def help(self, interaction: discord.Interaction) -> None:
-        settings = deps(interaction).settings
+        d = deps(interaction)
+        moderator = is_moderator(interaction)
         embed = discord.Embed(title="Imagine — help", colour=BLUE)
         embed.description = (
             "`/imagine prompt:…` draws four images from your text; use the buttons under the result:\n"
@@ -96,19 +105,35 @@ class Account(commands.Cog):
         )
         embed.add_field(
             name="Options",
-            value="`negative` what to avoid · `seed` repeat a result · `steps` more is finer but slower · "
-            "`guidance` how closely to follow the prompt · `aspect` or `size` · `scheduler` · `count` 1–4 images · "
-            "`timeline` an animation of the denoising",
+            value="`model` which model draws it · `negative` what to avoid · `seed` repeat a result · "
+            "`steps` more is finer but slower · `guidance` how closely to follow the prompt · `aspect` or `size` · "
+            "`scheduler` · `count` 1–4 images · `timeline` an animation of the denoising",
             inline=False,
         )
         embed.add_field(name="Your account", value="`/quota` what is left today · `/history` your jobs · `/show job:<id>` one job", inline=False)
-        card = model_card(settings.model_path)
-        about = describe_model(card) if card else ""
-        embed.add_field(
-            name="What the default model knows",
-            value=safe_text(about, EMBED_FIELD_VALUE, markdown=True) if about else "The model's card was not found; ask a moderator what it was trained on.",
-            inline=False,
-        )
-        if is_moderator(interaction):
-            embed.add_field(name="Moderators", value="`/mod …` quotas, bans, blocked terms, channels, NSFW policy, queue, pause/resume, stats, log", inline=False)
+        served = await d.dispatcher.served_models()
+        policy = await d.model_policy.policy(interaction.guild_id or 0)
+        shown = models.offered(served, policy, moderator=moderator)
+        target = models.automatic(served, policy)
+        if not served:
+            about = ("No image worker is running right now (or it is still loading its model), so no model is served "
+                     "and nothing can be drawn; please try again later.")
+        elif target is None:
+            about = ("The server's default model is not served right now; choose one of the models below with `model`."
+                     if policy.default_model else "No model is offered in this server right now; ask a moderator.")
+        else:
+            about = describe_model(target.card)
+        embed.add_field(name="What the default model knows", value=safe_text(about, EMBED_FIELD_VALUE, markdown=True), inline=False)
+        if shown:
+            lines = [served_line(m, policy) for m in shown]
+            embed.add_field(name="Models served now", value=safe_text("\n".join(lines), EMBED_FIELD_VALUE, markdown=True),
+                            inline=False)
+        if moderator:
+            mod_text = ("`/mod …` quotas, bans, blocked terms, channels, NSFW policy, queue, pause/resume, stats, log · "
+                        "`/mod model default|hide|show|list` which models members get")
+            if len(models.offered(served, policy)) > 1 and not policy.default_model:
+                mod_text += (f"\nNo default model is set: members who name no model get `{target.name}`, the first by "
+                             "name, which changes as workers come and go. Set one with `/mod model default`."
+                             if target is not None else "")
+            embed.add_field(name="Moderators", value=mod_text, inline=False)
         await interaction.response.send_message(embed=fit_embed(embed), ephemeral=True)

@@ -1,8 +1,9 @@
 """Starting a job from an interaction: the checks, the reservation, the queued message, the hand-off to the queue.
 
 /imagine and the buttons that make new jobs (U, V, 🔄, ✏️) all go through `start_job`, so every new job is checked
-the same way: art channel, ban, blocked terms, then `JobService.create` (the per-member cooldown, limits and quota,
-one transaction; a refusal charges nothing).
+the same way: art channel, ban, blocked terms, the model it targets (served by a live worker and offered to the member,
+see bot.exts.imagine.models; its parameters filled from and checked against the model's card), then
+`JobService.create` (the per-member cooldown, limits and quota, one transaction; a refusal charges nothing).
 
 Discord wants an answer within 3 seconds, and the member sees nothing happen until the first one. The checks and
 the reservation (`admit`) normally take milliseconds, so on an idle bot the answer is the queued message itself, or
@@ -24,15 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import discord
 
-from bot.errors import BlockedPrompt, IllegalTransition
+from bot.errors import BlockedPrompt, IllegalTransition, InvalidRequest
 from bot.exts.common import deps, guild_id_of, role_ids_of
+from bot.exts.imagine.models import target_model
 from bot.ui.buttons import progress_view
 from bot.ui.embeds import failed_embed, queued_embed
+from generation.protocol.cards import ModelCard
 
 log = logging.getLogger("bot.jobs")
 
@@ -47,6 +50,9 @@ ADMISSION_SLOTS = 4
 #: Longest an admission waits for the deferrals in progress to go out first, and the pause in deferrals it waits for.
 ACKS_FIRST_MAX = 1.0
 ACKS_QUIET = 0.05
+#: Longest a new job waits for a worker that is still loading its first model (the local worker restarts with the
+#: bot) before it is refused for want of a model; the interaction shows "thinking…" meanwhile.
+LOADING_WAIT = 60.0
 PUBLIC_DEFER = "public_defer"
 NO_PINGS = discord.AllowedMentions.none()
 #: Discord's JSON error code for "Interaction has already been acknowledged".
@@ -161,20 +167,47 @@ async def check_member_may_generate(interaction: discord.Interaction, prompt: st
         raise BlockedPrompt(term)
 
 
-async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
-    """Check, reserve and queue a job for the member of `interaction`; answer with its queued message."""
+def check_options_for(card: ModelCard, params: dict[str, Any]) -> None:
+    """Refuse options the target model has no use for (its card says so), naming the model.
+
+    A negative prompt on a model without one (`negative_prompt: false` on its card: distilled and few-step models) is
+    refused rather than dropped: the member asked to keep something out of the picture, and a grid drawn without
+    that would cost them images they did not ask for; the refusal costs nothing and says how to fix it."""
+    if params.get("negative_prompt") and not card.negative_prompt:
+        raise InvalidRequest(
+            f"The model `{card.name}` takes no negative prompt; leave `negative` empty or choose another model.",
+            "negative_prompt",
+        )
+
+
+async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelCard], dict[str, Any]] | None = None,
+                    **params: Any) -> Any:
+    """Check, reserve and queue a job for the member of `interaction`; answer with its queued message.
+
+    `params` are the job's parameters; `params["model"]` is the model asked for (a name; "" or left out: the automatic
+    choice), and the job stores the concrete model it targets. `build(card)`, when given, adds the parameters that
+    come from the target model's card (/imagine: the options the member left out, from the card's defaults); the
+    buttons give none (they repeat a job as it was). Either way the job is checked against the card before anything
+    is charged."""
     d = deps(interaction)
     guild_id = guild_id_of(interaction)
+    requested = params.pop("model", None) or None
 
     gate = admission(interaction.client)
 
     async def admit():
+        # Outside the slot: right after a restart this waits for the workers' announcements (see LOADING_WAIT).
+        served = await d.dispatcher.served_models(loading_wait=LOADING_WAIT)
         async with gate.slot():
             await check_member_may_generate(interaction, params.get("prompt", ""))
+            model = await target_model(interaction, requested, served)
+            job_params = {**params, **(build(model.card) if build is not None else {}), "model": model.name}
+            check_options_for(model.card, job_params)
             await gate.acknowledgements_first()
             cooldown = d.settings.imagine_cooldown_seconds
             job = await d.jobs.create(
-                guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), cooldown=cooldown, **params
+                guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), cooldown=cooldown,
+                check=model.card.check, **job_params
             )
             await gate.acknowledgements_first()
             return job, await d.moderation.is_paused(guild_id), await d.jobs.position(job.id)
@@ -186,8 +219,8 @@ async def start_job(interaction: discord.Interaction, **params: Any) -> Any:
         # Everything before the first answer runs under the deadline (deferred if it gets slow).
         job, paused, position = await answer_in_time(interaction, admit())
     log.info(
-        "job %s created: user %s guild %s mode %s %dx%d steps %s images %s",
-        job.id, job.user_id, job.guild_id, job.mode, job.width, job.height, job.steps, job.num_images,
+        "job %s created: user %s guild %s model %s mode %s %dx%d steps %s images %s",
+        job.id, job.user_id, job.guild_id, job.model, job.mode, job.width, job.height, job.steps, job.num_images,
     )
     embed = queued_embed(job, None if position is None else position + 1, paused=paused)
     view = progress_view(job.id)

@@ -1,15 +1,18 @@
-"""The declared options of /imagine: aspect ratios, sizes, schedulers, and the model's defaults."""
+"""The declared options of /imagine: aspect ratios, sizes, schedulers; sizes fitted to the target model's card.
+
+What a member leaves out comes from the card of the model the job targets (`ModelCard.defaults()`), never from a
+model file on the bot's disk: the card is what the model's worker announced (bot.dispatch.registry).
+"""
 
 from __future__ import annotations
 
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
-from typing import Any
 
 from bot.errors import InvalidRequest
-from generation.protocol.contract import MAX_SIDE, MIN_SIDE, SCHEDULERS, SIDE_MULTIPLE
+from generation.protocol.cards import ModelCard
+from generation.protocol.contract import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 
 ASPECTS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1),
@@ -37,34 +40,6 @@ _BLANK_CHARS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _SIZE = re.compile(r"^\s*(\d{2,4})\s*[x×*,]\s*(\d{2,4})\s*$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class ModelDefaults:
-    """What a member gets when they leave an option out: from the model card (`imaginebot.json`) where it says."""
-
-    width: int = 512
-    height: int = 512
-    steps: int = 25
-    guidance: float = 7.5
-    scheduler: str = "dpmpp_2m"
-    max_side: int = 1024
-
-    @classmethod
-    def from_card(cls, card: dict[str, Any]) -> ModelDefaults:
-        d = cls()
-        try:
-            scheduler = str(card.get("default_scheduler", d.scheduler))
-            return cls(
-                width=int(card.get("default_width", d.width)),
-                height=int(card.get("default_height", d.height)),
-                steps=int(card.get("default_steps", d.steps)),
-                guidance=float(card.get("default_guidance", d.guidance)),
-                scheduler=scheduler if scheduler in SCHEDULERS else d.scheduler,
-                max_side=int(card.get("max_side", d.max_side)),
-            )
-        except (TypeError, ValueError):
-            return d
-
-
 def has_visible_text(text: str) -> bool:
     return any(ch not in _BLANK_CHARS and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in text)
 
@@ -85,18 +60,26 @@ def clean_prompt(text: str | None, field: str = "prompt", *, required: bool = Tr
     return ""
 
 
-def round_side(x: float) -> int:
-    return max(MIN_SIDE, min(MAX_SIDE, int(round(x / SIDE_MULTIPLE)) * SIDE_MULTIPLE))
+def round_side(x: float, multiple: int = SIDE_MULTIPLE, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE) -> int:
+    """`x` rounded to a multiple of `multiple` within `min_side`..`max_side` (rounded inwards to multiples too)."""
+    low = -(-min_side // multiple) * multiple
+    high = max(low, max_side // multiple * multiple)
+    return max(low, min(high, int(round(x / multiple)) * multiple))
 
 
-def aspect_size(aspect: str, base_width: int, base_height: int) -> tuple[int, int]:
-    """Width and height for `aspect` with about the pixel count of the model's default size."""
+def fit_side(x: float, card: ModelCard) -> int:
+    """`x` rounded to a side `card`'s model takes."""
+    return round_side(x, card.multiple, card.min_side, card.max_side)
+
+
+def aspect_size(aspect: str, card: ModelCard) -> tuple[int, int]:
+    """Width and height for `aspect` with about the pixel count of the model's default size, within its sides."""
     if aspect not in ASPECTS:
         raise InvalidRequest(f"`aspect` is {aspect[:20]!r}, but it has to be one of {', '.join(ASPECTS)}.", "aspect")
     a, b = ASPECTS[aspect]
-    area = base_width * base_height
+    area = card.default_width * card.default_height
     width = math.sqrt(area * a / b)
-    return round_side(width), round_side(width * b / a)
+    return fit_side(width, card), fit_side(width * b / a, card)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -113,26 +96,29 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def size_suggestions(typed: str, defaults: ModelDefaults, max_side: int) -> list[str]:
-    """Sizes offered while the member types `size`: the model's default and the aspect ratios, then what matches."""
-    sizes: list[str] = []
+def size_suggestions(typed: str, card: ModelCard, max_side: int) -> list[str]:
+    """Sizes offered while the member types `size`: the model's default size and the aspect ratios, then what
+    matches; only sizes the model takes (its card) and the member may ask for (`max_side`)."""
+
+    def allowed(w: int, h: int) -> bool:
+        return (max(w, h) <= max_side and card.min_side <= min(w, h) and max(w, h) <= card.max_side
+                and not w % card.multiple and not h % card.multiple)
+
+    sizes: list[str] = [f"{card.default_width}x{card.default_height}"]
     for aspect in ASPECTS:
-        w, h = aspect_size(aspect, defaults.width, defaults.height)
-        if max(w, h) <= max_side:
-            sizes.append(f"{w}x{h}")
+        sizes.append("{}x{}".format(*aspect_size(aspect, card)))
     for scale in (0.5, 1.5, 2):
-        w, h = round_side(defaults.width * scale), round_side(defaults.height * scale)
-        if max(w, h) <= max_side:
-            sizes.append(f"{w}x{h}")
+        sizes.append(f"{fit_side(card.default_width * scale, card)}x{fit_side(card.default_height * scale, card)}")
     typed = (typed or "").strip().lower()
     seen: list[str] = []
     for s in sizes:
-        if s not in seen and (not typed or s.startswith(typed)):
+        w, h = (int(v) for v in s.split("x"))
+        if s not in seen and allowed(w, h) and (not typed or s.startswith(typed)):
             seen.append(s)
     try:
         w, h = parse_size(typed)
         exact = f"{w}x{h}"
-        if exact not in seen and max(w, h) <= max_side:
+        if exact not in seen and allowed(w, h):
             seen.insert(0, exact)
     except InvalidRequest:
         pass

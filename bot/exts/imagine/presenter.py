@@ -5,6 +5,7 @@ the job from the database first and acts only if the job's state calls for it, s
 
 - `job_progress`: edits the job's progress message (queue position, progress bar, preview), at most once every
   `EDIT_INTERVAL` seconds per job (Discord rate-limits message edits).
+- `job_loading`: the worker loads the job's model first: the message says "loading model…" until the first step.
 - `job_succeeded`: posts the result as a new channel message with the bot's token (not the interaction webhook,
   whose token dies after 15 minutes), with the job buttons, and marks the job posted exactly once. The post carries
   a nonce made from the job id, so a repeated post (a lost answer, a restart between posting and marking) returns
@@ -36,6 +37,7 @@ from bot.ui.embeds import (
     cancelled_embed,
     failed_embed,
     finished_progress_embed,
+    loading_embed,
     progress_embed,
     queued_embed,
     result_embed,
@@ -82,6 +84,8 @@ class JobPresenter:
         self._sent_preview: dict[int, int] = {}
         #: What each waiting job's message shows (position, paused), so an unchanged line costs no edit.
         self._shown_position: dict[int, tuple[int | None, bool]] = {}
+        #: Jobs whose message says "loading model…": it stays until their first step.
+        self._loading: set[int] = set()
 
     def remember(self, job_id: int, interaction: discord.Interaction, *, position: int | None = None, paused: bool = False) -> None:
         """Edit the progress message through `interaction`'s token while it is valid (Discord's intended way);
@@ -97,6 +101,7 @@ class JobPresenter:
         self._pending_preview.pop(job_id, None)
         self._sent_preview.pop(job_id, None)
         self._shown_position.pop(job_id, None)
+        self._loading.discard(job_id)
 
     @property
     def deps(self) -> Any:
@@ -173,7 +178,7 @@ class JobPresenter:
         """Refresh the queue position shown on a waiting job."""
         async with self._edit_lock(job_id):
             job = await self.deps.jobs.find(job_id)
-            if job is None or job.status != "queued":
+            if job is None or job.status != "queued" or job_id in self._loading:
                 return
             position = await self.deps.jobs.position(job_id)
             paused = await self.deps.moderation.is_paused(job.guild_id)
@@ -183,8 +188,24 @@ class JobPresenter:
             self._shown_position[job_id] = (place, paused)
             await self._edit_progress(job, embed=queued_embed(job, place, paused=paused), view=progress_view(job.id))
 
+    async def job_loading(self, job_id: int) -> None:
+        """Show that the worker loads the job's model before it starts (this can take a while)."""
+        self._last_edit[job_id] = time.monotonic()
+        async with self._edit_lock(job_id):
+            job = await self.deps.jobs.find(job_id)
+            if job is None or job.status not in ("queued", "running"):
+                return
+            self._loading.add(job_id)
+            self._shown_position.pop(job_id, None)
+            await self._edit_progress(job, embed=loading_embed(job), view=progress_view(job.id))
+
     async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
         """Show step `step` of `total` (and the preview) on the job's progress message, rate-limited."""
+        if job_id in self._loading:
+            if step == 0:
+                return  # started, but the model is still loading: keep saying so
+            self._loading.discard(job_id)
+            self._last_edit.pop(job_id, None)  # the first step replaces "loading model…" at once
         if preview and hash(preview) != self._sent_preview.get(job_id):
             self._pending_preview[job_id] = preview  # a throttled preview is shown by the next edit
         now = time.monotonic()

@@ -1,4 +1,5 @@
-"""/mod: quotas, bans, blocked terms, art channels, NSFW policy, the queue, pause/resume, statistics.
+"""/mod: quotas, bans, blocked terms, art channels, NSFW policy, the queue, pause/resume, statistics, and which models
+members get (`/mod model default|hide|show|list`; the models come from the workers, see bot.exts.imagine.models).
 
 Every command is hidden from members by `default_permissions(manage_guild=True)` and checked again here
 (`interaction_check`), because a server's admins can change who sees a command. A refused attempt is audited; every
@@ -15,10 +16,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.db.models import NsfwPolicy
-from bot.errors import JobNotFound
+from bot.errors import InvalidSetting, JobNotFound
 from bot.exts.common import audit, deps, guild_id_of, is_moderator, require_moderator
+from bot.exts.imagine import models
+from bot.services.model_policy import check_model_name
 from bot.ui.embeds import lines_embed, ts
-from bot.ui.text import safe_text
+from bot.ui.text import CHOICE_NAME, plain_text, safe_text
 
 log = logging.getLogger("bot.mod")
 
@@ -194,6 +197,90 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         if presenter is not None:
             await presenter.job_cancelled(job)
         await reply(interaction, f"Job #{job} was cancelled; its owner was not charged.")
+
+    # --- models ------------------------------------------------------------------------------------------------------
+    model_group = app_commands.Group(name="model", description="The models members can choose")
+
+    @model_group.command(name="default", description="The model /imagine uses when a member names none (empty: automatic)")
+    @app_commands.describe(name="A model served now; leave it out to go back to the automatic choice")
+    async def model_default(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 80] | None = None) -> None:
+        require_moderator(interaction)
+        d = deps(interaction)
+        guild_id = guild_id_of(interaction)
+        if name is None:
+            previous = await d.model_policy.set_default(guild_id, None, interaction.user.id)
+            cleared = f"`{previous}` is no longer the default model. " if previous else "No default model was set. "
+            await reply(interaction, cleared + "Members who name no model get the only one served, or else the first "
+                        "served model by name.")
+            return
+        served = await d.dispatcher.served_models()
+        found = models.find(served, name)
+        if found is None:
+            names = ", ".join(m.name for m in served)
+            raise InvalidSetting("name", safe_text(name, 80, single_line=True),
+                                 f"it has to be a model served now: {names}" if names else "no model is served right now")
+        await d.model_policy.set_default(guild_id, found.name, interaction.user.id)
+        await reply(interaction, f"`{found.name}` is now the model /imagine uses when a member names none.")
+
+    @model_group.command(name="hide", description="Stop offering a model to members (moderators can still use it)")
+    @app_commands.describe(name="The model to hide")
+    async def model_hide(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 80]) -> None:
+        require_moderator(interaction)
+        d = deps(interaction)
+        found = models.find(await d.dispatcher.served_models(), name)
+        model = found.name if found is not None else check_model_name(name)
+        hidden = await d.model_policy.hide(guild_id_of(interaction), model, interaction.user.id)
+        note = "" if found is not None else " (no worker serves it right now)"
+        await reply(interaction, f"`{model}` is hidden from members{note}." if hidden else f"`{model}` was already hidden.")
+
+    @model_group.command(name="show", description="Offer a hidden model to members again")
+    @app_commands.describe(name="The hidden model")
+    async def model_show(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 80]) -> None:
+        require_moderator(interaction)
+        d = deps(interaction)
+        model = check_model_name(name)
+        shown = await d.model_policy.show(guild_id_of(interaction), model, interaction.user.id)
+        await reply(interaction, f"`{model}` is offered to members again." if shown else f"`{model}` was not hidden.")
+
+    @model_default.autocomplete("name")
+    @model_hide.autocomplete("name")
+    async def _model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if not is_moderator(interaction):
+            return []
+        return await models.model_choices(interaction, current)
+
+    @model_show.autocomplete("name")
+    async def _hidden_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if not is_moderator(interaction):
+            return []
+        policy = await deps(interaction).model_policy.policy(guild_id_of(interaction))
+        typed = (current or "").casefold().strip()
+        return [app_commands.Choice(name=plain_text(h.name, CHOICE_NAME), value=h.name)
+                for h in policy.hidden if typed in h.name.casefold()][:25]
+
+    @model_group.command(name="list", description="The models served now, the default and the hidden ones")
+    async def model_list(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        d = deps(interaction)
+        served = await d.dispatcher.served_models()
+        policy = await d.model_policy.policy(guild_id_of(interaction))
+        lines = [] if served else ["No worker is running: no model is served."]
+        for m in served:
+            workers = f"{len(m.workers)} worker" + ("s" if len(m.workers) != 1 else "")
+            about = ", ".join(p for p in (models.short_description(m.card), models.native_size(m.card)) if p)
+            sides = f"{m.card.min_side}–{m.card.max_side} px"
+            lines.append(" · ".join([f"**{m.name}** — {about}", sides, workers, *models.state_marks(m, policy)]))
+        for h in policy.hidden:
+            if models.find(served, h.name) is None:
+                lines.append(f"**{safe_text(h.name, 80)}** · hidden · not served now")
+        if policy.default_model and models.find(served, policy.default_model) is None:
+            lines.append(f"The default model **{safe_text(policy.default_model, 80)}** is not served now: members who "
+                         "name no model are refused until it is back or another default is set.")
+        elif not policy.default_model and len(models.offered(served, policy)) > 1:
+            first = models.automatic(served, policy)
+            lines.append(f"No default model is set: members who name none get **{first.name if first else '?'}**, the "
+                         "first by name. Set one with `/mod model default`.")
+        await reply(interaction, "", embed=lines_embed("Models", lines, empty="No worker is running: no model is served."))
 
     @app_commands.command(name="pause", description="Stop starting new jobs in this server (queued jobs wait)")
     async def pause(self, interaction: discord.Interaction) -> None:

@@ -27,6 +27,7 @@ TABLES = {
     "ban",
     "blocked_term",
     "audit_log",
+    "hidden_model",
 }
 
 
@@ -231,3 +232,67 @@ async def test_0002_moves_every_job_parameter_into_the_request_json_and_back(tmp
     assert "request" not in columns and "ck_job_mode" in checks
     with sqlite3.connect(path) as conn, pytest.raises(sqlite3.IntegrityError):
         conn.execute("UPDATE job SET mode = 'inpaint' WHERE id = 1")
+
+
+# --- 0003: a guild's model policy ---------------------------------------------------------------------------------
+def _schema(path: Path, table: str) -> tuple[str, list[tuple]]:
+    with sqlite3.connect(path) as conn:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        columns = conn.execute(f"PRAGMA table_info({table})").fetchall()
+    return sql, columns
+
+
+async def test_0003_adds_the_model_policy_to_a_populated_database_and_downgrades_cleanly(tmp_path):
+    """A 0002 database with guild settings, jobs and audit entries upgrades with no default and nothing hidden; the
+    policy is stored and read; downgrading to 0002 drops it and leaves `guild_setting` exactly as 0002 made it."""
+    from bot.config import Settings
+    from bot.services import open_services
+
+    path = tmp_path / "policy.db"
+    url = sqlite_url(path)
+    await upgrade(url, "0002")
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", database_url=url)
+    guild_before = _schema(path, "guild_setting")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO guild_setting (guild_id, nsfw_policy, paused, images_per_day, max_side, created_at, updated_at)"
+            " VALUES (10, 'allow', 1, 7, 512, '2026-01-05 10:00:00', '2026-01-05 10:00:00')"
+        )
+        conn.execute(
+            "INSERT INTO audit_log (guild_id, actor_id, action, target, details, at) VALUES (10, 9, 'queue.pause',"
+            " 'guild:10', '{}', '2026-01-05 10:00:00')"
+        )
+        rows_before = conn.execute("SELECT * FROM guild_setting").fetchall()
+
+    async with open_services(settings) as services:  # migrates to head, as the bot does at start
+        assert await current_revision(url) == head_revision()
+        policy = await services.model_policy.policy(10)
+        assert (policy.default_model, policy.hidden) == (None, ())
+        guild = await services.moderation.guild_settings(10)
+        assert (guild.nsfw_policy, guild.paused, guild.images_per_day, guild.max_side) == ("allow", True, 7, 512)
+        await services.model_policy.set_default(10, "sdxl", 9)
+        await services.model_policy.hide(10, "tiny", 9)
+        await services.model_policy.set_default(11, "tiny", 9)  # a guild with no settings row yet
+        assert (await services.model_policy.policy(10)).default_model == "sdxl"
+        assert [h.name for h in (await services.model_policy.policy(10)).hidden] == ["tiny"]
+        assert (await services.moderation.guild_settings(11)).nsfw_policy == "block"
+        await services.jobs.create(10, 20, 30, [], prompt="x", num_images=1, model="sdxl")
+
+    await downgrade(url, "0002")
+    assert await current_revision(url) == "0002"
+    assert "hidden_model" not in _tables(path)
+    sql_after, columns_after = _schema(path, "guild_setting")
+    assert columns_after == guild_before[1]  # the same columns, types, defaults and order
+    assert "CONSTRAINT pk_guild_setting PRIMARY KEY (guild_id)" in sql_after
+    assert "CONSTRAINT ck_guild_setting_nsfw_policy CHECK" in sql_after
+    with sqlite3.connect(path) as conn:
+        rows_after = conn.execute("SELECT * FROM guild_setting ORDER BY guild_id").fetchall()
+        assert conn.execute("SELECT count(*) FROM job").fetchone() == (1,)
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("UPDATE guild_setting SET nsfw_policy = 'anything' WHERE guild_id = 10")
+    assert rows_after[0][:-1] == rows_before[0][:-1]  # all but updated_at, which the policy change moved
+    assert rows_after[1][0] == 11
+
+    await upgrade(url)  # and up again: the policy starts empty
+    async with open_services(settings) as services:
+        assert (await services.model_policy.policy(10)).default_model is None

@@ -89,5 +89,8 @@ class RecordingListener:
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None:
         self.calls.append(("finished", job_id))
 
+    async def job_loading(self, job_id: int) -> None:
+        self.calls.append(("loading", job_id))
+
     def finished(self, job_id: int) -> int:
         return self.calls.count(("finished", job_id))

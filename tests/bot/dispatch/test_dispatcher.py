@@ -326,3 +326,76 @@ async def test_jobs_no_worker_serves_are_failed_told_and_taken_out_of_the_stream
     assert listener.finished(1) == 1 and listener.finished(2) == 0
     assert await d.fail_unserved(force=True) == []
     await d.close()
+
+
+async def test_served_models_wait_for_the_first_card_after_start_and_count_the_waiting_jobs(nats_server, services):
+    """Right after start a worker's announcement may not be in yet: `served_models` waits for it (not for the whole
+    grace); each model comes with its card and the jobs queued for it."""
+    from bot.dispatch.dispatcher import STARTUP_GRACE
+    from generation.protocol.cards import ModelCard
+    from generation.protocol.queue import WorkerInfo
+
+    tiny = ModelCard(name="tiny", architecture="shapes", max_side=128, default_width=64, default_height=64)
+    await make_job(services, model="tiny")
+    await make_job(services, model="Tiny")
+    await make_job(services, model="other")
+    d = dispatcher_for(nats_server, services)
+    await d.start()
+    worker_side = await JobQueue.connect(nats_server.url, FAST, name="announcer")
+
+    async def announce_later() -> None:
+        await asyncio.sleep(0.3)
+        await worker_side.announce(WorkerInfo("w1", "tiny", "tiny", "ready", models=(tiny,)))
+
+    t0 = time.monotonic()
+    announcing = asyncio.create_task(announce_later())
+    served = await d.served_models()
+    waited = time.monotonic() - t0
+    await announcing
+    assert 0.2 < waited < STARTUP_GRACE
+    assert [(m.name, m.workers, m.busy, m.waiting) for m in served] == [("tiny", ("w1",), False, 2)]
+    assert d.card("TINY") == tiny and d.card("other") is None
+    await worker_side.close()
+    await d.close()
+
+
+async def test_served_models_without_any_worker_are_none_after_the_grace(nats_server, services):
+    from bot.dispatch.dispatcher import STARTUP_GRACE
+
+    d = dispatcher_for(nats_server, services)
+    await d.start()
+    t0 = time.monotonic()
+    assert await d.served_models() == []
+    assert STARTUP_GRACE - 0.5 < time.monotonic() - t0 < STARTUP_GRACE + 1.0
+    t0 = time.monotonic()
+    assert await d.served_models() == []  # the grace is over: at once
+    assert time.monotonic() - t0 < 0.5
+    await d.close()
+
+
+async def test_a_new_job_waits_for_a_worker_still_loading_its_first_model(nats_server, services):
+    """A worker announced itself loading (no card yet): `loading_wait` waits past the start-up grace for its card;
+    without it the answer after the grace is none."""
+    from bot.dispatch.dispatcher import STARTUP_GRACE
+    from generation.protocol.cards import ModelCard
+    from generation.protocol.queue import WorkerInfo
+
+    tiny = ModelCard(name="tiny", architecture="shapes", max_side=128, default_width=64, default_height=64)
+    d = dispatcher_for(nats_server, services)
+    await d.start()
+    worker_side = await JobQueue.connect(nats_server.url, FAST, name="announcer")
+    await worker_side.announce(WorkerInfo("w1", "models/tiny", "models-tiny", "loading"))
+    await wait_until(lambda: d.registry.starting())
+    assert await d.served_models() == []  # the grace only
+
+    async def loaded_later() -> None:
+        await asyncio.sleep(STARTUP_GRACE + 0.5)
+        await worker_side.announce(WorkerInfo("w1", "tiny", "tiny", "ready", models=(tiny,)))
+
+    t0 = time.monotonic()
+    loading = asyncio.create_task(loaded_later())
+    served = await d.served_models(loading_wait=30.0)
+    await loading
+    assert [m.name for m in served] == ["tiny"] and time.monotonic() - t0 < 10
+    await worker_side.close()
+    await d.close()

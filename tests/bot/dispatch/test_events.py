@@ -25,11 +25,12 @@ class FailingListener(RecordingListener):
 
 
 def test_every_listener_of_the_project_is_a_job_listener():
-    """The presenter, the no-op listener and the tests' listeners have all three methods, with the same parameters."""
+    """The presenter, the no-op listener and the tests' listeners have every method, with the same parameters."""
     def shape(method) -> list[tuple]:
         return [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()]
 
-    expected = {name: shape(getattr(JobListener, name)) for name in ("job_queued", "job_progress", "job_finished")}
+    names = ("job_queued", "job_progress", "job_finished", "job_loading")
+    expected = {name: shape(getattr(JobListener, name)) for name in names}
     for cls in (JobPresenter, NoListener, RecordingListener, botproc.PostingListener, faultkit.PostingListener):
         for name, params in expected.items():
             method = getattr(cls, name)
@@ -119,6 +120,18 @@ async def test_the_listener_is_called_for_each_kind_of_event():
     await events.finished(1, "succeeded", timeline=b"webp")
     await events.drain()
     assert listener.calls == [("queued", 1), ("progress", 1, 0, 4), ("progress", 1, 2, 4), ("finished", 1)]
+
+
+async def test_loading_is_told_to_the_listener():
+    """A `loading` event reaches subscribers and the listener's `job_loading` (the presenter shows "loading model…")."""
+    listener = RecordingListener()
+    events = JobEvents(listener)
+    seen: list[JobEvent] = []
+    events.subscribe(seen.append)
+    await events.loading(1, "w1")
+    await events.drain()
+    assert listener.calls == [("loading", 1)] and seen == [JobEvent(1, "loading", worker="w1")]
+    assert inspect.iscoroutinefunction(JobPresenter.job_loading) and inspect.iscoroutinefunction(NoListener.job_loading)
 
 
 async def test_the_latest_preview_goes_with_later_steps_until_the_job_ends():

@@ -19,3 +19,23 @@ def test_the_local_worker_never_sees_the_discord_token(monkeypatch):
     worker.start()
     assert worker.process is not None
     assert worker.process.wait(timeout=30) == 0
+
+
+def test_local_worker_gets_the_model_unless_told_its_models_otherwise(tmp_path, monkeypatch):
+    """MODEL_PATH reaches the local worker as `--model`, fake engine included (its card comes from the folder), but
+    not when the worker's arguments or WORKER_MODELS name its models, nor a folder a fake engine cannot read."""
+    from bot.dispatch.local import LocalWorker
+
+    monkeypatch.delenv("WORKER_MODELS", raising=False)
+    monkeypatch.delenv("WORKER_MODELS_FILE", raising=False)
+
+    def models(model_path, args=(), env=None) -> list[str]:
+        cmd = LocalWorker("nats://127.0.0.1:1", model_path=model_path, args=list(args), env=env, supervise=False).cmd
+        return [cmd[i + 1] for i, part in enumerate(cmd) if part == "--model"]
+
+    folder = str(tmp_path)
+    assert models(folder) == [folder]
+    assert models(folder, ["--fake-engine", "0.01"]) == [folder]
+    assert models(str(tmp_path / "missing"), ["--fake-engine", "0.01"]) == []
+    assert models(folder, ["--model", "other=/m"]) == ["other=/m"]
+    assert models(folder, env={"WORKER_MODELS": "a=/m,b=/n"}) == []

@@ -377,5 +377,16 @@ async def test_progress_events_record_the_start_and_are_passed_on():
     assert w.listener.calls == [("progress", 1, 0, 4), ("progress", 1, 1, 4)]
 
 
+async def test_a_loading_event_is_passed_on_and_changes_no_row():
+    """`loading`: the worker loads the job's model first; the listener hears of it, the row stays as it is."""
+    w = World()
+    w.jobs.add(1, status="queued")
+    await w.recorder.on_progress(ProgressEvent(1, "loading", worker="w1"))
+    assert w.jobs.rows[1].status == "queued"
+    assert [(e.job_id, e.kind, e.worker) for e in w.seen] == [(1, "loading", "w1")]
+    await w.events.drain()
+    assert w.listener.calls == [("loading", 1)]
+
+
 async def test_no_stored_timeline_is_none():
     assert World().recorder.stored_timeline(1) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from bot.dispatch.registry import WorkerRegistry
+from generation.protocol.cards import ModelCard
 from generation.protocol.queue import WorkerInfo
 
 
@@ -189,3 +190,79 @@ def test_checks_are_spaced_but_come_at_once_after_a_load_failure():
     reg.unserved_timeout = 1.0  # changed on a running dispatcher (tests do): the spacing follows, at least 0.5 s
     clock.advance(0.5)
     assert reg.check_due()
+
+
+# --- the models offered to members, from the workers' cards ----------------------------------------------------------
+def card(name: str, **kw) -> ModelCard:
+    return ModelCard(name=name, architecture="sd1", **kw)
+
+
+def test_served_models_come_from_the_cards_of_live_workers():
+    """Each model a live worker announced a card for, by name, with the workers serving it; nothing else."""
+    clock = Clock()
+    reg = registry(clock)
+    reg.heard(worker("a", "sdxl", models=(card("sdxl", max_side=1024), card("tiny"))))
+    reg.heard(worker("b", "tiny", models=(card("tiny"),)))
+    reg.heard(worker("c", "big", state="loading"))  # still loading its first model: no card yet
+    reg.heard(worker("d", "gone", state="stopping", models=(card("gone"),)))  # takes no new jobs
+    served = reg.served()
+    assert [(m.name, m.workers) for m in served] == [("sdxl", ("a",)), ("tiny", ("a", "b"))]
+    assert reg.card("SDXL") == card("sdxl", max_side=1024) and reg.card("big") is None and reg.card("gone") is None
+
+
+def test_a_worker_that_goes_quiet_takes_its_cards_with_it():
+    clock = Clock()
+    reg = registry(clock)
+    reg.heard(worker("a", "sdxl", models=(card("sdxl"),)))
+    clock.advance(5)
+    reg.heard(worker("b", "tiny", models=(card("tiny"),)))
+    clock.advance(6)  # a: 11 s of silence
+    assert [m.name for m in reg.served()] == ["tiny"] and reg.card("sdxl") is None
+    reg.heard(worker("b", "tiny", state="stopped", models=(card("tiny"),)))
+    assert reg.served() == []
+
+
+def test_busy_only_when_every_worker_of_the_model_is_busy_and_waiting_counts_per_model():
+    clock = Clock()
+    reg = registry(clock)
+    reg.heard(worker("a", "tiny", state="busy", models=(card("tiny"),)))
+    reg.heard(worker("b", "sdxl", state="busy", models=(card("sdxl"),)))
+    reg.heard(worker("c", "tiny", models=(card("tiny"),)))
+    reg.note_waiting({"sdxl": 3, "tiny": 0, "_default": 2})
+    by_name = {m.name: m for m in reg.served()}
+    assert by_name["sdxl"].busy and by_name["sdxl"].waiting == 3
+    assert not by_name["tiny"].busy and by_name["tiny"].waiting == 0
+    reg.heard(worker("c", "tiny", state="busy", models=(card("tiny"),)))
+    assert {m.name: m.busy for m in reg.served()} == {"sdxl": True, "tiny": True}
+
+
+def test_the_newest_announcement_decides_a_models_card():
+    """Two workers announce different cards for one model (one restarted with a new imaginebot.json): the newer wins."""
+    clock = Clock()
+    reg = registry(clock)
+    reg.heard(worker("a", "tiny", models=(card("tiny", max_side=512),)))
+    clock.advance(1)
+    reg.heard(worker("b", "tiny", models=(card("Tiny", max_side=1024, default_steps=8),)))
+    (served,) = reg.served()
+    assert served.card.default_steps == 8 and served.name == "Tiny" and served.workers == ("a", "b")
+
+
+def test_new_cards_count_as_news_without_a_change_of_state():
+    clock = Clock()
+    reg = registry(clock)
+    assert reg.heard(worker("a", "tiny"))
+    assert reg.heard(worker("a", "tiny", models=(card("tiny"),)))  # same state, cards now
+    assert not reg.heard(worker("a", "tiny", models=(card("tiny"),)))
+
+
+def test_starting_while_a_worker_loads_its_first_model():
+    clock = Clock()
+    reg = registry(clock)
+    assert not reg.starting()
+    reg.heard(worker("a", "tiny", state="loading"))
+    assert reg.starting()
+    reg.heard(worker("a", "tiny", state="loading", models=(card("tiny"),)))  # its first card: served now
+    assert not reg.starting() and [m.name for m in reg.served()] == ["tiny"]
+    reg.heard(worker("b", "big", state="loading"))
+    clock.advance(11)  # b went quiet
+    assert not reg.starting()

@@ -1,6 +1,7 @@
 """Interaction tests: the real bot (real discord.py, real services over a migrated SQLite file) in simcord's
 in-memory Discord. The queue is a recording stand-in; tests play the worker by storing outcomes themselves and
-calling the presenter, as the dispatcher would.
+calling the presenter, as the dispatcher would. The stand-in also plays the workers' announcements: the models it
+serves are the cards in `world.dispatcher.cards` (one small shapes model, `SHAPES`, unless a test sets others).
 """
 
 from __future__ import annotations
@@ -19,17 +20,39 @@ from bot.app import Deps, ImagineBot
 from bot.config import Settings
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade_sync
+from bot.dispatch.registry import ServedModel
 from bot.services import build_services
+from generation.protocol.cards import ModelCard
+from generation.protocol.messages import model_token
+
+#: The model the stand-in workers serve unless a test sets others.
+SHAPES = ModelCard(
+    name="shapes", architecture="shapes", description="Flat shapes on simple backgrounds.",
+    knows={"shapes": ("circle", "square"), "colors": ("red", "blue")},
+    min_side=64, max_side=256, default_width=64, default_height=64, default_steps=4,
+)
+
+
+def card(name: str, **kw) -> ModelCard:
+    """A card for tests: `name`, an SD 1.x architecture and a description unless given, the rest as ModelCard's
+    defaults (sides 64-1024, 512x512, 25 steps)."""
+    kw.setdefault("architecture", "sd1")
+    kw.setdefault("description", f"The {name} test model.")
+    return ModelCard(name=name, **kw)
 
 
 @dataclass
 class RecordingDispatcher:
-    """Stands in for the NATS dispatcher: remembers what the bot asked of the queue."""
+    """Stands in for the NATS dispatcher: remembers what the bot asked of the queue, and serves the models of
+    `cards` (all busy when named in `busy`, with `waiting[name]` jobs waiting) as live workers would announce them."""
 
     published: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     kicks: int = 0
     fail_publish: bool = False
+    cards: list[ModelCard] = field(default_factory=lambda: [SHAPES])
+    busy: set[str] = field(default_factory=set)
+    waiting: dict[str, int] = field(default_factory=dict)
 
     async def publish(self, job) -> None:
         if self.fail_publish:
@@ -41,6 +64,14 @@ class RecordingDispatcher:
 
     async def kick(self) -> None:
         self.kicks += 1
+
+    async def served_models(self, *, loading_wait: float = 0.0) -> list[ServedModel]:
+        served = [ServedModel(c, (f"worker-{model_token(c.name)}",), busy=c.name in self.busy,
+                              waiting=self.waiting.get(c.name, 0)) for c in self.cards]
+        return sorted(served, key=lambda m: (m.name.casefold(), m.name))
+
+    def card(self, name: str) -> ModelCard | None:
+        return next((c for c in self.cards if model_token(c.name) == model_token(name)), None)
 
 
 @pytest.fixture(scope="session")
@@ -65,15 +96,11 @@ class World:
         data = tmp_path / "data"
         data.mkdir()
         shutil.copy(template, data / "bot.db")
-        model = tmp_path / "model"
-        model.mkdir()
-        (model / "imaginebot.json").write_text(
-            '{"description": "Flat shapes on simple backgrounds.", "knows": {"shapes": ["circle", "square"], "colors": ["red", "blue"]},'
-            ' "default_width": 64, "default_height": 64, "default_steps": 4}'
-        )
         # No per-member cooldown here: these tests start jobs back to back; tests/hardening/test_abuse*.py cover it.
+        # No model folder either: the bot reads no model files, its models are the stand-in's cards.
         self.settings = Settings(
-            _env_file=None, data_dir=data, model_path=str(model), discord_token=None, imagine_cooldown_seconds=0
+            _env_file=None, data_dir=data, model_path=str(tmp_path / "no-model-here"), discord_token=None,
+            imagine_cooldown_seconds=0,
         )
         self.engine = create_engine(self.settings.database_url)
         self.services = build_services(self.settings, self.engine)

@@ -192,12 +192,11 @@ async def test_queue_position_is_shown_and_refreshed(world):
 
 
 async def test_help_lists_the_example_prompts_and_native_size(world, tmp_path):
-    """/help reads the model card's example prompts and native size."""
-    import json
-    from pathlib import Path
+    """/help reads the model card's example prompts and native size (the card its worker announced)."""
+    from tests.bot.exts.conftest import card
 
-    card = Path(world.settings.model_path) / "imaginebot.json"
-    card.write_text(json.dumps({"default_width": 64, "default_height": 64, "example_prompts": ["a red circle on a white background"]}))
+    world.dispatcher.cards = [card("shapes", default_width=64, default_height=64,
+                                   example_prompts=("a red circle on a white background",))]
     result = await world.alice.slash(world.art, "help")
     text = {f.name: f.value for f in result.response.embeds[0].fields}["What the default model knows"]
     assert "a red circle on a white background" in text and "64×64" in text
