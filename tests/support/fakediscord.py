@@ -537,6 +537,26 @@ class FakeDiscord:
         await self._dispatch("INTERACTION_CREATE", record.payload)
         return record
 
+    async def autocomplete(self, user: dict[str, Any], channel: dict[str, Any], command: str, focused: str,
+                           **options: Any) -> InteractionRecord:
+        """A member types in option `focused` of `/command` (its current text in `options[focused]`, "" if left
+        out); the bot's suggestions arrive in `record.autocomplete`."""
+        words = command.split()
+        spec = self.find_command(words[0])
+        built = self._build_options(spec, words[1:], {focused: "", **options}, {})
+        leaf = built
+        while leaf and "options" in leaf[0]:
+            leaf = leaf[0]["options"]
+        for option in leaf:
+            if option["name"] == focused:
+                option["focused"] = True
+        data = {"id": spec["id"], "name": spec["name"], "type": 1, "options": built}
+        if spec.get("guild_id"):
+            data["guild_id"] = spec["guild_id"]
+        record = self._interaction(4, user, channel, data)
+        await self._dispatch("INTERACTION_CREATE", record.payload)
+        return record
+
     async def click(self, user: dict[str, Any], message: dict[str, Any], custom_id: str) -> InteractionRecord:
         """A member clicks the button with `custom_id` on `message`."""
         ids = [c.get("custom_id") for row in message.get("components", []) for c in row.get("components", [])]
