@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -89,6 +89,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: A message type (ProgressEvent, WorkerInfo, ...) parsed by a subscription.
+M = TypeVar("M", ProgressEvent, WorkerInfo)
 
 MSG_ID = "Nats-Msg-Id"
 JOB_HEADER = "Imagine-Job"
@@ -417,15 +419,20 @@ class JobQueue:
         await self.nc.publish(self.config.progress_subject(event.job_id), event.to_json())
 
     async def subscribe_progress(self, cb: Callable[[ProgressEvent], Awaitable[None]]):
+        return await self._subscribe_parsed(self.config.progress_subject("*"), ProgressEvent, cb)
+
+    async def _subscribe_parsed(self, subject: str, kind: type[M], cb: Callable[[M], Awaitable[None]]):
+        """Subscribe to `subject`; each message parsed as `kind` goes to `cb`, a refused one is logged and dropped."""
+
         async def handler(msg: Msg) -> None:
             try:
-                ev = ProgressEvent.from_json(msg.data)
+                parsed = kind.from_json(msg.data)
             except MessageError as e:
                 self.refused(msg.subject, e)
                 return
-            await cb(ev)
+            await cb(parsed)
 
-        return await self.nc.subscribe(self.config.progress_subject("*"), cb=handler)
+        return await self.nc.subscribe(subject, cb=handler)
 
     async def request_cancel(self, job_id: int) -> None:
         """Mark the job cancelled (a worker checks the mark before it starts a job) and tell a running worker."""
@@ -457,15 +464,7 @@ class JobQueue:
         await self.nc.publish(self.config.worker_subject(model_token(info.name)), info.to_json())
 
     async def subscribe_workers(self, cb: Callable[[WorkerInfo], Awaitable[None]]):
-        async def handler(msg: Msg) -> None:
-            try:
-                info = WorkerInfo.from_json(msg.data)
-            except MessageError as e:
-                self.refused(msg.subject, e)
-                return
-            await cb(info)
-
-        return await self.nc.subscribe(self.config.worker_subject("*"), cb=handler)
+        return await self._subscribe_parsed(self.config.worker_subject("*"), WorkerInfo, cb)
 
     async def ping_workers(self) -> None:
         await self.nc.publish(self.config.ping_subject, b"")
