@@ -190,7 +190,7 @@ def _job_view(job: Job, images: Iterable[Image] = ()) -> JobView:
     values["status"] = JobStatus(values["status"])
     values["charge_state"] = ChargeState(values["charge_state"])
     # The module's name is looked up at each call, here and in `create`: both use the same request class.
-    request = GenerationRequest.from_json(job.request, image_required=False)
+    request = GenerationRequest.from_stored(job.request)
     return JobView(
         **values, request=request, images=tuple(_image_view(i) for i in sorted(images, key=lambda i: i.index))
     )

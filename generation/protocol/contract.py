@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import random
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 Mode = Literal["txt2img", "variation", "upscale"]
@@ -203,6 +203,32 @@ class GenerationRequest:
     @classmethod
     def from_json(cls, data: str | bytes, *, image_required: bool = True) -> GenerationRequest:
         return cls.from_dict(json.loads(data), image_required=image_required)
+
+    @classmethod
+    def from_stored(cls, data: str | bytes) -> GenerationRequest:
+        """A request as the bot stored it with a job (`to_json(with_image=False)`), read back WITHOUT today's checks.
+
+        The row was checked when it was written. Reading it must keep working after the rules change (a sampler
+        retired, a bound lowered) or a field is added or removed: a job's history, buttons and start-up reconcile
+        never fail on an old row. A field the class no longer has is ignored, one it gained takes its default. The
+        checks run again where the request is used to make something new: `with_` (a variation, a reroll) and the
+        worker, which fails such a job with the reason (and the bot refunds it)."""
+        stored = json.loads(data)
+        if not isinstance(stored, dict):
+            raise RequestError("request", type(stored).__name__, "a stored request has to be a JSON object")
+        req = object.__new__(cls)
+        for f in fields(cls):
+            if f.name in stored and f.name != "init_image":
+                value = stored[f.name]
+            elif f.default is not MISSING:
+                value = f.default
+            elif f.default_factory is not MISSING:
+                value = f.default_factory()
+            else:
+                value = ""  # a required field missing from an old row (none is, today): an empty text
+            object.__setattr__(req, f.name, value)
+        return req
+
 
 
 def _int_in(name: str, value: Any, lo: int, hi: int) -> None:

@@ -169,3 +169,22 @@ def test_stored_form_round_trips_without_the_image():
         GenerationRequest.from_dict({**json.loads(stored), "steps": 0}, image_required=False)
     with pytest.raises(RequestError, match="`colour`"):
         GenerationRequest.from_dict({**json.loads(stored), "colour": "red"}, image_required=False)
+
+
+async def test_an_old_row_reads_back_after_the_rules_change(services, db_path):
+    """A stored request is read without today's checks: a row with a retired sampler, a bound that was lowered, a
+    field since removed and one since added still gives its job on every view (history, reconcile); making
+    something new from it (`to_request`) checks it again and names the problem."""
+    job = await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="an old fox", num_images=1)
+    stored = _stored(db_path, job.id)
+    stored.update(scheduler="retired_sampler", steps=9999, colour="red")
+    del stored["timeline"]
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE job SET request = ? WHERE id = ?", (json.dumps(stored), job.id))
+    got = await services.jobs.get(job.id)
+    assert (got.prompt, got.scheduler, got.steps, got.timeline) == ("an old fox", "retired_sampler", 9999, False)
+    assert [v.id for v in await services.jobs.unfinished()] == [job.id]
+    assert [v.id for v in await services.jobs.history(GUILD, USER)] == [job.id]
+    with pytest.raises(RequestError) as info:
+        got.to_request()
+    assert info.value.field in ("steps", "scheduler")
