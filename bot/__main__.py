@@ -3,7 +3,7 @@
 Data: `python -m bot backup [--to PATH]` (a consistent archive of the database and images, also while the bot
 runs) and `python -m bot restore PATH [--force]` (with the bot stopped); see bot/backup.py.
 
-Start-up: logging, settings, database migrations (`alembic upgrade head`, inside `open_services`), the queue
+Start-up: Pillow's decoding limit (`bot.ui.images.limit_pillow`), logging, settings, database migrations (`alembic upgrade head`, inside `open_services`), the queue
 dispatcher (with NATS_URL unset: an embedded nats-server and a local worker, started by bot.dispatch), then the bot.
 Ctrl-C or SIGTERM closes the Discord connection, stops the dispatcher (and the embedded server and worker with it)
 and disposes the database engine, in that order.
@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from bot.app import point_at_discord
     from bot.config import get_settings
+    from bot.ui.images import limit_pillow
+
+    # Pillow refuses images larger than any the bot can be sent before it allocates their pixels.
+    limit_pillow()
 
     settings = get_settings()
     setup_logging((args.log_level or settings.log_level).upper())

@@ -21,6 +21,16 @@ The database row is the source of truth. `Dispatcher` is the front of four parts
 
 `reconcile()` (run by `start`) walks every unfinished job row: collects outcomes stored while the bot was down,
 re-publishes dispatched jobs the stream lacks, and hands succeeded-but-unposted jobs to the listener for posting.
+Each job is handled on its own: an outcome that is refused (its images missing, too large, not the job's) or cannot
+be read fails that job (refunded); any other error with one job is logged in one line and the walk goes on (the
+results loop, or the next start, takes that job up). It also marks the waiting and running jobs active
+(`JobEvents.track`): progress events of any other job id are dropped.
+
+Someone deleting a stream, a consumer or a bucket (`nats stream rm`) is repaired without a restart: where a call
+fails because of it (feeding, reading the results, cancelling) `restore_queue()` creates the streams and buckets
+again (at most once every `SETUP_AGAIN_INTERVAL` seconds), the results consumer and the shared consumers of the live
+workers' models (their subscriptions, bound by name, pull again), then reconciles: jobs whose messages went with the
+stream are published again.
 
 The listener is a `JobListener` (`job_queued`, `job_progress`, `job_finished`; the imagine extension's
 `JobPresenter` is one); without one the dispatcher uses a `NoListener`.
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,10 +55,11 @@ from typing import Any, Protocol
 
 from bot.dispatch.events import JobEvent, JobEvents, JobListener, NoListener
 from bot.dispatch.feeder import Feeder, FeederJobs, SourceImages
-from bot.dispatch.recorder import OutcomeRecorder, RecorderImages, RecorderJobs
+from bot.dispatch.recorder import UNREADABLE, OutcomeRecorder, RecorderImages, RecorderJobs
 from bot.dispatch.registry import UNSERVED_TIMEOUT, ServedModel, WorkerRegistry
 from generation.protocol.cards import ModelCard
-from generation.protocol.queue import JobQueue, QueueConfig, WorkerInfo
+from generation.protocol.queue import JobQueue, MessageError, QueueConfig, WorkerInfo, is_missing
+from generation.protocol.strict import short
 
 __all__ = [
     "Dispatcher", "ImagesLike", "JobEvent", "JobListener", "JobsLike", "NoListener", "ReconcileReport", "ServedModel",
@@ -60,6 +72,8 @@ log = logging.getLogger("bot.dispatch")
 STARTUP_GRACE = 2.0
 #: Seconds a count of the jobs waiting per model is reused (the commands ask for it on every keystroke).
 WAITING_TTL = 1.0
+#: The most model tokens whose shared consumers `restore_queue` creates again (tokens come from announcements).
+MAX_RESTORED_CONSUMERS = 64
 
 
 class JobsLike(FeederJobs, RecorderJobs, Protocol):
@@ -82,7 +96,8 @@ class ReconcileReport:
     in_queue: list[int] = field(default_factory=list)  # still waiting or running in the stream
     undispatched: list[int] = field(default_factory=list)  # left to the feeder (fair order)
     to_post: list[int] = field(default_factory=list)  # succeeded, not posted: handed to the listener
-    failed: list[int] = field(default_factory=list)  # could not be re-published (bad request, missing source)
+    failed: list[int] = field(default_factory=list)  # could not be re-published, or its outcome could not be read
+    errors: list[int] = field(default_factory=list)  # could not be handled now (logged); taken up later
 
 
 class Dispatcher:
@@ -108,9 +123,9 @@ class Dispatcher:
         self.queue: JobQueue | None = None
         self.events = JobEvents(listener)
         self.registry = WorkerRegistry(unserved_timeout=unserved_timeout)
-        self.recorder = OutcomeRecorder(self._require_queue, jobs, images, self.events)
+        self.recorder = OutcomeRecorder(self._require_queue, jobs, images, self.events, restore=self.restore_queue)
         self.feeder = Feeder(self._require_queue, jobs, images, self.registry, self.events, fail=self.recorder.fail,
-                             min_window=min_window)
+                             min_window=min_window, restore=self.restore_queue)
         # A job that started or ended makes room and moves the line up.
         self.events.subscribe(self.feeder.on_job_event)
         self._tasks: list[asyncio.Task] = []
@@ -173,7 +188,7 @@ class Dispatcher:
         q = await self.connect()
         await q.subscribe_workers(self._on_worker)
         await q.subscribe_progress(self.recorder.on_progress)
-        results = await q.results_subscription(durable=f"{self.name}-results")
+        results = await q.results_subscription(durable=self.results_durable)
         self._started_at = time.monotonic()
         await q.ping_workers()
         report = await self.reconcile() if reconcile else None
@@ -195,6 +210,30 @@ class Dispatcher:
         if self.queue is not None:
             await self.queue.close()
             self.queue = None
+
+    @property
+    def results_durable(self) -> str:
+        """The name of this bot's durable consumer of the results stream."""
+        return f"{self.name}-results"
+
+    async def restore_queue(self) -> bool:
+        """Create the queue's streams, buckets and consumers again after someone deleted one (see the module
+        docstring), then reconcile. At most once every `SETUP_AGAIN_INTERVAL` seconds, whoever asks; True when it
+        ran now."""
+        q = self._require_queue()
+        try:
+            if not await q.setup_again():
+                return False
+            await q.ensure_results_consumer(self.results_durable)
+            for token in sorted(self.registry.tokens())[:MAX_RESTORED_CONSUMERS]:
+                await q.ensure_job_consumer(token)
+        except Exception as e:
+            log.warning("dispatch: creating the queue again failed (%s); will try again", short(str(e), 200))
+            return False
+        log.warning("dispatch: the queue's streams, buckets and consumers were created again; reconciling")
+        if not self._closing:
+            await self.reconcile()
+        return True
 
     async def __aenter__(self) -> Dispatcher:
         await self.start()
@@ -221,7 +260,14 @@ class Dispatcher:
 
         Call after `JobService.cancel` (which refunds); a worker running it stops within a step."""
         q = self._require_queue()
-        await q.request_cancel(job_id)
+        self.events.forget(job_id)
+        try:
+            await q.request_cancel(job_id)
+        except Exception as e:
+            if not is_missing(e):
+                raise
+            await self.restore_queue()  # the cancel bucket was deleted
+            await q.request_cancel(job_id)
         seq = await q.job_in_queue(job_id)
         if seq is not None:
             await q.remove_job(seq)
@@ -292,36 +338,52 @@ class Dispatcher:
         q = self._require_queue()
         report = ReconcileReport()
         t0 = time.monotonic()
-        for job in await self.jobs.unfinished():
-            status = str(job.status)
-            if status == "succeeded":
-                report.to_post.append(job.id)
-                await self.events.finished(job.id, "succeeded", timeline=self.recorder.stored_timeline(job.id))
-                continue
-            outcome = await q.get_outcome(job.id)
-            if outcome is not None:
-                await self.recorder.record(outcome)
-                report.collected.append(job.id)
-                continue
-            if await q.job_in_queue(job.id) is not None:
-                report.in_queue.append(job.id)
-                continue
-            if status == "queued" and job.dispatched_at is None:
-                report.undispatched.append(job.id)
-                continue
-            # Dispatched (or started) but the stream has no message and there is no outcome: publish it again.
-            if await self.feeder.publish(job, again=True):
-                report.republished.append(job.id)
-            else:
-                report.failed.append(job.id)
+        unfinished = await self.jobs.unfinished()
+        self.events.track(job.id for job in unfinished if str(job.status) in ("queued", "running"))
+        for job in unfinished:
+            try:
+                await self._reconcile_one(q, job, report)
+            except Exception as e:
+                report.errors.append(job.id)
+                log.warning("job %d: reconcile could not handle it now (%s: %s); the results loop or the next start "
+                            "takes it up", job.id, type(e).__name__, short(str(e), 200))
         log.info(
             "reconciled in %.2f s: %d outcome(s) collected, %d re-published, %d in the queue, %d waiting for dispatch, "
-            "%d to post, %d failed",
+            "%d to post, %d failed, %d left for later",
             time.monotonic() - t0, len(report.collected), len(report.republished), len(report.in_queue),
-            len(report.undispatched), len(report.to_post), len(report.failed),
+            len(report.undispatched), len(report.to_post), len(report.failed), len(report.errors),
         )
         self.feeder.wake()
         return report
+
+    async def _reconcile_one(self, q: JobQueue, job: Any, report: ReconcileReport) -> None:
+        status = str(job.status)
+        if status == "succeeded":
+            report.to_post.append(job.id)
+            await self.events.finished(job.id, "succeeded", timeline=self.recorder.stored_timeline(job.id))
+            return
+        try:
+            outcome = await q.get_outcome(job.id, strict=True)
+        except MessageError:
+            # Stored, but not an outcome the bot can read (logged by the queue): the job will not get another one.
+            if await self.recorder.fail(job.id, UNREADABLE + "; please try again", detail="its stored outcome was refused"):
+                report.failed.append(job.id)
+            return
+        if outcome is not None:
+            await self.recorder.record(outcome)  # a refused one fails the job (refunded)
+            report.collected.append(job.id)
+            return
+        if await q.job_in_queue(job.id) is not None:
+            report.in_queue.append(job.id)
+            return
+        if status == "queued" and job.dispatched_at is None:
+            report.undispatched.append(job.id)
+            return
+        # Dispatched (or started) but the stream has no message and there is no outcome: publish it again.
+        if await self.feeder.publish(job, again=True):
+            report.republished.append(job.id)
+        else:
+            report.failed.append(job.id)
 
     # --- feeding and unserved jobs ---------------------------------------------------------------------------------
     async def feed(self) -> int:
@@ -357,8 +419,13 @@ class Dispatcher:
                 await self.fail_unserved()
             except Exception:
                 log.exception("dispatch: checking for jobs no worker serves failed; will retry")
+            if self.recorder.dead_letters:
+                await self.recorder.retry_dead_letters()
 
     async def _on_worker(self, info: WorkerInfo) -> None:
+        if info.jobs and not all(self.events.is_active(j) for j in info.jobs):
+            # Job ids that are not waiting or running are not kept (anyone can send an announcement).
+            info = dataclasses.replace(info, jobs=tuple(j for j in info.jobs[:64] if self.events.is_active(j)))
         if self.registry.heard(info):
             self.feeder.wake()
         self._announced.set()

@@ -16,13 +16,18 @@ messages from these calls.
 
 Each listener call runs in its own task, so a slow Discord call never holds up the queue; an exception there is
 logged and forgotten. `NoListener` calls nothing, for a dispatcher that needs no listener (tests, tools).
+
+The active jobs: a job is active from its `dispatched` or `started` event (or `track`, for the jobs the dispatcher
+finds unfinished at start) until its final event (or `forget`). Anyone who can reach the NATS port can send progress
+events, so the recorder passes on only those of active jobs (`is_active`), and a preview is kept only for an active
+job: events for other job ids allocate nothing here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -88,7 +93,22 @@ class JobEvents:
         self._subscribers: list[Subscriber] = []
         self._watchers: dict[int, list[asyncio.Queue[JobEvent]]] = {}
         self._previews: dict[int, bytes] = {}
+        self._active: set[int] = set()
         self._listener_tasks: set[asyncio.Task] = set()
+
+    # --- the active jobs --------------------------------------------------------------------------------------------
+    def track(self, job_ids: Iterable[int]) -> None:
+        """Count these jobs as active (waiting or running): the unfinished jobs found at start."""
+        self._active.update(job_ids)
+
+    def forget(self, job_id: int) -> None:
+        """The job is no longer active (cancelled, or final without a final event here)."""
+        self._active.discard(job_id)
+        self._previews.pop(job_id, None)
+
+    def is_active(self, job_id: int) -> bool:
+        """Whether the job is waiting or running as far as the bot knows (see the module docstring)."""
+        return job_id in self._active
 
     # --- the listener -----------------------------------------------------------------------------------------------
     @property
@@ -143,11 +163,13 @@ class JobEvents:
     # --- what happened to a job -------------------------------------------------------------------------------------
     async def dispatched(self, job_id: int) -> None:
         """The job was published to the stream."""
+        self._active.add(job_id)
         await self.emit(JobEvent(job_id, "dispatched"))
         self._call("job_queued", job_id, lambda listener: listener.job_queued(job_id))
 
     async def started(self, job_id: int, total: int, worker: str) -> None:
         """A worker took the job."""
+        self._active.add(job_id)
         await self.emit(JobEvent(job_id, "started", 0, total, worker=worker))
         self._call("job_progress", job_id, lambda listener: listener.job_progress(job_id, 0, total, None))
 
@@ -159,8 +181,9 @@ class JobEvents:
     async def progress(self, job_id: int, step: int, total: int, preview: bytes | None, worker: str) -> None:
         """The worker finished step `step` of `total`. Previews come only every so often; the listener keeps getting
         the latest one with later step counts, so one that rate-limits its message edits still gets a preview with
-        whichever step it shows. (The event carries the preview of this step only.)"""
-        if preview is not None:
+        whichever step it shows. (The event carries the preview of this step only.) A preview is kept only for an
+        active job."""
+        if preview is not None and job_id in self._active:
             self._previews[job_id] = preview
         latest = preview or self._previews.get(job_id)
         await self.emit(JobEvent(job_id, "progress", step, total, preview, worker))
@@ -173,7 +196,7 @@ class JobEvents:
     async def finished(self, job_id: int, kind: FinalKind, *, timeline: bytes | None = None, error: str = "",
                        worker: str = "") -> None:
         """The job is final (its row says so already)."""
-        self._previews.pop(job_id, None)
+        self.forget(job_id)
         await self.emit(JobEvent(job_id, kind, error=error, worker=worker, timeline=timeline))
         self._call("job_finished", job_id, lambda listener: listener.job_finished(job_id, timeline=timeline))
 

@@ -16,6 +16,10 @@ Publishing a job: message id = job id, subject `imagine.jobs.<model>.<job_id>`, 
 gone) fails (refunded) instead. A job re-published by `reconcile` is not marked again, and gets a fresh message id
 when the server still remembers the old one although the message is gone.
 
+A job stream someone deleted (`nats stream rm`) makes feeding fail with "stream not found" (`is_missing`): the feeder
+then calls `restore` (the dispatcher's `restore_queue`, which creates the queue again) and the jobs, still waiting
+in the database, are fed at the next round.
+
 When a job starts or ends the waiting jobs move up: `refresh_positions_soon` lets the listener show the first 25 their
 new place, at most once every 2 s.
 """
@@ -32,7 +36,7 @@ from typing import Any, Protocol
 from bot.dispatch.events import JobEvent, JobEvents
 from bot.dispatch.registry import WorkerRegistry
 from generation.protocol.contract import GenerationRequest, RequestError
-from generation.protocol.queue import JobQueue
+from generation.protocol.queue import JobQueue, is_missing
 
 log = logging.getLogger("bot.dispatch")
 
@@ -64,18 +68,20 @@ class Feeder:
         events: JobEvents,
         *,
         fail: Callable[[int, str], Awaitable[bool]],
+        restore: Callable[[], Awaitable[Any]] | None = None,
         min_window: int = 2,
         positions_delay: float = 2.0,
         positions_limit: int = 25,
     ):
         """`queue` returns the connected queue (or raises); `fail(job_id, reason)` fails and refunds a job that
-        cannot be published."""
+        cannot be published; `restore()` creates the queue's streams again after someone deleted them."""
         self._queue = queue
         self.jobs = jobs
         self.images = images
         self.registry = registry
         self.events = events
         self._fail = fail
+        self._restore = restore
         self.min_window = max(1, min_window)
         self.positions_delay = positions_delay
         self.positions_limit = positions_limit
@@ -114,7 +120,19 @@ class Feeder:
         return max(self.min_window, self.registry.capacity())
 
     async def feed(self) -> int:
-        """Dispatch jobs while the stream has room; returns how many were published."""
+        """Dispatch jobs while the stream has room; returns how many were published. When the job stream (or the
+        object store) is gone, `restore` creates it again and the rest waits for the next round."""
+        try:
+            return await self._feed()
+        except Exception as e:
+            if self._restore is None or not is_missing(e):
+                raise
+            log.warning("dispatch: feeding failed because the queue's stream or bucket is gone (%s)", type(e).__name__)
+            if await self._restore():
+                self.wake()  # created again: feed at once
+            return 0
+
+    async def _feed(self) -> int:
         q = self._queue()
         if not q.nc.is_connected:
             return 0

@@ -15,6 +15,25 @@
 - the stream's max-deliveries advisory (workers died on the job `max_deliver` times): `fail` + refund, unless an
   outcome was stored meanwhile, and the message leaves the stream.
 
+Anyone who can reach the NATS port can publish outcomes and progress events, so nothing in them is trusted:
+
+- an outcome's images must be what its job makes before anything is kept: at most the job's number of images, each
+  index once; each object at most `MAX_OBJECT_BYTES` (its stated size is checked before it is fetched), matching its
+  sha256, a PNG whose header states the job's size (twice it for an upscale, see `image_fits_job`) — read from the
+  header alone, no pixel is decoded. An outcome that fails any of these (or names an object that is not there) is
+  refused: its job is failed and refunded with a reason that quotes nothing of the message (`MISMATCH`, ...), in
+  one log line, and the message is acked. A missing timeline only leaves the timeline out;
+- an outcome message that cannot be read fails the job its subject names (refunded), if that job is active;
+- a message whose handling fails otherwise (the database is busy, NATS timed out) is handed back with a growing
+  delay (`retry_delays`); the consumer hands it out at most `results_max_deliver` times, and on the last delivery
+  it is given up: a dead-letter record (a log ERROR with its subject and job id), its job failed and refunded if it
+  is still active (when even that cannot be written, `retry_dead_letters` tries again later), and the message is
+  terminated;
+- progress events of jobs that are not active (`JobEvents.is_active`) are dropped before they allocate anything; a
+  `started` event of a job not known to be active is checked against the database (`JobService.start`);
+- when reading the results fails because the consumer is gone (someone deleted the stream), `restore` (the
+  dispatcher's) creates the streams and consumers again; the subscription, bound by name, then reads again.
+
 Exactly once: outcomes of one job are recorded one at a time, and an outcome for a job that is already final (a second
 worker finished it too, the durable consumer hands it out again after a restart, `reconcile` read it first) changes
 nothing. A txt2img outcome whose request digest is not the job's request (a stale store kept across a database reset,
@@ -28,18 +47,77 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
+
+from nats.js.errors import DigestMismatchError, ObjectNotFoundError
 
 from bot.dispatch.events import JobEvents
 from bot.errors import IllegalTransition, JobNotFound
-from bot.services.images import ImageWriteError
-from generation.protocol.queue import JobQueue, MaxDeliveries, Outcome, ProgressEvent, request_digest
+from bot.services.images import ImageWriteError, read_header
+from generation.protocol.contract import MAX_IMAGES
+from generation.protocol.queue import (
+    JobQueue,
+    MaxDeliveries,
+    ObjectTooLarge,
+    Outcome,
+    ProgressEvent,
+    is_missing,
+    request_digest,
+)
+from generation.protocol.strict import short
 
 log = logging.getLogger("bot.dispatch")
 
 TIMELINE_SUFFIX = "_timeline.webp"
+#: The largest object (an image or a timeline) the bot fetches from the object store; its stated size is checked
+#: before it is fetched. The largest PNG a worker makes (2048×2048 RGBA, noise) is about 16 MiB.
+MAX_OBJECT_BYTES = 32 * 1024 * 1024
+#: How far a side of an upscale may be from twice its source's: the engine rounds the doubled side to the model's
+#: grid (half a multiple at most).
+UPSCALE_SLACK = 32
+#: Delays (seconds) before a results message whose handling failed comes again, by delivery; the last one repeats.
+RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0)
+
+# What members read when an outcome is refused: never anything of the message itself.
+MISMATCH = "the worker sent an image that does not match the job"
+LISTING = "the worker sent images that do not match the job"
+TOO_LARGE = "the worker sent an image larger than the bot accepts"
+MISSING = "the worker's images could not be found in the queue (expired or removed)"
+DAMAGED = "the worker's images arrived damaged"
+UNREADABLE = "the worker's report on this job could not be read"
+GIVEN_UP = "the bot could not record the worker's result of this job"
+RETRY = "; please try again"
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.:@/+-]{1,64}")
+
+
+def image_fits_job(size: tuple[int, int], mode: str, width: int, height: int) -> bool:
+    """Whether an image of `size` is one the job makes: its request's width × height; for an upscale twice that,
+    within `UPSCALE_SLACK` (the engine doubles the source, which has the request's size, and rounds to the model's
+    grid), or the request's own size (an engine that refines without resizing, like the fake engine)."""
+    w, h = size
+    if (w, h) == (width, height):
+        return True
+    return mode == "upscale" and abs(w - 2 * width) <= UPSCALE_SLACK and abs(h - 2 * height) <= UPSCALE_SLACK
+
+
+def plain(text: str) -> str:
+    """A name from a message (a worker's, a model's) as it may go into a log line: as is when it is a plain token,
+    else a short repr."""
+    return text if _PLAIN.fullmatch(text or "") else short(text, 40)
+
+
+class RefusedOutcome(Exception):
+    """An outcome the bot will never record as it is: its job is failed and refunded with `reason` (members read it;
+    it quotes nothing of the message), and `detail` goes to the log."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason} ({detail})")
 
 
 class RecorderJobs(Protocol):
@@ -65,14 +143,20 @@ class RecorderImages(Protocol):
 class OutcomeRecorder:
     """Turns worker reports (progress, outcomes, max-deliveries advisories) into job rows and stored images."""
 
-    def __init__(self, queue: Callable[[], JobQueue], jobs: RecorderJobs, images: RecorderImages, events: JobEvents):
-        """`queue` returns the connected queue (or raises)."""
+    def __init__(self, queue: Callable[[], JobQueue], jobs: RecorderJobs, images: RecorderImages, events: JobEvents,
+                 *, restore: Callable[[], Awaitable[Any]] | None = None, retry_delays: Sequence[float] = RETRY_DELAYS):
+        """`queue` returns the connected queue (or raises); `restore()` creates the queue's streams and consumers
+        again after someone deleted them (the dispatcher's `restore_queue`)."""
         self._queue = queue
         self.jobs = jobs
         self.images = images
         self.events = events
+        self.retry_delays = tuple(retry_delays) or RETRY_DELAYS
+        self._restore = restore
         self._locks: dict[int, asyncio.Lock] = {}
         self._started_at: dict[int, float] = {}
+        #: Jobs of given-up messages that could not be failed yet (the database was down): `retry_dead_letters`.
+        self.dead_letters: set[int] = set()
         self._closing = False
 
     def close(self) -> None:
@@ -81,24 +165,35 @@ class OutcomeRecorder:
 
     # --- progress ---------------------------------------------------------------------------------------------------
     async def on_progress(self, ev: ProgressEvent) -> None:
+        """Pass on a worker's progress event; one about a job that is not waiting or running is dropped (a `started`
+        event of a job not known to be active is checked against the database first)."""
         if ev.kind == "started":
-            self._started_at[ev.job_id] = time.monotonic()
             try:
                 await self.jobs.start(ev.job_id, ev.worker)
-                await self.jobs.record_attempt(ev.job_id)
             except (IllegalTransition, JobNotFound):
                 return  # cancelled meanwhile, or not ours
             except Exception:
+                if not self.events.is_active(ev.job_id):
+                    log.warning("job %d: could not check its start; event dropped", ev.job_id, exc_info=True)
+                    return
                 log.exception("job %d: could not record its start", ev.job_id)
-            log.info("job %d started on %s (attempt %d)", ev.job_id, ev.worker, ev.attempt)
+            self._started_at[ev.job_id] = time.monotonic()
+            try:
+                await self.jobs.record_attempt(ev.job_id)
+            except Exception:
+                log.warning("job %d: could not count its attempt", ev.job_id, exc_info=True)
+            log.info("job %d started on %s (attempt %d)", ev.job_id, plain(ev.worker), ev.attempt)
             await self.events.started(ev.job_id, ev.total, ev.worker)
-        elif ev.kind == "loading":
-            log.info("job %d: worker %s loads its model first", ev.job_id, ev.worker)
+            return
+        if not self.events.is_active(ev.job_id):
+            return  # not a job that waits or runs: nothing is kept of it
+        if ev.kind == "loading":
+            log.info("job %d: worker %s loads its model first", ev.job_id, plain(ev.worker))
             await self.events.loading(ev.job_id, ev.worker)
         elif ev.kind == "step":
             await self.events.progress(ev.job_id, ev.step, ev.total, ev.preview, ev.worker)
         elif ev.kind == "released":
-            log.info("job %d: worker %s handed it back to the queue", ev.job_id, ev.worker)
+            log.info("job %d: worker %s handed it back to the queue", ev.job_id, plain(ev.worker))
             await self.events.released(ev.job_id, ev.step, ev.total, ev.worker)
 
     # --- the results stream -----------------------------------------------------------------------------------------
@@ -112,21 +207,38 @@ class OutcomeRecorder:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if not self._closing:
+                if self._closing:
+                    return
+                if await self._consumer_gone(sub, e) and self._restore is not None:
+                    # Logged there when it runs (at most every few seconds, whoever asks).
+                    with contextlib.suppress(Exception):
+                        await self._restore()
+                else:
                     log.warning("dispatch: reading results failed (%s); retrying", e)
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
                 await self.on_message(msg)
 
+    @staticmethod
+    async def _consumer_gone(sub: Any, error: Exception) -> bool:
+        """Whether a failed fetch means the consumer (or its stream) no longer exists."""
+        if is_missing(error):
+            return True
+        try:
+            await sub.consumer_info()
+        except Exception as e:
+            return is_missing(e)
+        return False
+
     async def on_message(self, msg: Any) -> None:
         """Record one message of the results stream; acked once recorded (or when it is not ours to read), else
-        handed back for a retry."""
+        handed back for a retry, and given up on its last delivery (see the module docstring)."""
         q = self._queue()
         try:
             parsed = q.parse_result_message(msg)
         except Exception:
-            log.warning("dispatch: dropping a malformed message on %s", msg.subject)
+            log.warning("dispatch: dropping a malformed message on %s", short(msg.subject))
             await msg.ack()
             return
         try:
@@ -134,12 +246,51 @@ class OutcomeRecorder:
                 await self.record(parsed)
             elif isinstance(parsed, MaxDeliveries):
                 await self.on_max_deliveries(parsed)
-        except Exception:
-            log.exception("dispatch: handling %s failed; it will be retried", msg.subject)
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=2.0)
+            else:
+                await self._unreadable(q, msg.subject)
+        except Exception as e:
+            await self._retry_or_give_up(q, msg, parsed, e)
             return
         await msg.ack()
+
+    async def _unreadable(self, q: JobQueue, subject: str) -> None:
+        """An outcome message that was refused (`parse_result_message` logged why): fail its job if it is active."""
+        job_id = q.result_job_id(subject)
+        if job_id is not None:
+            await self.fail(job_id, UNREADABLE + RETRY, detail="its outcome message was refused")
+
+    async def _retry_or_give_up(self, q: JobQueue, msg: Any, parsed: Any, error: Exception) -> None:
+        """Hand a message whose handling failed back with a delay, or give it up on its last delivery: a dead-letter
+        record, its job failed and refunded if it is still active, and the message terminated."""
+        delivered = _deliveries(msg)
+        limit = getattr(getattr(q, "config", None), "results_max_deliver", 0) or 0
+        job_id = parsed.job_id if isinstance(parsed, Outcome) else q.result_job_id(msg.subject)
+        if not limit or delivered < limit:
+            log.warning("dispatch: handling %s failed (delivery %d of %s); it will be retried", short(msg.subject),
+                        delivered, limit or "?", exc_info=error)
+            delay = self.retry_delays[min(delivered, len(self.retry_delays)) - 1]
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
+            return
+        log.error("dispatch: dead letter: %s (job %s) could not be handled in %d deliveries and is given up: %s",
+                  short(msg.subject), job_id if job_id is not None else "?", delivered, short(str(error), 200))
+        if job_id is not None:
+            try:
+                await self.fail(job_id, GIVEN_UP + RETRY, detail="its outcome message was given up")
+            except Exception:
+                log.error("job %d: could not be failed either; trying again later", job_id)
+                self.dead_letters.add(job_id)
+        with contextlib.suppress(Exception):
+            await (msg.term() if hasattr(msg, "term") else msg.ack())
+
+    async def retry_dead_letters(self) -> None:
+        """Fail (and refund) the jobs of given-up messages that could not be failed when they were given up."""
+        for job_id in sorted(self.dead_letters):
+            try:
+                await self.fail(job_id, GIVEN_UP + RETRY, detail="its outcome message was given up")
+            except Exception:
+                return  # the database is still down: next time
+            self.dead_letters.discard(job_id)
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
@@ -162,6 +313,8 @@ class OutcomeRecorder:
             return False
         if str(job.status) not in ("queued", "running"):
             log.info("job %d: outcome `%s` ignored, the job is already %s", out.job_id, out.status, job.status)
+            self._started_at.pop(out.job_id, None)
+            self.events.forget(out.job_id)
             await self._drop_objects(out)
             return False
         if job.mode == "txt2img" and out.request_digest and out.request_digest != request_digest(job.to_request()):
@@ -179,7 +332,7 @@ class OutcomeRecorder:
             await self.jobs.cancel(out.job_id, 0)
         except IllegalTransition:
             return False
-        log.info("job %d cancelled on %s", out.job_id, out.worker)
+        log.info("job %d cancelled on %s", out.job_id, plain(out.worker))
         await self.events.finished(out.job_id, "cancelled", worker=out.worker)
         return True
 
@@ -189,21 +342,29 @@ class OutcomeRecorder:
         new_images = []
         timeline = None
         try:
+            request = job.to_request()
+            self._check_listing(out, request.num_images)
             for img in out.images:
-                data = await q.get_object(img.object)
+                data = await self._fetch(q, img.object, f"image {img.index}")
                 if hashlib.sha256(data).hexdigest() != img.sha256:
-                    raise ValueError(f"image {img.index} of job {out.job_id} arrived damaged (sha256 mismatch)")
+                    raise RefusedOutcome(DAMAGED, f"image {img.index}: its sha256 is not the one stated")
+                self._check_image(data, img.index, str(job.mode), request.width, request.height)
                 stored = await asyncio.to_thread(self.images.save, out.job_id, img.index, data)
                 new_images.append((img.index, img.seed, stored.path, stored.sha256, img.nsfw))
             if out.timeline_object:
-                timeline = await q.get_object(out.timeline_object)
+                timeline = await self._timeline(q, out)
+            if timeline:
                 await asyncio.to_thread(self.images.save, out.job_id, 0, timeline, suffix=TIMELINE_SUFFIX)
+        except RefusedOutcome as e:
+            # Not the job's images (or none at all): keep nothing, fail the job (refunded) and say so in one line.
+            self._discard(new_images)
+            changed = await self.fail(out.job_id, e.reason + RETRY, worker=out.worker, detail=e.detail)
+            await self._drop_objects(out)
+            return changed
         except ImageWriteError as e:
             # Disk full or failing: keep nothing of this job, fail it (refunded) and tell its owner why.
             log.error("job %d: writing %s failed: %s", out.job_id, e.path, e)
-            for _, _, path, _, _ in new_images:
-                with contextlib.suppress(OSError, ValueError):
-                    self.images.delete(path)
+            self._discard(new_images)
             changed = await self.fail(out.job_id, f"{e}; please try again later", worker=out.worker)
             await self._drop_objects(out)
             return changed
@@ -218,12 +379,57 @@ class OutcomeRecorder:
         await self._drop_objects(out)
         log.info(
             "job %d succeeded on %s (model %s, %s): %d image(s), attempt %d, queued %.2f s, run %.2f s%s",
-            out.job_id, out.worker, out.model, out.device, len(new_images), out.attempt,
+            out.job_id, plain(out.worker), plain(out.model), plain(out.device), len(new_images), out.attempt,
             out.timings.get("queue", 0.0), out.timings.get("run", 0.0),
             "" if waited is None else f", {time.monotonic() - waited:.2f} s since start",
         )
         await self.events.finished(out.job_id, "succeeded", timeline=timeline, worker=out.worker)
         return True
+
+    # --- checking what a worker sent ---------------------------------------------------------------------------------
+    @staticmethod
+    def _check_listing(out: Outcome, count: int) -> None:
+        """At least one image, at most the job's `count`, each index below it and once."""
+        indices = [img.index for img in out.images]
+        if not indices or len(indices) > count or len(set(indices)) != len(indices) or not all(
+                0 <= i < count for i in indices):
+            raise RefusedOutcome(LISTING, f"{len(indices)} image(s), indices {short(indices[:8])}, for a job of {count}")
+
+    @staticmethod
+    async def _fetch(q: JobQueue, name: str, what: str) -> bytes:
+        """An object of at most `MAX_OBJECT_BYTES` (its stated size is checked before it is fetched)."""
+        try:
+            return await q.get_object(name, max_size=MAX_OBJECT_BYTES)
+        except ObjectTooLarge as e:
+            raise RefusedOutcome(TOO_LARGE, f"{what}: {e.size} bytes, more than {e.limit}") from None
+        except ObjectNotFoundError:
+            raise RefusedOutcome(MISSING, f"{what}: no object {short(name)}") from None
+        except DigestMismatchError:
+            raise RefusedOutcome(DAMAGED, f"{what}: the object's chunks do not match its digest") from None
+
+    @staticmethod
+    def _check_image(data: bytes, index: int, mode: str, width: int, height: int) -> None:
+        """The image is a PNG whose header states a size the job makes (nothing is decoded)."""
+        try:
+            header = read_header(data)
+        except ValueError as e:
+            raise RefusedOutcome(MISMATCH, f"image {index}: {e}") from None
+        if not image_fits_job((header.width, header.height), mode, width, height):
+            raise RefusedOutcome(MISMATCH, f"image {index}: its header states {header.width}x{header.height}, the "
+                                           f"{mode} job makes {width}x{height}" + (" doubled" if mode == "upscale" else ""))
+
+    async def _timeline(self, q: JobQueue, out: Outcome) -> bytes | None:
+        """The outcome's timeline animation; None (logged) when it is missing or too large: the job goes on without."""
+        try:
+            return await self._fetch(q, out.timeline_object or "", "timeline")
+        except RefusedOutcome as e:
+            log.warning("job %d: timeline left out: %s", out.job_id, e.detail)
+            return None
+
+    def _discard(self, new_images: list[tuple]) -> None:
+        for _, _, path, _, _ in new_images:
+            with contextlib.suppress(OSError, ValueError):
+                self.images.delete(path)
 
     async def on_max_deliveries(self, adv: MaxDeliveries) -> None:
         """The server gave up on a job message: fail the job (unless an outcome came after all) and drop it."""
@@ -240,27 +446,41 @@ class OutcomeRecorder:
                 await self.fail(job_id, reason)
             await q.remove_job(adv.stream_seq)
 
-    async def fail(self, job_id: int, error: str, worker: str = "") -> bool:
-        """Fail (and refund) a job and tell about it; False when it was final already or is not ours."""
+    async def fail(self, job_id: int, error: str, worker: str = "", *, detail: str = "") -> bool:
+        """Fail (and refund) a job and tell about it; False when it was final already or is not ours. With `detail`
+        (a refused outcome: what was wrong) the log line is a warning that gives it."""
         try:
             await self.jobs.fail(job_id, error)
         except (IllegalTransition, JobNotFound):
             return False
-        log.info("job %d failed%s (refunded): %s", job_id, f" on {worker}" if worker else "", error)
+        where = f" on {plain(worker)}" if worker else ""
+        if detail:
+            log.warning("job %d failed%s (refunded): %s [%s]", job_id, where, error, detail)
+        else:
+            log.info("job %d failed%s (refunded): %s", job_id, where, short(error, 300))
         await self.events.finished(job_id, "failed", error=error, worker=worker)
         return True
 
     async def _drop_objects(self, out: Outcome) -> None:
+        """Delete the objects an outcome names (no more than a job can have: the names come from the message)."""
         q = self._queue()
-        for img in out.images:
+        for img in out.images[:MAX_IMAGES]:
             await q.delete_object(img.object)
         if out.timeline_object:
             await q.delete_object(out.timeline_object)
         await q.delete_object(f"input/{out.job_id}")
 
     def stored_timeline(self, job_id: int) -> bytes | None:
-        """The timeline animation stored with a succeeded job, if any."""
+        """The timeline animation stored with a succeeded job, if any (the bot never decodes it)."""
         try:
             return self.images.read(self.images.relative_path(job_id, 0, TIMELINE_SUFFIX))
         except (OSError, ValueError):
             return None
+
+
+def _deliveries(msg: Any) -> int:
+    """How many times the server has handed out this message (1 when it does not say)."""
+    try:
+        return max(1, int(msg.metadata.num_delivered))
+    except Exception:
+        return 1

@@ -8,22 +8,37 @@ temporary file (`.<name>.<random>.tmp`); `sweep_temp()` removes those at start.
 
 A write that fails (disk full, read-only folder, I/O error) removes its temporary file and raises `ImageWriteError`,
 which says in words what went wrong; the dispatcher then fails the job and refunds it.
+
+Every reader passes the sha256 the database recorded (`read(path, sha256)`): a file changed or damaged on disk raises
+`ImageDamaged` instead of being shown. The composed grid of a job is cached next to its images
+(`<job_id>_grid_<key>.grid`, the key made from the job id and the images' sha256, the grid's own sha256 at the end of
+the file), so `/show` and a second post do not compose it again (`bot.ui.images.job_grid`).
+
+`read_header` reads the format and size an image's header states without decoding a pixel: the dispatcher checks an
+image a worker sent against its job with it before anything decodes the image.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
 #: The name pattern of the temporary files `save` writes before renaming them.
 TEMP_GLOB = ".*.tmp"
+#: The suffix of a cached grid (a PNG followed by its own sha256, 32 bytes).
+GRID_SUFFIX = ".grid"
+_DIGEST_BYTES = 32
 
 
 class ImageWriteError(Exception):
@@ -38,6 +53,37 @@ class ImageWriteError(Exception):
         else:
             reason = f"the images could not be saved ({error.strerror or error.__class__.__name__})"
         super().__init__(reason)
+
+
+class ImageDamaged(ValueError):
+    """A stored image file does not match the sha256 the database recorded for it (changed or damaged on disk)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"image file {path!r} does not match its recorded sha256 (changed or damaged on disk)")
+
+
+class ImageHeader(NamedTuple):
+    #: Pillow's name of the format ("PNG").
+    format: str
+    width: int
+    height: int
+
+
+def read_header(data: bytes, formats: Sequence[str] | None = ("PNG",)) -> ImageHeader:
+    """The format and size an image's header states, read without decoding a pixel: Pillow's `Image.open` reads the
+    header only, the pixels would come with `load()`, which is never called here. `formats` are the formats tried
+    (PNG only by default: the workers send PNGs; None tries every format Pillow knows).
+
+    Raises ValueError, with a reason that quotes nothing of the data, for bytes that are not such an image, and for
+    an image whose header states more pixels than `PIL.Image.MAX_IMAGE_PIXELS` allows (see `bot.ui.images`)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=None if formats is None else list(formats)) as im:
+            return ImageHeader(im.format or "", int(im.width), int(im.height))
+    except Image.DecompressionBombError as exc:
+        raise ValueError("its header states more pixels than the bot decodes") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds of errors for crafted headers
+        raise ValueError(f"it is not a {'/'.join(formats or ('known',))} image ({type(exc).__name__})") from exc
 
 
 class StoredImage(NamedTuple):
@@ -68,8 +114,13 @@ class ImageStore:
         if not isinstance(png_bytes, bytes | bytearray | memoryview) or len(png_bytes) == 0:
             raise ValueError(f"image {index} of job {job_id} has no bytes to save")
         rel = self.relative_path(job_id, index, suffix)
-        target = self.absolute(rel)
         digest = hashlib.sha256(png_bytes).hexdigest()
+        self._write(rel, png_bytes)
+        return StoredImage(rel, digest)
+
+    def _write(self, rel: str, data: bytes) -> None:
+        """Write `data` to the relative path `rel` atomically (temporary file, fsync, rename, fsync of the folder)."""
+        target = self.absolute(rel)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -77,7 +128,7 @@ class ImageStore:
             raise ImageWriteError(rel, exc) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(png_bytes)
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
@@ -90,7 +141,6 @@ class ImageStore:
                 raise ImageWriteError(rel, exc) from exc
             raise
         _fsync_dir(target.parent)
-        return StoredImage(rel, digest)
 
     def sweep_temp(self) -> int:
         """Remove the temporary files a crash left behind (call at start, before anything writes); returns how many."""
@@ -109,11 +159,44 @@ class ImageStore:
         return removed
 
     def read(self, path: str, sha256: str | None = None) -> bytes:
-        """The bytes of a stored image; with `sha256`, raises ValueError if the file does not match it."""
+        """The bytes of a stored image; with `sha256` (every reader of a job's image passes the recorded one), raises
+        `ImageDamaged` (a ValueError) if the file does not match it."""
         data = self.absolute(path).read_bytes()
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ValueError(f"image file {path!r} does not match its recorded sha256 (changed or damaged on disk)")
+            raise ImageDamaged(path)
         return data
+
+    # --- the cached grid of a job -----------------------------------------------------------------------------------
+    def grid_path(self, job_id: int, hashes: Sequence[str]) -> str:
+        """Where the grid of job `job_id` made of the images with these sha256 (in order) is cached."""
+        key = hashlib.sha256(f"{job_id}:{','.join(hashes)}".encode()).hexdigest()[:16]
+        return f"images/{job_id // 1000}/{job_id}_grid_{key}{GRID_SUFFIX}"
+
+    def read_grid(self, job_id: int, hashes: Sequence[str]) -> bytes | None:
+        """The cached grid of these images, checked against the sha256 stored with it; None when there is none. A
+        damaged cache file is removed (and None returned: the caller composes the grid again)."""
+        path = self.grid_path(job_id, hashes)
+        try:
+            raw = self.absolute(path).read_bytes()
+        except FileNotFoundError:
+            return None
+        body, digest = raw[:-_DIGEST_BYTES], raw[-_DIGEST_BYTES:]
+        if not body or hashlib.sha256(body).digest() != digest:
+            log.warning("job %d: the cached grid %s is damaged; it is composed again", job_id, path)
+            self.delete(path)
+            return None
+        return body
+
+    def save_grid(self, job_id: int, hashes: Sequence[str], png_bytes: bytes) -> bool:
+        """Cache the grid of these images (atomically, with its sha256 at the end); False when it could not be
+        written (logged: the grid is then simply composed again next time)."""
+        path = self.grid_path(job_id, hashes)
+        try:
+            self._write(path, bytes(png_bytes) + hashlib.sha256(png_bytes).digest())
+        except ImageWriteError as exc:
+            log.warning("job %d: the grid could not be cached: %s", job_id, exc)
+            return False
+        return True
 
     def delete(self, path: str) -> bool:
         try:

@@ -1,15 +1,36 @@
-"""Image work the bot does itself with Pillow (never torch): the 2×2 grid, and re-encoding to fit upload limits."""
+"""Image work the bot does itself with Pillow (never torch): the 2×2 grid, and re-encoding to fit upload limits.
+
+Decoding is bounded: `limit_pillow()` (called once at start by `python -m bot`) sets `PIL.Image.MAX_IMAGE_PIXELS` to
+the largest image the bot can ever be sent (`MAX_IMAGE_PIXELS`: the contract's largest side doubled by an upscale,
+squared), so Pillow refuses anything larger before allocating its pixels. A grid never exceeds that either: its tiles
+are scaled down when they would.
+
+`job_grid` is what readers of a job's picture use (`/show`, posting): every image file is read with the sha256 the
+database recorded, and the composed grid is cached next to the images, so it is composed once per job.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from PIL import Image
+
+from generation.protocol.contract import MAX_SIDE
 
 #: Discord's upload limit of a server without boosts.
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 GRID_GAP = 4
+#: The most pixels of an image the bot decodes: an upscale doubles the contract's largest side.
+MAX_IMAGE_PIXELS = (2 * MAX_SIDE) ** 2
+
+
+def limit_pillow() -> None:
+    """Make Pillow refuse to open images of more than `MAX_IMAGE_PIXELS` pixels (it raises `DecompressionBombError`
+    beyond twice the setting, and warns between once and twice: the bot's own checks refuse those first)."""
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -26,7 +47,8 @@ def _open(data: bytes) -> Image.Image:
 
 
 def compose_grid(images: list[bytes], *, columns: int = 2, gap: int = GRID_GAP) -> bytes:
-    """Lay the images out in a grid (2×2 for four) and return it as PNG. One image is returned unchanged."""
+    """Lay the images out in a grid (2×2 for four) and return it as PNG. One image is returned unchanged. A grid that
+    would have more than `MAX_IMAGE_PIXELS` pixels is made of smaller tiles."""
     if not images:
         raise ValueError("compose_grid needs at least one image")
     if len(images) == 1:
@@ -36,6 +58,12 @@ def compose_grid(images: list[bytes], *, columns: int = 2, gap: int = GRID_GAP) 
     height = max(i.height for i in opened)
     columns = min(columns, len(opened))
     rows = -(-len(opened) // columns)
+    pixels = (columns * width + (columns - 1) * gap) * (rows * height + (rows - 1) * gap)
+    if pixels > MAX_IMAGE_PIXELS:
+        scale = (MAX_IMAGE_PIXELS / pixels) ** 0.5
+        width, height = max(1, int(width * scale)), max(1, int(height * scale))
+        opened = [i.resize((max(1, int(i.width * scale)), max(1, int(i.height * scale))), Image.LANCZOS)
+                  for i in opened]
     grid = Image.new("RGB", (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap), (24, 24, 27))
     for n, img in enumerate(opened):
         r, c = divmod(n, columns)
@@ -43,6 +71,32 @@ def compose_grid(images: list[bytes], *, columns: int = 2, gap: int = GRID_GAP) 
     out = io.BytesIO()
     grid.save(out, format="PNG", optimize=False)
     return out.getvalue()
+
+
+class GridStore(Protocol):
+    """The parts of `bot.services.images.ImageStore` `job_grid` uses."""
+
+    def read(self, path: str, sha256: str | None = None) -> bytes: ...
+    def read_grid(self, job_id: int, hashes: Sequence[str]) -> bytes | None: ...
+    def save_grid(self, job_id: int, hashes: Sequence[str], png_bytes: bytes) -> bool: ...
+
+
+def job_grid(store: GridStore, job_id: int, images: Sequence[Any]) -> bytes | None:
+    """The picture of job `job_id` made of `images` (the ones to show, each with `path` and `sha256`): the image
+    itself when there is one, else their grid, composed once and then read from its cache file. Every image file is
+    read with its recorded sha256: one that does not match raises `ImageDamaged` (a ValueError), a missing one
+    FileNotFoundError. None when there is nothing to show."""
+    if not images:
+        return None
+    if len(images) == 1:
+        return store.read(images[0].path, images[0].sha256)
+    hashes = [img.sha256 for img in images]
+    cached = store.read_grid(job_id, hashes)
+    if cached is not None:
+        return cached
+    grid = compose_grid([store.read(img.path, img.sha256) for img in images])
+    store.save_grid(job_id, hashes, grid)
+    return grid
 
 
 def fit_to_limit(data: bytes, filename: str, limit: int) -> FittedImage:
@@ -67,4 +121,3 @@ def fit_to_limit(data: bytes, filename: str, limit: int) -> FittedImage:
         if candidate.width <= 16 or candidate.height <= 16:
             raise ValueError(f"the image cannot be made smaller than {limit} bytes")
         scale *= 0.7
-

@@ -11,11 +11,18 @@ Layout (all names start with a configurable prefix, `imagine` by default):
   `imagine.results.<job_id>` (`Nats-Msg-Id: result-<job_id>`), plus the server's max-deliveries advisories for the job
   stream, so a job whose deliveries ran out is seen even by a bot that was down when it happened.
 - object store `imagine-images`: the PNGs of a result and the source image of a variation/upscale; messages carry
-  object names, never image bytes.
+  object names, never image bytes. The bot reads an object with a size cap (`get_object(name, max_size=...)`): the
+  size the object's info states is checked before a byte is fetched, and the chunks read are held to it.
 - key-value bucket `imagine-cancel`: a key per cancelled job, checked by a worker before it starts a job.
 - core subjects (not stored): `imagine.progress.<job_id>` (started / step k of N with a small preview),
   `imagine.cancel.<job_id>`, `imagine.workers.<name>` (announcements with model, state and device) and
   `imagine.ping.workers` (asks every worker to announce itself now).
+
+The bot reads the results stream with the durable consumer of `results_subscription`, which hands a message out at
+most `results_max_deliver` times. Someone who deletes a stream or a bucket (`nats stream rm`) makes the calls on it
+fail with errors `is_missing` recognises; `setup_again()` then creates everything again (at most once every
+`SETUP_AGAIN_INTERVAL` seconds), and `ensure_job_consumer` / `results_subscription` recreate the consumers: a pull
+subscription bound by name keeps working once its consumer exists again.
 
 The message types are in `generation.protocol.messages` (re-exported here) and are parsed strictly. Whatever reads a
 message here drops one that does not parse, with a warning that says why (`JobQueue.refused`), instead of passing a
@@ -27,6 +34,7 @@ This module imports neither torch nor discord nor the database; the bot imports 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -50,8 +58,16 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    DigestMismatchError,
+    KeyNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
 from nats.js.errors import Error as JetStreamError
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE
 
 from generation.protocol.contract import GenerationRequest
 from generation.protocol.messages import (
@@ -78,12 +94,14 @@ __all__ = [
     "JobQueue",
     "MaxDeliveries",
     "MessageError",
+    "ObjectTooLarge",
     "Outcome",
     "OutcomeStatus",
     "ProgressEvent",
     "QueueConfig",
     "StoredImage",
     "WorkerInfo",
+    "is_missing",
     "model_token",
     "request_digest",
 ]
@@ -95,6 +113,28 @@ M = TypeVar("M", ProgressEvent, WorkerInfo)
 MSG_ID = "Nats-Msg-Id"
 JOB_HEADER = "Imagine-Job"
 ADVISORY_MAX_DELIVER = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+#: Seconds between two `setup_again()` calls that do something (a deleted stream makes every call on it fail).
+SETUP_AGAIN_INTERVAL = 5.0
+#: JetStream's error codes for "stream not found" and "consumer not found".
+_MISSING_CODES = (10059, 10014)
+
+
+class ObjectTooLarge(Exception):
+    """An object of the object store is larger than the reader accepts (its info says so, or its chunks do)."""
+
+    def __init__(self, name: str, size: int, limit: int):
+        self.name, self.size, self.limit = name, size, limit
+        super().__init__(f"object {name[:80]!r} holds {size} bytes, more than the {limit} accepted")
+
+
+def is_missing(error: BaseException) -> bool:
+    """Whether `error` says that a stream, a consumer or a bucket of the queue does not exist (someone deleted it):
+    `setup_again()` is the cure. A missing object or message is not a missing stream."""
+    if isinstance(error, NoStreamResponseError | BucketNotFoundError):
+        return True
+    if isinstance(error, ObjectNotFoundError | KeyNotFoundError):
+        return False
+    return isinstance(error, NotFoundError) and getattr(error, "err_code", None) in _MISSING_CODES
 
 
 def request_digest(req: GenerationRequest) -> str:
@@ -111,6 +151,10 @@ class QueueConfig:
     ack_wait: float = 10.0
     #: Deliveries of one job before it is given up (and failed + refunded by the bot).
     max_deliver: int = 3
+    #: Deliveries of one message of the results stream to the bot before it is given up (a message the bot cannot
+    #: handle must not come back forever), and the seconds the bot has to handle one.
+    results_max_deliver: int = 5
+    results_ack_wait: float = 60.0
     #: Window in which a second publish with the same job id is dropped by the server.
     duplicate_window: float = 600.0
     #: How long outcomes and result images stay in NATS (the bot copies them to its own store).
@@ -179,6 +223,8 @@ class JobQueue:
         self._cancels = None
         self._closing = {"now": False}
         self._refusals: set[tuple[str, str]] = set()
+        self._setup_lock = asyncio.Lock()
+        self._set_up_at = float("-inf")
 
     @classmethod
     async def connect(
@@ -253,6 +299,19 @@ class JobQueue:
             await self._retry_js(lambda cfg=cfg: self._ensure_stream(cfg))
         self._images = await self._retry_js(self._ensure_images)
         self._cancels = await self._retry_js(self._ensure_cancels)
+        self._set_up_at = time.monotonic()
+
+    async def setup_again(self, min_interval: float = SETUP_AGAIN_INTERVAL) -> bool:
+        """`setup()` once more, after a call failed because a stream or bucket is gone (see `is_missing`). Runs at
+        most once every `min_interval` seconds whoever asks (the callers then find everything there, or fail again
+        and ask later); True when it ran now. A caller recreates its own consumers afterwards."""
+        async with self._setup_lock:
+            if time.monotonic() - self._set_up_at < min_interval:
+                return False
+            self._set_up_at = time.monotonic()  # a failing setup is not retried at once either
+            log.warning("NATS: a stream or bucket of the queue is missing (deleted?); creating them again")
+            await self.setup()
+            return True
 
     async def _ensure_stream(self, cfg: StreamConfig) -> None:
         try:
@@ -358,40 +417,68 @@ class JobQueue:
         )
         return not ack.duplicate
 
-    async def get_outcome(self, job_id: int) -> Outcome | None:
-        """The stored outcome of a job; None when there is none, or when the stored one is refused (logged)."""
+    async def get_outcome(self, job_id: int, *, strict: bool = False) -> Outcome | None:
+        """The stored outcome of a job; None when there is none, or when the stored one is refused (logged). With
+        `strict` a refused one raises its `MessageError` instead (after logging it)."""
         try:
             m = await self.js.get_last_msg(self.config.results_stream, self.config.result_subject(job_id))
         except NotFoundError:
             return None
         try:
-            return Outcome.from_json(m.data or b"")
+            outcome = Outcome.from_json(m.data or b"")
         except MessageError as e:
             self.refused(m.subject, e)
+            if strict:
+                raise
             return None
+        if outcome.job_id != job_id:
+            error = MessageError(Outcome.__name__, [f"job_id: {outcome.job_id} is not the job of the subject"])
+            self.refused(m.subject, error)
+            if strict:
+                raise error
+            return None
+        return outcome
+
+    def result_job_id(self, subject: str) -> int | None:
+        """The job id an outcome's subject names (`imagine.results.<job_id>`); None for any other subject."""
+        prefix = f"{self.config.prefix}.results."
+        tail = subject[len(prefix):] if subject.startswith(prefix) else ""
+        return int(tail) if tail.isdigit() and len(tail) < 20 else None
 
     async def results_subscription(self, durable: str = "bot-results") -> JetStreamContext.PullSubscription:
-        """A durable pull consumer over every outcome and max-deliveries advisory (the bot reads it)."""
+        """A durable pull consumer over every outcome and max-deliveries advisory (the bot reads it). A message is
+        handed out at most `results_max_deliver` times."""
+        await self.ensure_results_consumer(durable)
+        return await self.js.pull_subscribe_bind(durable, self.config.results_stream)
+
+    async def ensure_results_consumer(self, durable: str = "bot-results") -> None:
+        """Create (or update an older) durable consumer of the results stream; after `setup_again()` this brings a
+        deleted one back, and a subscription bound to it by name reads again."""
         await self.js.add_consumer(
             self.config.results_stream,
             ConsumerConfig(
                 durable_name=durable,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=60.0,
+                ack_wait=self.config.results_ack_wait,
+                max_deliver=self.config.results_max_deliver,
                 max_ack_pending=256,
             ),
         )
-        return await self.js.pull_subscribe_bind(durable, self.config.results_stream)
 
     def parse_result_message(self, msg: Msg) -> Outcome | MaxDeliveries | None:
         """An outcome or a max-deliveries advisory; None for a message on another subject, or for one that was
-        refused (logged with the reason). Either way the caller has nothing to act on and can ack it."""
+        refused (logged with the reason): an unreadable message, or an outcome whose job id is not its subject's.
+        Either way the caller has nothing to act on and can ack it (`result_job_id(msg.subject)` names the job a
+        refused outcome was about)."""
         try:
             if msg.subject.startswith(ADVISORY_MAX_DELIVER):
                 return MaxDeliveries.from_advisory(msg.data or b"")
             if msg.subject.startswith(f"{self.config.prefix}.results."):
-                return Outcome.from_json(msg.data or b"")
+                outcome = Outcome.from_json(msg.data or b"")
+                if outcome.job_id != self.result_job_id(msg.subject):
+                    raise MessageError(Outcome.__name__, [f"job_id: {outcome.job_id} is not the job of the subject"])
+                return outcome
         except MessageError as e:
             self.refused(msg.subject, e)
         return None
@@ -406,9 +493,47 @@ class JobQueue:
     async def put_object(self, name: str, data: bytes) -> None:
         await self.objects.put(name, data)
 
-    async def get_object(self, name: str) -> bytes:
-        res = await self.objects.get(name)
-        return res.data or b""
+    async def get_object(self, name: str, *, max_size: int | None = None, timeout: float = 30.0) -> bytes:
+        """The bytes of an object. With `max_size` the object's info is read first and an object stated larger (or
+        a link to another bucket) is refused before any chunk is fetched; the chunks are then read one by one and
+        held to the stated size (`ObjectTooLarge`), and checked against the stated digest (`DigestMismatchError`).
+        Raises `ObjectNotFoundError` for an object that is not there."""
+        if max_size is None:
+            res = await self.objects.get(name)
+            return res.data or b""
+        info = await self.objects.get_info(name)
+        if info.is_link() or not info.nuid:
+            raise ObjectNotFoundError(description=f"object {name[:80]!r} is a link or has no data")
+        size = info.size or 0
+        if size > max_size:
+            raise ObjectTooLarge(name, size, max_size)
+        if size == 0:
+            return b""
+        subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.config.images_bucket, obj=info.nuid)
+        sub = await self.js.subscribe(subject, ordered_consumer=True, pending_bytes_limit=max_size + 4 * 1024 * 1024)
+        data = bytearray()
+        digest = hashlib.sha256()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
+                data += msg.data
+                digest.update(msg.data)
+                if len(data) > size:
+                    raise ObjectTooLarge(name, len(data), size)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        stated = (info.digest or "").replace(OBJ_DIGEST_TYPE, "").replace(OBJ_DIGEST_TYPE.upper(), "")
+        try:
+            expected = base64.urlsafe_b64decode(stated)
+        except ValueError:
+            expected = b""
+        if len(data) != size or digest.digest() != expected:
+            raise DigestMismatchError
+        return bytes(data)
 
     async def delete_object(self, name: str) -> None:
         with contextlib.suppress(Exception):
@@ -483,10 +608,16 @@ class JobQueue:
     # --- worker side ------------------------------------------------------------------------------------------------
     async def job_subscription(self, token: str) -> JetStreamContext.PullSubscription:
         """Bind to the shared durable consumer of one model token (creating or updating it)."""
+        await self.ensure_job_consumer(token)
+        return await self.js.pull_subscribe_bind(self.config.consumer_name(token), self.config.jobs_stream)
+
+    async def ensure_job_consumer(self, token: str) -> None:
+        """Create (or update) the shared durable consumer of one model token. The bot calls it for the tokens of the
+        live workers after it created a deleted job stream again: the workers' subscriptions, bound by name, then
+        pull from the new stream."""
         c = self.config
-        durable = c.consumer_name(token)
         cfg = ConsumerConfig(
-            durable_name=durable,
+            durable_name=c.consumer_name(token),
             filter_subject=c.job_subject(token, "*"),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=c.ack_wait,
@@ -494,7 +625,6 @@ class JobQueue:
             max_waiting=512,
         )
         await self._retry_js(lambda: self.js.add_consumer(c.jobs_stream, cfg))
-        return await self.js.pull_subscribe_bind(durable, c.jobs_stream)
 
 
 def _safe_url(url: str) -> str:

@@ -32,6 +32,7 @@ import aiohttp
 import discord
 
 from bot.db.engine import is_busy_error, is_full_error
+from bot.services.images import ImageDamaged
 from bot.ui.buttons import grid_view, progress_view, single_view
 from bot.ui.embeds import (
     cancelled_embed,
@@ -42,7 +43,7 @@ from bot.ui.embeds import (
     queued_embed,
     result_embed,
 )
-from bot.ui.images import DEFAULT_UPLOAD_LIMIT, compose_grid, fit_to_limit
+from bot.ui.images import DEFAULT_UPLOAD_LIMIT, fit_to_limit, job_grid
 
 log = logging.getLogger("bot.jobs")
 T = TypeVar("T")
@@ -239,8 +240,13 @@ class JobPresenter:
             policy = (await self.deps.moderation.guild_settings(job.guild_id)).nsfw_policy
             shown = [img for img in job.images if not img.nsfw or nsfw_visible(str(policy), channel)]
             hidden = len(job.images) - len(shown)
-            pngs = await asyncio.to_thread(lambda: [self.deps.images.read(img.path) for img in shown])
-            grid = await asyncio.to_thread(compose_grid, pngs) if pngs else None
+            try:
+                # Every file is read with its recorded sha256; the grid is composed once and cached for /show.
+                grid = await asyncio.to_thread(job_grid, self.deps.images, job.id, shown)
+            except (ImageDamaged, FileNotFoundError) as exc:
+                log.error("job %s: an image file is damaged or missing (%s); posting without the picture",
+                          job.id, type(exc).__name__)
+                grid = None
             limit = getattr(getattr(channel, "guild", None), "filesize_limit", DEFAULT_UPLOAD_LIMIT)
             message = await self._send_result(job, channel, grid, timeline, limit, hidden)
             if not await self.deps.jobs.mark_posted(job.id, channel.id, message.id):

@@ -399,3 +399,14 @@ async def test_a_new_job_waits_for_a_worker_still_loading_its_first_model(nats_s
     assert [m.name for m in served] == ["tiny"] and time.monotonic() - t0 < 10
     await worker_side.close()
     await d.close()
+
+
+async def test_announcements_keep_only_the_job_ids_that_wait_or_run():
+    """Anyone can announce a worker: the job ids it lists are kept only when they are active jobs."""
+    from generation.protocol.queue import WorkerInfo
+
+    d = Dispatcher("nats://127.0.0.1:1", SimpleNamespace(), SimpleNamespace())
+    d.events.track([5])
+    await d._on_worker(WorkerInfo(name="evil", model="", token="_default", state="ready",
+                                  jobs=(5, *range(1000, 3000))))
+    assert d.registry._workers["evil"][0].jobs == (5,)

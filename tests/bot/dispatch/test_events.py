@@ -139,6 +139,7 @@ async def test_the_latest_preview_goes_with_later_steps_until_the_job_ends():
     events = JobEvents(listener)
     seen: list[JobEvent] = []
     events.subscribe(seen.append)
+    events.track([1, 2])  # active jobs (dispatched, or found unfinished at start)
     await events.progress(1, 1, 4, b"one", "w")
     await events.progress(1, 2, 4, None, "w")
     await events.progress(2, 1, 4, None, "w")  # another job has no preview yet
@@ -203,3 +204,21 @@ async def test_without_a_listener_nothing_is_called_and_has_listener_says_so():
     assert events.has_listener
     events.listener = None
     assert isinstance(events.listener, NoListener) and not events.has_listener
+
+
+async def test_a_job_is_active_from_dispatch_or_start_until_its_end_and_only_active_jobs_keep_a_preview():
+    """Progress events can come from anyone on the NATS port: a preview is kept only for a job the bot knows is
+    waiting or running, so events for other job ids leave nothing behind."""
+    events = JobEvents()
+    await events.dispatched(1)
+    await events.started(2, 4, "w1")
+    events.track([3])
+    assert all(events.is_active(j) for j in (1, 2, 3)) and not events.is_active(4)
+    for job_id in range(4, 304):
+        await events.progress(job_id, 1, 4, b"preview", "w1")
+    assert events._previews == {}
+    await events.progress(1, 1, 4, b"kept", "w1")
+    assert events._previews == {1: b"kept"}
+    await events.finished(1, "succeeded")
+    events.forget(3)
+    assert events._previews == {} and events._active == {2}

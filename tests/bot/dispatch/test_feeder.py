@@ -6,6 +6,8 @@ import asyncio
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from bot.dispatch.events import JobEvent, JobEvents
 from bot.dispatch.feeder import Feeder
 from bot.dispatch.registry import WorkerRegistry
@@ -240,3 +242,37 @@ async def test_no_listener_no_position_refresh():
     await asyncio.sleep(0.1)
     assert w.jobs.waiting_reads == []
     w.feeder.close()
+
+
+async def test_a_deleted_job_stream_is_restored_and_the_jobs_wait_in_the_database_meanwhile():
+    """`nats stream rm`: the stream answers "stream not found"; the feeder asks for the queue to be created again
+    (`restore`), publishes nothing meanwhile, and feeds the waiting jobs at the next round."""
+    from nats.js.errors import NotFoundError
+
+    w = World([row(1), row(2)])
+    gone = {"now": True}
+    restores: list[int] = []
+    real_pending = w.stream.pending_jobs
+
+    async def pending_jobs():
+        if gone["now"]:
+            raise NotFoundError(code=404, err_code=10059, description="stream not found")
+        return await real_pending()
+
+    async def restore() -> bool:
+        restores.append(1)
+        gone["now"] = False
+        return True
+
+    w.stream.pending_jobs = pending_jobs
+    w.feeder._restore = restore
+    assert await w.feeder.feed() == 0 and restores == [1] and w.dispatched() == []
+    assert await w.feeder.feed() == 2 and w.dispatched() == [1, 2]
+
+    async def down():
+        raise ConnectionError("down")
+
+    w.stream.pending_jobs = down  # any other error is not the feeder's to mend
+    with pytest.raises(ConnectionError):
+        await w.feeder.feed()
+    assert restores == [1]

@@ -1,35 +1,78 @@
 """The outcome recorder on its own, with a fake queue, fake job rows and a fake image store: exactly once, the
-request digest, damaged images, a full disk, max-deliveries advisories and progress events."""
+request digest, damaged images, a full disk, max-deliveries advisories and progress events; outcomes that are not
+the job's (missing, too large, wrong size, unreadable), retries and the dead letter, progress of unknown jobs."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import hashlib
+import io
+import logging
 import os
 from types import SimpleNamespace
 
-import pytest
+from nats.js.errors import ObjectNotFoundError
+from PIL import Image
 
+from bot.dispatch import recorder as recorder_module
 from bot.dispatch.events import JobEvent, JobEvents
-from bot.dispatch.recorder import TIMELINE_SUFFIX, OutcomeRecorder
+from bot.dispatch.recorder import (
+    DAMAGED,
+    GIVEN_UP,
+    LISTING,
+    MISMATCH,
+    MISSING,
+    RETRY,
+    TIMELINE_SUFFIX,
+    TOO_LARGE,
+    UNREADABLE,
+    OutcomeRecorder,
+    image_fits_job,
+)
 from bot.errors import IllegalTransition, JobNotFound
 from bot.services.images import ImageWriteError
 from generation.protocol.contract import GenerationRequest
-from generation.protocol.queue import MaxDeliveries, Outcome, ProgressEvent, StoredImage, request_digest
+from generation.protocol.queue import (
+    MaxDeliveries,
+    ObjectTooLarge,
+    Outcome,
+    ProgressEvent,
+    QueueConfig,
+    StoredImage,
+    request_digest,
+)
 from tests.bot.dispatch.conftest import RecordingListener
+
+
+def png(size=(64, 64), color=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
 
 
 class FakeQueue:
     """The parts of `JobQueue` the recorder uses: an object store, stored outcomes, job messages by stream seq."""
 
     def __init__(self):
+        self.config = QueueConfig()
         self.objects: dict[str, bytes] = {}
         self.outcomes: dict[int, Outcome] = {}
         self.stream: dict[int, int] = {}  # stream seq -> job id
+        self.fetched: list[str] = []
 
-    async def get_object(self, name: str) -> bytes:
-        return self.objects[name]
+    async def get_object(self, name: str, *, max_size: int | None = None) -> bytes:
+        if name not in self.objects:
+            raise ObjectNotFoundError
+        data = self.objects[name]
+        if max_size is not None and len(data) > max_size:
+            raise ObjectTooLarge(name, len(data), max_size)
+        self.fetched.append(name)
+        return data
+
+    def result_job_id(self, subject: str) -> int | None:
+        tail = subject.rsplit(".", 1)[-1]
+        return int(tail) if subject.startswith("imagine.results.") and tail.isdigit() else None
 
     async def delete_object(self, name: str) -> None:
         self.objects.pop(name, None)
@@ -50,10 +93,12 @@ class FakeQueue:
 
 
 class FakeMsg:
-    def __init__(self, payload, subject: str = "imagine.results.1"):
+    def __init__(self, payload, subject: str = "imagine.results.1", delivered: int = 1):
         self.payload = payload
         self.subject = subject
+        self.metadata = SimpleNamespace(num_delivered=delivered)
         self.acked = 0
+        self.terms = 0
         self.naks: list[float | None] = []
 
     async def ack(self) -> None:
@@ -62,9 +107,13 @@ class FakeMsg:
     async def nak(self, delay: float | None = None) -> None:
         self.naks.append(delay)
 
+    async def term(self) -> None:
+        self.terms += 1
 
-def request_of(job_id: int) -> GenerationRequest:
-    return GenerationRequest(prompt=f"job {job_id}", steps=4, width=64, height=64, num_images=2)
+
+def request_of(job_id: int, mode: str = "txt2img") -> GenerationRequest:
+    return GenerationRequest(prompt=f"job {job_id}", steps=4, width=64, height=64, num_images=2, mode=mode,
+                             init_image=None if mode == "txt2img" else b"source")
 
 
 class FakeJobs:
@@ -76,7 +125,7 @@ class FakeJobs:
     def add(self, job_id: int, status: str = "running", mode: str = "txt2img") -> SimpleNamespace:
         row = self.rows[job_id] = SimpleNamespace(
             id=job_id, status=status, mode=mode, images=None, error=None, worker=None, attempts=0, refunded=0,
-            to_request=lambda init_image=None: request_of(job_id),
+            to_request=lambda init_image=None: request_of(job_id, mode),
         )
         return row
 
@@ -159,11 +208,12 @@ class World:
         self.recorder = OutcomeRecorder(lambda: self.queue, self.jobs, self.images, self.events)
 
     def succeeded(self, job_id: int, n: int = 2, *, timeline: bool = False, digest: str | None = None,
-                  damaged: bool = False) -> Outcome:
-        """A succeeded outcome whose images (and timeline) wait in the object store."""
+                  damaged: bool = False, size: tuple[int, int] = (64, 64)) -> Outcome:
+        """A succeeded outcome whose images (and timeline) wait in the object store: PNGs of `size`, each of its own
+        colour."""
         images = []
         for i in range(n):
-            data = f"png {job_id}/{i}".encode()
+            data = png(size, (job_id % 256, i, 0))
             name = f"{job_id}/{i}.png"
             self.queue.objects[name] = data
             sha = hashlib.sha256(b"something else" if damaged else data).hexdigest()
@@ -187,9 +237,10 @@ async def test_a_succeeded_outcome_stores_the_images_and_finishes_the_job_once()
     assert await w.recorder.record(out)
     row = w.jobs.rows[1]
     assert row.status == "succeeded"
-    assert row.images == [(0, 100, "images/1_0.png", hashlib.sha256(b"png 1/0").hexdigest(), False),
-                          (1, 101, "images/1_1.png", hashlib.sha256(b"png 1/1").hexdigest(), False)]
-    assert w.images.files["images/1_0.png"] == b"png 1/0"
+    first, second = png(color=(1, 0, 0)), png(color=(1, 1, 0))
+    assert row.images == [(0, 100, "images/1_0.png", hashlib.sha256(first).hexdigest(), False),
+                          (1, 101, "images/1_1.png", hashlib.sha256(second).hexdigest(), False)]
+    assert w.images.files["images/1_0.png"] == first
     assert w.recorder.stored_timeline(1) == w.images.files[f"images/1_0{TIMELINE_SUFFIX}"] == b"RIFFwebp"
     assert w.queue.objects == {}  # the copies in the object store are gone
     assert w.kinds(1) == ["succeeded"] and w.seen[-1].timeline == b"RIFFwebp" and w.seen[-1].worker == "w1"
@@ -248,16 +299,17 @@ async def test_the_digest_is_only_checked_for_text_to_image_jobs():
     assert await w.recorder.record(w.succeeded(1, digest="0123456789abcdef"))
 
 
-async def test_a_damaged_image_is_not_stored_and_the_message_is_retried():
+async def test_a_damaged_image_fails_the_job_once_and_keeps_nothing():
+    """An image whose bytes are not the sha256 the outcome states will not get better by reading it again: the job
+    fails (refunded) with a reason that quotes nothing of the message, and the message is acked."""
     w = World()
     w.jobs.add(1)
-    out = w.succeeded(1, damaged=True)
-    with pytest.raises(ValueError, match="arrived damaged"):
-        await w.recorder.record(out)
-    msg = FakeMsg(out)
+    msg = FakeMsg(w.succeeded(1, damaged=True))
     await w.recorder.on_message(msg)
-    assert msg.acked == 0 and msg.naks == [2.0]
-    assert w.jobs.rows[1].status == "running" and w.seen == []
+    assert (msg.acked, msg.naks) == (1, [])
+    row = w.jobs.rows[1]
+    assert row.status == "failed" and row.refunded == 1 and row.error == DAMAGED + RETRY
+    assert w.images.files == {} and w.queue.objects == {} and w.kinds(1) == ["failed"]
 
 
 async def test_a_full_disk_fails_the_job_keeps_none_of_its_files_and_tells_the_owner():
@@ -381,7 +433,9 @@ async def test_a_loading_event_is_passed_on_and_changes_no_row():
     """`loading`: the worker loads the job's model first; the listener hears of it, the row stays as it is."""
     w = World()
     w.jobs.add(1, status="queued")
+    w.events.track([1])  # dispatched (or found unfinished at start)
     await w.recorder.on_progress(ProgressEvent(1, "loading", worker="w1"))
+    await w.recorder.on_progress(ProgressEvent(2, "loading", worker="w1"))  # not a job that waits: dropped
     assert w.jobs.rows[1].status == "queued"
     assert [(e.job_id, e.kind, e.worker) for e in w.seen] == [(1, "loading", "w1")]
     await w.events.drain()
@@ -390,3 +444,185 @@ async def test_a_loading_event_is_passed_on_and_changes_no_row():
 
 async def test_no_stored_timeline_is_none():
     assert World().recorder.stored_timeline(1) is None
+
+
+# --- outcomes that are not the job's --------------------------------------------------------------------------------
+def refused_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "bot.dispatch" and r.levelno >= logging.WARNING]
+
+
+async def assert_refused(w: World, job_id: int, out: Outcome, reason: str, caplog) -> None:
+    """The outcome is refused: the job failed and refunded once with `reason`, nothing kept, the objects dropped, one
+    warning line, and the message acked (it will not come again)."""
+    caplog.clear()
+    msg = FakeMsg(out, subject=f"imagine.results.{job_id}")
+    with caplog.at_level(logging.INFO, logger="bot.dispatch"):
+        await w.recorder.on_message(msg)
+    assert (msg.acked, msg.naks, msg.terms) == (1, [], 0)
+    row = w.jobs.rows[job_id]
+    assert (row.status, row.refunded, row.error) == ("failed", 1, reason + RETRY)
+    assert row.images is None and not [p for p in w.images.files if p.startswith(f"images/{job_id}_")]
+    assert not {img.object for img in out.images} & set(w.queue.objects)  # the objects it names are dropped
+    assert w.kinds(job_id) == ["failed"]
+    lines = refused_lines(caplog)
+    assert len(lines) == 1 and reason in lines[0].getMessage(), [r.getMessage() for r in lines]
+
+
+async def test_an_image_of_another_size_than_the_job_makes_fails_the_job(caplog):
+    w = World()
+    w.jobs.add(1)
+    await assert_refused(w, 1, w.succeeded(1, size=(128, 64)), MISMATCH, caplog)
+    assert "header states 128x64" in refused_lines(caplog)[0].getMessage()
+
+
+def test_an_upscale_is_twice_its_source_within_the_engine_rounding_or_the_request_size():
+    assert image_fits_job((64, 64), "txt2img", 64, 64) and not image_fits_job((128, 128), "txt2img", 64, 64)
+    assert not image_fits_job((64, 72), "variation", 64, 64)
+    assert image_fits_job((1024, 768), "upscale", 512, 384) and image_fits_job((1056, 768), "upscale", 520, 384)
+    assert image_fits_job((512, 384), "upscale", 512, 384)  # an engine that refines without resizing
+    assert not image_fits_job((2048, 768), "upscale", 512, 384) and not image_fits_job((9000, 9000), "upscale", 512, 384)
+
+
+async def test_an_upscale_outcome_of_twice_the_size_is_recorded_and_a_larger_one_refused(caplog):
+    w = World()
+    w.jobs.add(1, mode="upscale")
+    assert await w.recorder.record(w.succeeded(1, size=(128, 128)))
+    assert w.jobs.rows[1].status == "succeeded"
+    w.jobs.add(2, mode="upscale")
+    await assert_refused(w, 2, w.succeeded(2, size=(256, 256)), MISMATCH, caplog)
+
+
+async def test_bytes_that_are_not_a_png_fail_the_job(caplog):
+    w = World()
+    w.jobs.add(1)
+    out = w.succeeded(1)
+    gif = b"GIF89a" + b"\0" * 64
+    w.queue.objects["1/0.png"] = gif
+    out = Outcome(1, "succeeded", images=(StoredImage(0, 1, "1/0.png", len(gif), hashlib.sha256(gif).hexdigest()),),
+                  request_digest=out.request_digest)
+    await assert_refused(w, 1, out, MISMATCH, caplog)
+    assert "not a PNG image" in refused_lines(caplog)[0].getMessage()
+
+
+async def test_more_images_than_the_job_has_or_an_index_twice_fail_the_job(caplog):
+    w = World()
+    w.jobs.add(1)
+    await assert_refused(w, 1, w.succeeded(1, n=3), LISTING, caplog)  # the job makes two
+    w.jobs.add(2)
+    out = w.succeeded(2)
+    twice = Outcome(2, "succeeded", images=(out.images[0], out.images[0]), request_digest=out.request_digest)
+    await assert_refused(w, 2, twice, LISTING, caplog)
+    w.jobs.add(3)
+    none = Outcome(3, "succeeded", request_digest=request_digest(request_of(3)))
+    await assert_refused(w, 3, none, LISTING, caplog)
+    assert w.queue.fetched == []  # refused before anything was fetched
+
+
+async def test_a_missing_object_fails_the_job_at_once(caplog):
+    """Today's poison: an outcome naming an object that is not there used to be handed back forever."""
+    w = World()
+    w.jobs.add(1)
+    out = w.succeeded(1)
+    del w.queue.objects["1/1.png"]
+    await assert_refused(w, 1, out, MISSING, caplog)
+
+
+async def test_an_object_larger_than_the_cap_is_not_fetched(monkeypatch, caplog):
+    monkeypatch.setattr(recorder_module, "MAX_OBJECT_BYTES", 100)
+    w = World()
+    w.jobs.add(1)
+    await assert_refused(w, 1, w.succeeded(1), TOO_LARGE, caplog)
+    assert w.queue.fetched == []
+
+
+async def test_a_missing_timeline_is_left_out_and_the_job_succeeds(caplog):
+    w = World()
+    w.jobs.add(1)
+    out = w.succeeded(1, timeline=True)
+    del w.queue.objects["1/timeline.webp"]
+    with caplog.at_level(logging.WARNING, logger="bot.dispatch"):
+        assert await w.recorder.record(out)
+    assert w.jobs.rows[1].status == "succeeded" and w.recorder.stored_timeline(1) is None
+    assert "timeline left out" in caplog.text
+
+
+async def test_an_unreadable_outcome_fails_the_job_its_subject_names():
+    w = World()
+    w.jobs.add(7)
+    msg = FakeMsg(None, subject="imagine.results.7")  # refused by the queue (logged there)
+    await w.recorder.on_message(msg)
+    assert msg.acked == 1 and w.jobs.rows[7].status == "failed" and w.jobs.rows[7].error == UNREADABLE + RETRY
+    again = FakeMsg(None, subject="imagine.results.7")
+    await w.recorder.on_message(again)  # final already: nothing more
+    assert again.acked == 1 and w.jobs.rows[7].refunded == 1
+
+
+# --- retries and the dead letter ---------------------------------------------------------------------------------
+async def test_a_message_that_keeps_failing_is_retried_with_growing_delays_then_given_up(caplog):
+    """Handling fails (here: a bug for this job); the message comes back after 2, 4, 8, 16 s and on its last delivery
+    it is given up: one ERROR line with its subject and job id, the job failed and refunded, the message terminated."""
+    w = World()
+    w.jobs.add(1)
+    w.jobs.add(2)
+    real_find = w.jobs.find
+
+    async def broken(job_id: int):
+        if job_id == 1:
+            raise RuntimeError("a bug that hits job 1 only")
+        return await real_find(job_id)
+
+    w.jobs.find = broken
+    out = Outcome(1, "failed", error="x")
+    limit = w.queue.config.results_max_deliver
+    assert limit == 5
+    msgs = [FakeMsg(out, delivered=n) for n in range(1, limit + 1)]
+    with caplog.at_level(logging.WARNING, logger="bot.dispatch"):
+        for msg in msgs[:-1]:
+            await w.recorder.on_message(msg)
+        assert [m.naks for m in msgs[:-1]] == [[2.0], [4.0], [8.0], [16.0]]
+        assert w.jobs.rows[1].status == "running"
+        other = FakeMsg(Outcome(2, "failed", error="y"), subject="imagine.results.2")
+        await w.recorder.on_message(other)  # the others go on meanwhile
+        assert other.acked == 1 and w.jobs.rows[2].status == "failed"
+        await w.recorder.on_message(msgs[-1])
+    last = msgs[-1]
+    assert (last.terms, last.acked, last.naks) == (1, 0, [])
+    row = w.jobs.rows[1]
+    assert (row.status, row.refunded, row.error) == ("failed", 1, GIVEN_UP + RETRY)
+    dead = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(dead) == 1 and "dead letter" in dead[0] and "imagine.results.1" in dead[0] and "(job 1)" in dead[0]
+
+
+async def test_a_dead_letter_whose_job_cannot_be_failed_now_is_failed_later():
+    w = World()
+    w.jobs.add(1)
+    real_fail = w.jobs.fail
+
+    async def down(*args, **kw):
+        raise RuntimeError("database is locked")
+
+    w.jobs.find = down
+    w.jobs.fail = down
+    msg = FakeMsg(Outcome(1, "failed", error="x"), delivered=5)
+    await w.recorder.on_message(msg)
+    assert msg.terms == 1 and w.recorder.dead_letters == {1} and w.jobs.rows[1].status == "running"
+    await w.recorder.retry_dead_letters()  # still down
+    assert w.recorder.dead_letters == {1}
+    w.jobs.fail = real_fail
+    await w.recorder.retry_dead_letters()
+    assert w.recorder.dead_letters == set() and w.jobs.rows[1].status == "failed" and w.jobs.rows[1].refunded == 1
+
+
+# --- progress of jobs that are not waiting or running -----------------------------------------------------------
+async def test_progress_events_for_unknown_job_ids_leave_nothing_behind():
+    """300 forged progress events (every kind, with previews) for job ids the bot does not run: nothing is passed
+    on, and the preview map and every per-job dict stay empty."""
+    w = World()
+    w.jobs.add(1, status="queued")
+    kinds = ["started", "loading", "step", "released"]
+    for n in range(300):
+        await w.recorder.on_progress(ProgressEvent(1000 + n, kinds[n % 4], 1, 4, b"\x89PNG" * 100, "evil\nworker"))
+    await w.events.drain()
+    assert w.seen == [] and w.listener.calls == []
+    assert w.events._previews == {} and w.events._active == set() and w.events._watchers == {}
+    assert w.recorder._started_at == {} and w.recorder._locks == {} and w.recorder.dead_letters == set()

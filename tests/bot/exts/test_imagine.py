@@ -348,3 +348,25 @@ def test_declared_option_bounds_are_checked_again():
 
     job = next(p for p in Account.show.parameters if p.name == "job")
     assert option_problem(job, 0) == "is 0, but it has to be at least 1." and option_problem(job, 2**53) is None
+
+
+async def test_a_damaged_image_file_is_never_posted(world, caplog):
+    """Posting reads every image with its recorded sha256: a file changed on disk after the job succeeded is not
+    posted; the result goes out without its picture (its buttons still answer) and the log says why."""
+    import logging
+
+    await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    job = await world.latest_job()
+    await world.services.jobs.start(job.id, worker="test")
+    new = []
+    for i in range(job.num_images):
+        stored = world.services.images.save(job.id, i, png((200, 30, 30), (job.width, job.height)))
+        new.append((i, job.seed + i, stored.path, stored.sha256, False))
+    await world.services.jobs.succeed(job.id, new)
+    world.services.images.absolute(new[2][2]).write_bytes(png((0, 0, 0), (job.width, job.height)))
+    with caplog.at_level(logging.ERROR):
+        posted = await world.bot.presenter.job_succeeded(job.id)
+        await world.env.settle()
+    assert posted is not None and not posted.attachments
+    assert (await world.services.jobs.get(job.id)).status == "posted"
+    assert f"job {job.id}: an image file is damaged or missing (ImageDamaged)" in caplog.text
