@@ -16,6 +16,11 @@ A term matches on word edges: it has to start where a word starts and end where 
 (letters spread out with spaces count as one word), so "ass" does not match "class". A `*` at either end of a term
 lifts that edge: "nsfw*" also matches "nsfwart", "*porn" matches "fauxporn". Scripts written without spaces (CJK)
 need the `*` form.
+
+A prompt is checked twice: as typed, and as the model reads it (`generation.protocol.prompt.plain_text`: A1111
+weights, brackets, escapes, `BREAK` and LoRA tags taken out), and a term found in either blocks it. So syntax cannot
+split a word it hides ("(b:1)(ad:1)" and "b(a:1.1)d" read "bad"), and a term that only the syntax carries (a LoRA's
+name) is still seen.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from bot.errors import InvalidSetting, NotArtChannel, QueuePaused, UserBanned
 from bot.services.audit import write_audit
 from bot.services.quota import KEEP, LIMIT_FIELDS
 from generation.protocol.contract import MAX_SIDE, MAX_STEPS, MIN_SIDE
+from generation.protocol.prompt import plain_text
 
 MAX_TERM_CHARS = 100
 
@@ -143,7 +149,17 @@ def _compact(text: str) -> tuple[str, list[bool], list[bool]]:
 
 
 def match_term(text: str, terms: list[str]) -> str | None:
-    """The first normalised term of `terms` found in `text` (rules in the module docstring), or None."""
+    """The first normalised term of `terms` found in `text` as typed or in its plain words (rules in the module
+    docstring), or None."""
+    plain = plain_text(text)
+    for form in (text,) if plain == text else (text, plain):
+        hit = _match_form(form, terms)
+        if hit is not None:
+            return hit
+    return None
+
+
+def _match_form(text: str, terms: list[str]) -> str | None:
     compact, starts, ends = _compact(text)
     for term in terms:
         free_start, free_end = term.startswith("*"), term.endswith("*")

@@ -14,6 +14,8 @@ import discord
 
 from bot.ui.progress import progress_bar
 from bot.ui.text import EMBED_DESCRIPTION, EMBED_FIELD_VALUE, EMBED_TITLE, fit_embed, safe_text
+from generation.protocol.contract import sampler_label
+from generation.protocol.prompt import PromptSyntaxError, split_loras
 
 BLUE = discord.Colour.blurple()
 GREEN = discord.Colour.green()
@@ -38,6 +40,21 @@ def job_title(job: Any) -> str:
     return safe_text(prefix + (_get(job, "prompt") or ""), EMBED_TITLE, single_line=True)
 
 
+def _sampler(job: Any) -> str | None:
+    """The job's sampler as members know it (`DPM++ 2M Karras`), not its stored id."""
+    name = _get(job, "scheduler")
+    return sampler_label(name) if name else None
+
+
+def _loras(job: Any) -> str | None:
+    """The LoRAs the job's prompt applies, with their weights (`ink 0.8 · pastel 1`); None when it names none."""
+    try:
+        refs = split_loras(_get(job, "prompt") or "")[1]
+    except PromptSyntaxError:
+        return None
+    return safe_text(" · ".join(f"{ref.name} {ref.weight:g}" for ref in refs), EMBED_FIELD_VALUE) if refs else None
+
+
 def _footer(job: Any) -> str:
     return f"Job #{_get(job, 'id')}"
 
@@ -50,7 +67,7 @@ def parameters_line(job: Any) -> str:
         f"{_get(job, 'width')}×{_get(job, 'height')}",
         f"{_get(job, 'steps')} steps",
         f"guidance {_get(job, 'guidance'):g}" if _get(job, "guidance") is not None else None,
-        _get(job, "scheduler"),
+        _sampler(job),
     ]
     if _get(job, "mode") in ("variation", "upscale") and _get(job, "source_job_id"):
         parts.append(f"from #{_get(job, 'source_job_id')} image {(_get(job, 'source_image_index') or 0) + 1}")
@@ -140,7 +157,7 @@ def parameters_embed(job: Any) -> discord.Embed:
         ("Size", f"{_get(job, 'width')}×{_get(job, 'height')}"),
         ("Steps", _get(job, "steps")),
         ("Guidance", f"{_get(job, 'guidance'):g}" if _get(job, "guidance") is not None else None),
-        ("Scheduler", _get(job, "scheduler")),
+        ("Sampler", _sampler(job)),
         ("Images", _get(job, "num_images")),
         ("Status", _get(job, "status")),
     ]
@@ -150,6 +167,7 @@ def parameters_embed(job: Any) -> discord.Embed:
         rows.append(("Source", f"job #{_get(job, 'source_job_id')}, image {(_get(job, 'source_image_index') or 0) + 1}"))
     if _get(job, "model"):
         rows.append(("Model", safe_text(_get(job, "model"), 200)))
+    rows.append(("LoRAs", _loras(job)))
     for name, value in rows:
         if value is not None:
             embed.add_field(name=name, value=str(value), inline=True)

@@ -20,6 +20,11 @@ of a guidance-distilled model such as FLUX.1-dev, or not at all), and a step-end
 cancelling; there is no timeline, no preview and no guidance interval there (`families.py` says why, and the card
 says what a model can do).
 
+LoRAs and textual-inversion embeddings (`loras.py`): the engine is given the worker's LoRA and embedding folders at
+load, lists on its card the LoRAs that fit the model and loads the embeddings that do. Before each run it makes the
+run's LoRAs (`<lora:NAME:WEIGHT>` in the prompt) the pipeline's active adapters, or turns LoRA layers off for a run
+without; the tags are taken out of the text the encoder reads. Runs with different LoRAs are never batched together.
+
 The engine knows nothing of Discord or the database; it takes a request and returns a result. Turning a model
 source into a pipeline is `loading.py`'s part and what the model is and can do `families.py`'s (`Engine.load` calls
 both); what happens after every denoising step (x0 capture, progress, cancelling, the end of the guidance interval)
@@ -47,7 +52,14 @@ from generation.engine.callbacks import (
     SDXLGuidanceIntervalCallback,
     TimelineCallback,
 )
-from generation.engine.families import build_card, call_parameters, card_name, runs_sd_path, scheduler_choices
+from generation.engine.families import (
+    architecture_of,
+    build_card,
+    call_parameters,
+    card_name,
+    runs_sd_path,
+    scheduler_choices,
+)
 from generation.engine.loading import (
     INFO_FILE,
     ModelLoadError,
@@ -59,7 +71,18 @@ from generation.engine.loading import (
     read_info,
     resolve_source,
 )
-from generation.engine.pngmeta import format_parameters, png_bytes
+from generation.engine.loras import (
+    Adapters,
+    Embedding,
+    LoraError,
+    LoraFile,
+    find_loras,
+    load_embeddings,
+    short_hash,
+    with_embedding_tokens,
+)
+from generation.engine.pngmeta import format_parameters, hashes_field, png_bytes
+from generation.engine.prompts import PromptEncoder
 from generation.engine.schedulers import make_scheduler
 from generation.engine.timeline import (
     SD15_LATENT_RGB,
@@ -71,7 +94,7 @@ from generation.engine.timeline import (
     latent_to_rgb,
     thumbnail,
 )
-from generation.protocol.cards import ModelCard
+from generation.protocol.cards import ModelCard, PromptRefused
 from generation.protocol.contract import (
     MAX_GUIDANCE,
     MAX_SIDE,
@@ -83,6 +106,7 @@ from generation.protocol.contract import (
     Progress,
     RequestError,
 )
+from generation.protocol.prompt import plain_text, split_loras
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +122,26 @@ SMALL_VAE_PARAMS = 5_000_000
 def _snap(x: float, multiple: int) -> int:
     """A side length rounded to the nearest multiple of `multiple`, at least one."""
     return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def lora_key(req: GenerationRequest) -> tuple[tuple[str, float], ...]:
+    """The LoRAs a request applies, as a comparable key: (name in lower case, weight), by name; weight 0 applies
+    nothing and is left out. Requests batch together only when their keys are equal."""
+    try:
+        refs = split_loras(req.prompt)[1]
+    except ValueError:
+        return (("<unreadable>", 0.0),)
+    return tuple(sorted((ref.name.casefold(), float(ref.weight)) for ref in refs if ref.weight != 0))
+
+
+def _encoder_text(req: GenerationRequest, embeddings: Sequence[Embedding]) -> GenerationRequest:
+    """`req` with the text its prompt encoder reads: the prompt without its `<lora:…>` tags (the card refuses a
+    txt2img prompt that is nothing but tags), and the embeddings' names written as their tokens."""
+    prompt = with_embedding_tokens(split_loras(req.prompt)[0], embeddings)
+    negative = with_embedding_tokens(req.negative_prompt, embeddings)
+    if (prompt, negative) == (req.prompt, req.negative_prompt):
+        return req
+    return req.with_(prompt=prompt, negative_prompt=negative)
 
 
 def effective_strength(req: GenerationRequest) -> float:
@@ -132,7 +176,8 @@ class Engine:
     """
 
     def __init__(self, pipe, name: str, device: str, dtype: torch.dtype, info: dict[str, Any] | None = None,
-                 path: Path | None = None, *, source: str = ""):
+                 path: Path | None = None, *, source: str = "", lora_dir: str | Path | None = None,
+                 embedding_dir: str | Path | None = None):
         self.pipe = pipe
         self.device = device
         self.dtype = dtype
@@ -145,7 +190,15 @@ class Engine:
         self.sd_path = runs_sd_path(pipe)
         self._img2img = None
         self._lock = threading.Lock()
-        self.card: ModelCard = build_card(pipe, self.info, name, img2img=self._make_img2img() is not None)
+        # LoRAs and embeddings from the worker's folders (loras.py): those that fit the model, by name in any case.
+        architecture = architecture_of(pipe, self.info)
+        self.loras: dict[str, LoraFile] = find_loras(lora_dir, name, pipe, architecture) if lora_dir else {}
+        self.embeddings: dict[str, Embedding] = (load_embeddings(embedding_dir, name, pipe, architecture)
+                                                 if embedding_dir else {})
+        self._adapters = Adapters(pipe, architecture)
+        self.card: ModelCard = build_card(pipe, self.info, name, img2img=self._make_img2img() is not None,
+                                          loras=[lora.info(architecture) for lora in self.loras.values()],
+                                          embeddings=[e.name for e in self.embeddings.values()])
         self._base_scheduler_config = pipe.scheduler.config
         self._own_scheduler = type(pipe.scheduler)
         self._swap_scheduler = scheduler_choices(pipe, self.sd_path)[1]
@@ -172,7 +225,8 @@ class Engine:
     @classmethod
     def load(cls, source: str | Path, device: str | None = None, dtype: torch.dtype | str | None = None,
              name: str | None = None, *, config: str | Path | None = None, variant: str | None = None,
-             threads: int | None = None, channels_last: bool = False, compile: bool = False) -> Engine:
+             threads: int | None = None, channels_last: bool = False, compile: bool = False,
+             lora_dir: str | Path | None = None, embedding_dir: str | Path | None = None) -> Engine:
         """Load a model onto `device` (auto: CUDA, else CPU): a diffusers folder, a single .safetensors/.ckpt file or
         a Hugging Face Hub id `org/name[@revision]` (see `generation.engine.loading`).
 
@@ -182,7 +236,8 @@ class Engine:
         `variant` picks a weights variant of a folder or repository (`fp16`). `threads` sets torch's CPU thread
         count for this process: on a machine whose cores are busy with other work, 1 thread is far faster than
         threads spinning against each other. `channels_last` and `compile` are GPU speed-ups, off by default (see
-        `optimize`).
+        `optimize`). `lora_dir` and `embedding_dir` are the worker's LoRA and embedding folders (see `loras.py`):
+        the LoRAs that fit the model go on its card, the embeddings that fit are loaded into it.
         """
         where = resolve_source(source)
         if threads is not None:
@@ -193,7 +248,8 @@ class Engine:
         info = read_info(where)  # before the weights: a mistake in it is reported without waiting for them
         pipe = load_pipeline(where, device, dtype, config=config, variant=variant)
         name = name or str(info.get("name") or "") or card_name(where.default_name())
-        engine = cls(pipe, name=name, device=device, dtype=dtype, info=info, path=where.path, source=where.text)
+        engine = cls(pipe, name=name, device=device, dtype=dtype, info=info, path=where.path, source=where.text,
+                     lora_dir=lora_dir, embedding_dir=embedding_dir)
         engine.optimize(channels_last=channels_last, compile=compile)
         card = engine.card
         log.info("loaded model %s (%s, %s; guidance %s, img2img %s) from %s on %s (%s) in %.2fs", card.name,
@@ -284,7 +340,7 @@ class Engine:
 
     def generate_many(self, reqs: Sequence[GenerationRequest], on_progress: ProgressFn | None = None,
                       should_cancel: CancelFn | None = None) -> list[GenerationResult]:
-        """Run several requests, denoising same-shape txt2img requests together in one batch.
+        """Run several requests, denoising same-shape txt2img requests with the same LoRAs together in one batch.
 
         Every image keeps its own seeded generator, so each result equals the one `generate` gives (up to float
         rounding of batched kernels). `on_progress` and `should_cancel` apply to each batch as a whole.
@@ -295,7 +351,7 @@ class Engine:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
             if r.mode == "txt2img" and not r.timeline:
-                key: tuple = (r.width, r.height, r.steps, float(r.guidance), r.scheduler)
+                key: tuple = (r.width, r.height, r.steps, float(r.guidance), r.scheduler, lora_key(r))
             else:
                 key = ("single", i)
             groups.setdefault(key, []).append(i)
@@ -342,10 +398,30 @@ class Engine:
         first = reqs[0]
         for r in reqs:
             self.check(r)
-        with self._lock, torch.inference_mode():
-            if not self.sd_path:
-                return self._run_pipeline(reqs, first, on_progress, should_cancel)
-            return self._run_locked(reqs, first, on_progress, should_cancel)
+        if any(lora_key(r) != lora_key(first) for r in reqs):
+            raise ValueError("the requests of one run have to use the same LoRAs at the same weights")
+        loras = self._loras_of(first)
+        with self._lock:
+            # The run's LoRAs become the active adapters (none: LoRA layers off), outside inference mode: loading
+            # one creates parameters.
+            try:
+                self._adapters.use(loras)
+            except LoraError as exc:
+                raise PromptRefused("prompt", first.prompt, f"{exc}.") from None
+            with torch.inference_mode():
+                if not self.sd_path:
+                    return self._run_pipeline(reqs, first, on_progress, should_cancel)
+                return self._run_locked(reqs, first, on_progress, should_cancel)
+
+    def _loras_of(self, req: GenerationRequest) -> list[tuple[LoraFile, float]]:
+        """The LoRA files and weights `req`'s prompt names (checked against the card already)."""
+        out = []
+        for ref in split_loras(req.prompt)[1]:
+            lora = self.loras.get(ref.name.casefold())
+            if lora is None:  # the card lists exactly `self.loras`, so `check` refused it already
+                raise RequestError("prompt", ref.tag, f"{self.name} has no LoRA named `{ref.name}`")
+            out.append((lora, ref.weight))
+        return out
 
     def _run_locked(self, reqs, first: GenerationRequest, on_progress, should_cancel) -> list[GenerationResult]:
         """The SD path: every stage of the module docstring, the engine's own."""
@@ -364,9 +440,9 @@ class Engine:
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(0, first.steps)
 
-        # 2. encode the prompts
+        # 2. encode the prompts (the text without its LoRA tags, the embeddings' names as their tokens)
         t = time.perf_counter()
-        embeds = self._encode_prompts(reqs, cfg)
+        embeds = self._encode_prompts([_encoder_text(r, list(self.embeddings.values())) for r in reqs], cfg)
         timings["text_encode"] = time.perf_counter() - t
 
         # 3. source image for variation/upscale, encoded once into a latent
@@ -380,7 +456,7 @@ class Engine:
         #    per image (on the CPU, so a seed draws the same starting noise on every device), guidance inside the
         #    pipeline's loop; after every step the callbacks capture x0, report progress, check for cancelling
         #    and end the guidance interval (see callbacks.py)
-        scheduler = make_scheduler(first.scheduler, self._base_scheduler_config)
+        scheduler = self._scheduler(first.scheduler, first.steps)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         tracker = timeline_cb = None
         if on_progress is not None or first.timeline:
@@ -455,9 +531,11 @@ class Engine:
             inputs.update(image=image, strength=strength, num_inference_steps=max(first.steps, math.ceil(1 / strength)))
             inputs.update(height=size[1], width=size[0])
         params = call_parameters(pipe)
-        inputs.update(prompt=[r.prompt for r in reqs for _ in r.seeds], output_type="pil", return_dict=False)
+        # These families do not apply the A1111 syntax: they read the words without it (`plain_text`).
+        inputs.update(prompt=[plain_text(r.prompt) for r in reqs for _ in r.seeds], output_type="pil",
+                      return_dict=False)
         if card.negative_prompt and any(r.negative_prompt for r in reqs):
-            inputs["negative_prompt"] = [r.negative_prompt for r in reqs for _ in r.seeds]
+            inputs["negative_prompt"] = [plain_text(r.negative_prompt) for r in reqs for _ in r.seeds]
         if "guidance_scale" in params:
             # cfg: classifier-free guidance; distilled: an input of the model (FLUX.1-dev); none: 1 turns it off
             inputs["guidance_scale"] = 1.0 if card.guidance == "none" else float(first.guidance)
@@ -467,7 +545,7 @@ class Engine:
         if "callback_on_step_end" in params:
             inputs["callback_on_step_end"] = progress_cb
         inputs = {k: v for k, v in inputs.items() if k in params}
-        pipe.scheduler = self._scheduler(first.scheduler)
+        pipe.scheduler = self._scheduler(first.scheduler, first.steps)
         t = time.perf_counter()
         out = pipe(**inputs)
         timings["denoise"] = time.perf_counter() - t  # the pipeline's whole run: text encoding to decoding
@@ -478,11 +556,13 @@ class Engine:
         pil = [Image.new("RGB", im.size) if flag else im for im, flag in zip(pil, flags, strict=True)]
         return self._results(reqs, pil, flags, timings, t_start, size, {}, None)
 
-    def _scheduler(self, name: str):
+    def _scheduler(self, name: str, steps: int = 0):
         """A fresh scheduler for a run (no state carried over): the sampler `name` built from the model's noise
-        schedule, or the model's own scheduler where the engine's samplers do not apply (flow matching)."""
+        schedule with the card's timestep spacing, or the model's own scheduler where the engine's samplers do not
+        apply (flow matching)."""
         if self._swap_scheduler:
-            return make_scheduler(name, self._base_scheduler_config)
+            return make_scheduler(name, self._base_scheduler_config, timestep_spacing=self.card.timestep_spacing,
+                                  steps=steps)
         return self._own_scheduler.from_config(self._base_scheduler_config)
 
     def _results(self, reqs: list[GenerationRequest], pil: list[Image.Image], flags: list[bool],
@@ -529,21 +609,46 @@ class Engine:
         elif self.card.guidance == "distilled" and not self.sd_path:  # an LCM's scale is written as CFG scale
             extra = {"Distilled CFG Scale": f"{float(r.guidance):g}", **extra}
             shown = shown.with_(guidance=1.0)
+        extra = {**extra, **self._network_hashes(r)}
         return format_parameters(shown, seed, im.width, im.height, self.name, strength=effective_strength(r), **extra)
+
+    def _network_hashes(self, r: GenerationRequest) -> dict[str, str]:
+        """`Lora hashes` and `TI hashes` of the LoRAs and embeddings `r` uses, as AUTOMATIC1111 writes them."""
+        fields = {}
+        keys = [ref.name.casefold() for ref in split_loras(r.prompt)[1]]
+        loras = [self.loras[key] for key in keys if key in self.loras]
+        if loras:
+            fields["Lora hashes"] = hashes_field((lora.name, short_hash(lora.path)) for lora in loras)
+        used = [e for e in self.embeddings.values() if e.used_in(r.prompt) or e.used_in(r.negative_prompt)]
+        if used:
+            fields["TI hashes"] = hashes_field((e.name, e.sha12) for e in used)
+        return fields
 
     # stage helpers ----------------------------------------------------------------------------------------------
     def _encode_prompts(self, reqs: list[GenerationRequest], cfg: bool) -> dict[str, torch.Tensor]:
-        """Text embeddings for every image of every request, in image order (uncond kept separate)."""
+        """Text embeddings for every image of every request, in image order (uncond kept separate).
+
+        A prompt (and negative prompt) without syntax that fits the text encoder's window is encoded by the
+        pipeline's own `encode_prompt`, as always; one with emphasis, `BREAK` or more tokens goes through
+        `prompts.PromptEncoder` (compel), and every conditioning of the batch is then padded to the longest.
+        """
+        prompts = PromptEncoder(self.pipe)
         parts: list[tuple] = []
         for r in reqs:
+            negative = r.negative_prompt or None
+            if not prompts.reads_plainly(r.prompt) or (cfg and negative is not None
+                                                        and not prompts.reads_plainly(negative)):
+                parts.append(prompts.encode_request(r.prompt, negative, cfg, r.num_images))
+                continue
             out = self.pipe.encode_prompt(
                 prompt=r.prompt,
                 device=self.pipe.device,
                 num_images_per_prompt=r.num_images,
                 do_classifier_free_guidance=cfg,
-                negative_prompt=r.negative_prompt or None,
+                negative_prompt=negative,
             )
             parts.append(tuple(out))
+        parts = prompts.pad_to_longest(parts)
         names = ["prompt_embeds", "negative_prompt_embeds"]
         if self.is_xl:
             names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]

@@ -7,7 +7,8 @@ image-to-image pipeline. So what a model can do is read from the loaded pipeline
 
 - the parameters of its `__call__` (`negative_prompt`, `guidance_scale`, `callback_on_step_end`);
 - its denoiser's config (`guidance_embeds`: guidance-distilled like FLUX.1-dev; `time_cond_proj_dim`: an LCM);
-- its scheduler's `compatibles` (which of the engine's samplers can replace it);
+- its scheduler's `compatibles` (which of the engine's samplers can replace it), its class (a model saved with an
+  `LCMScheduler` is distilled with latent consistency: LCM sampler, few steps) and its `timestep_spacing`;
 - whether diffusers has an image-to-image pipeline for the family (`AutoPipelineForImage2Image.from_pipe`).
 
 The engine runs a model one of two ways. Stable Diffusion 1.x/2.x (the shipped shapes model included) and SDXL take
@@ -18,8 +19,9 @@ reports progress and honours cancelling through its step-end callback; no timeli
 interval (their denoisers' inputs differ per family; Flux packs its latents, for one).
 
 `imaginebot.json` says what the pipeline cannot tell: the model's `name`, `description`, what it `knows` and
-`example_prompts`; its limits (`min_side`, `max_side`, `max_steps`, `schedulers`: some of those the model can run)
-and defaults (`default_width`, `default_height`, `default_steps`, `default_guidance`, `default_scheduler`); and it
+`example_prompts`; its limits (`min_side`, `max_side`, `max_steps`, `schedulers`: some of those the model can run,
+by id or label) and defaults (`default_width`, `default_height`, `default_steps`, `default_guidance`,
+`default_scheduler`, `timestep_spacing`: `trailing` for a Turbo or Lightning model); and it
 may correct `architecture` (`"shapes"` marks a shapes model not named `imaginebot-shapes...`) and `guidance` (a
 turbo model that must run unguided, say). `build_card` puts it all into the `ModelCard` the worker announces; a card whose values contradict
 each other is refused with a `ModelLoadError` that names the file.
@@ -30,11 +32,12 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from collections.abc import Sequence
 from typing import Any, get_args
 
 from generation.engine.loading import INFO_FILE, ModelLoadError, snap_side
-from generation.engine.schedulers import SCHEDULER_TABLE
-from generation.protocol.cards import Architecture, GuidanceKind, ModelCard
+from generation.engine.schedulers import LCM_SAMPLER, SCHEDULER_TABLE, sampler_of_class
+from generation.protocol.cards import Architecture, GuidanceKind, LoraInfo, ModelCard
 from generation.protocol.contract import (
     DEFAULT_SCHEDULER,
     MAX_GUIDANCE,
@@ -43,6 +46,8 @@ from generation.protocol.contract import (
     MIN_SIDE,
     SCHEDULERS,
     SIDE_MULTIPLE,
+    TIMESTEP_SPACINGS,
+    sampler_id,
 )
 
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -51,6 +56,8 @@ GUIDANCE_KINDS: tuple[str, ...] = get_args(GuidanceKind)
 SHAPES_NAME_PREFIX = "imaginebot-shapes"
 #: The sampler name a flow-matching model (SD3, Flux) is offered under: its own `FlowMatchEulerDiscreteScheduler`.
 FLOW_MATCH_SAMPLER = "euler"
+#: Default steps of a model distilled with latent consistency (LCM) when its `imaginebot.json` names none.
+LCM_STEPS = 4
 #: The card's name rule (`ModelCard.name`), to make a valid name out of a folder or repository name.
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._ -]+")
 _FAMILY_LABELS = {
@@ -167,9 +174,10 @@ def side_multiple(pipe, architecture: str) -> int:
 def scheduler_choices(pipe, sd_path: bool) -> tuple[tuple[str, ...], bool]:
     """The engine's samplers that can run this model, and whether they replace its own scheduler.
 
-    The SD path offers them all (every one of them is built from the model's own noise schedule, see
-    `schedulers.py`). Another family is offered those its scheduler lists as compatible; a flow-matching model
+    The SD path can run them all (every one of them is built from the model's own noise schedule, see
+    `schedulers.py`). Another family can run those its scheduler lists as compatible; a flow-matching model
     (SD3, Flux) has none of them and keeps its own scheduler, offered under the one name `euler`.
+    `sampler_defaults` says which of them suit the model.
     """
     if sd_path:
         return SCHEDULERS, True
@@ -179,6 +187,57 @@ def scheduler_choices(pipe, sd_path: bool) -> tuple[tuple[str, ...], bool]:
     if names:
         return names, True
     return (FLOW_MATCH_SAMPLER,), False
+
+
+def is_lcm(pipe) -> bool:
+    """Whether the model is distilled with latent consistency (LCM): saved with an `LCMScheduler`, or a UNet that
+    takes the guidance scale as an input the way LCM's do (`time_cond_proj_dim`)."""
+    if sampler_of_class(type(pipe.scheduler).__name__) == LCM_SAMPLER:
+        return True
+    net = getattr(pipe, "unet", None)
+    return net is not None and net.config.get("time_cond_proj_dim") is not None
+
+
+def sampler_defaults(pipe, runnable: tuple[str, ...]) -> tuple[tuple[str, ...], str, int | None]:
+    """The samplers of `runnable` that suit the model, its default sampler, and the few steps it is distilled to
+    (None: its family's usual steps).
+
+    An LCM model runs with LCM alone, 4 steps by default. Any other model gets every sampler but LCM, which only
+    suits weights distilled for it (an operator who serves a model with an LCM LoRA fused in lists `lcm` in its
+    `imaginebot.json`), and DPM++ 2M by default.
+    """
+    if LCM_SAMPLER in runnable and is_lcm(pipe):
+        return (LCM_SAMPLER,), LCM_SAMPLER, LCM_STEPS
+    suited = tuple(n for n in runnable if n != LCM_SAMPLER) or runnable
+    return suited, (DEFAULT_SCHEDULER if DEFAULT_SCHEDULER in suited else suited[0]), None
+
+
+def timestep_spacing_of(pipe, info: dict[str, Any]) -> str:
+    """The card's `timestep_spacing`: `imaginebot.json`'s, else the one the model's own scheduler config names
+    (`trailing` for a Turbo or Lightning checkpoint saved that way), else "" (each sampler's own)."""
+    declared = info.get("timestep_spacing")
+    if declared is not None:
+        if declared not in TIMESTEP_SPACINGS:
+            raise ModelLoadError(f"`timestep_spacing` in {INFO_FILE} is {declared!r}; it has to be one of "
+                                 f"{', '.join(TIMESTEP_SPACINGS)}.")
+        return str(declared)
+    config = pipe.scheduler.config
+    saved = config.get("timestep_spacing")
+    if saved not in TIMESTEP_SPACINGS or "timestep_spacing" in (config.get("_use_default_values") or ()):
+        return ""  # not named by the checkpoint: a class default, which the other samplers do not inherit
+    return str(saved)
+
+
+def _samplers(info: dict[str, Any], key: str, runnable: tuple[str, ...]) -> tuple[str, ...]:
+    """`imaginebot.json`'s `schedulers` (or `default_scheduler`, as one) as sampler ids; each a sampler the model
+    can run, given by id or label."""
+    names = (info[key],) if key == "default_scheduler" else _strings(info, key)
+    ids = tuple(sampler_id(n) if isinstance(n, str) else None for n in names)
+    if not ids or any(i not in runnable for i in ids):
+        shown = names[0] if key == "default_scheduler" else list(names)
+        raise ModelLoadError(f"`{key}` in {INFO_FILE} is {shown!r}; this model runs with "
+                             f"{', '.join(runnable)} (some of them).")
+    return ids
 
 
 # --- the card -----------------------------------------------------------------------------------------------------
@@ -219,11 +278,13 @@ def _within(value: int, lo: int, hi: int, multiple: int) -> int:
     return min(max(lo, int(round(value / multiple)) * multiple), hi)
 
 
-def build_card(pipe, info: dict[str, Any], name: str, *, img2img: bool) -> ModelCard:
+def build_card(pipe, info: dict[str, Any], name: str, *, img2img: bool, loras: Sequence[LoraInfo] = (),
+               embeddings: Sequence[str] = ()) -> ModelCard:
     """The card of a loaded pipeline: what it is, takes, defaults to, can do and knows (see the module docstring).
 
     `name` is the card's name as given (by the worker, `imaginebot.json` or the source); `img2img` whether an
     image-to-image pipeline could be made over it. Numbers `imaginebot.json` leaves out come from the pipeline.
+    `loras` and `embeddings` are those the worker serves for it (`generation.engine.loras`).
     """
     sd_path = runs_sd_path(pipe)
     architecture = architecture_of(pipe, info)
@@ -255,17 +316,20 @@ def build_card(pipe, info: dict[str, Any], name: str, *, img2img: bool) -> Model
     max_steps = _number(info, "max_steps", MAX_STEPS, int)
     if min_side <= max_side:
         default_side = _within(default_side, min_side, max_side, multiple)
-    schedulers, _ = scheduler_choices(pipe, sd_path)
-    chosen = info.get("schedulers")
-    if chosen is not None:
-        wanted = _strings(info, "schedulers")
-        unknown = [s for s in wanted if s not in schedulers]
-        if unknown or not wanted:
-            raise ModelLoadError(f"`schedulers` in {INFO_FILE} is {list(wanted)!r}; this model runs with "
-                                 f"{', '.join(schedulers)} (some of them).")
-        schedulers = wanted
-    default_scheduler = str(info.get("default_scheduler", DEFAULT_SCHEDULER))
-    if default_scheduler not in schedulers:
+    # Samplers: those that suit the model unless the file lists its own; a default the file names is offered too.
+    runnable, _ = scheduler_choices(pipe, sd_path)
+    schedulers, default_scheduler, few_steps = sampler_defaults(pipe, runnable)
+    if few_steps is not None:
+        steps = few_steps
+        if guidance == "cfg":
+            scale = 1.0  # an LCM without a guidance input (an LCM LoRA fused in) runs best unguided
+    if info.get("schedulers") is not None:
+        schedulers = _samplers(info, "schedulers", runnable)
+    if info.get("default_scheduler") is not None:
+        (default_scheduler,) = _samplers(info, "default_scheduler", runnable)
+        if info.get("schedulers") is None and default_scheduler not in schedulers:
+            schedulers = (default_scheduler, *schedulers)
+    elif default_scheduler not in schedulers:
         default_scheduler = DEFAULT_SCHEDULER if DEFAULT_SCHEDULER in schedulers else schedulers[0]
     description = info.get("description")
     if not isinstance(description, str) or not description.strip():
@@ -286,6 +350,7 @@ def build_card(pipe, info: dict[str, Any], name: str, *, img2img: bool) -> Model
         "default_guidance": _number(info, "default_guidance", min(max(0.0, float(scale)), MAX_GUIDANCE), float),
         "default_scheduler": default_scheduler,
         "schedulers": tuple(schedulers),
+        "timestep_spacing": timestep_spacing_of(pipe, info),
         "guidance": guidance,
         "negative_prompt": guidance == "cfg" and "negative_prompt" in params,
         "img2img": img2img,
@@ -295,6 +360,8 @@ def build_card(pipe, info: dict[str, Any], name: str, *, img2img: bool) -> Model
         "knows": _knows(info),
         "example_prompts": _strings(info, "example_prompts"),
         "settings": dict(info),
+        "loras": tuple(loras),
+        "embeddings": tuple(embeddings),
     }
     try:
         return ModelCard(**fields)

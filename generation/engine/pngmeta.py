@@ -10,13 +10,17 @@ Discord can be reproduced elsewhere. Format:
 `Model:` is the name of the model's card (the name its worker serves it under), which readers such as sd-parsers
 report as the model. The engine writes what really ran: no negative prompt for a model that takes none, `CFG scale:
 1` for one without guidance, and for a guidance-distilled model (FLUX.1-dev) `CFG scale: 1, Distilled CFG Scale: x`
-as Forge does; extra fields (`CFG min timestep`, `Upscale`) follow the standard ones.
+as Forge does; extra fields (`CFG min timestep`, `Upscale`) follow the standard ones. The LoRAs and embeddings a run
+used are listed as AUTOMATIC1111 lists them, each with the first 12 hex digits of its file's sha256 (`hashes_field`):
+
+    Lora hashes: "ink: 0123456789ab, pastel: ba9876543210", TI hashes: "easyneg: 4d6e0c0a1b2c"
 """
 
 from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from PIL import Image, PngImagePlugin
@@ -52,6 +56,11 @@ def format_parameters(
     fields.extend(extra.items())
     lines.append(", ".join(f"{k}: {_clean(v)}" for k, v in fields))
     return "\n".join(lines)
+
+
+def hashes_field(pairs: Iterable[tuple[str, str]]) -> str:
+    """The value of `Lora hashes` / `TI hashes`: `name: hash` pairs joined by commas (written quoted, as A1111 does)."""
+    return ", ".join(f"{name}: {digest}" for name, digest in pairs)
 
 
 def _clean(value: Any) -> str:

@@ -10,6 +10,10 @@ so the bot never offers a model nobody serves.
 queued or charged (so a member is told privately, naming the model's range), and the engine calls it again before it
 runs (the queue is a trust boundary too).
 
+A card lists the LoRAs (`LoraInfo`) and textual-inversion embeddings its worker serves for the model: members name a
+LoRA in the prompt (`<lora:NAME:WEIGHT>`, see `generation.protocol.prompt`) and an embedding by writing its name as a
+word, and `check` refuses a LoRA the card does not list, one made for another architecture, or a weight out of range.
+
 Cards are parsed as strictly as every other queue message (see `generation.protocol.messages`), and a card whose own
 numbers contradict each other (a default size outside its sides, say) is refused too.
 
@@ -33,9 +37,12 @@ from generation.protocol.contract import (
     MIN_SIDE,
     SCHEDULERS,
     SIDE_MULTIPLE,
+    TIMESTEP_SPACINGS,
     GenerationRequest,
     RequestError,
+    sampler_label,
 )
+from generation.protocol.prompt import MAX_LORA_WEIGHT, MIN_LORA_WEIGHT, PromptSyntaxError, split_loras
 from generation.protocol.strict import STRICT, Message
 
 #: The model families the engine knows by name; any other diffusers text-to-image pipeline is announced as `other`.
@@ -45,6 +52,63 @@ Architecture = Literal["shapes", "sd1", "sd2", "sdxl", "sd3", "flux", "other"]
 GuidanceKind = Literal["cfg", "distilled", "none"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,79}$")
+#: An embedding is used by writing its name as a word, so the name has no spaces.
+EMBEDDING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+#: Most trigger words a card carries per LoRA, and their longest length: the card goes out every few seconds.
+MAX_TRIGGERS = 5
+MAX_TRIGGER_CHARS = 60
+#: Most LoRAs and embeddings one card lists (the worker logs those it leaves out).
+MAX_CARD_LORAS = 200
+MAX_CARD_EMBEDDINGS = 200
+#: How `check` and `/help` name an architecture, and with its article.
+ARCHITECTURE_LABELS = {
+    "shapes": "shapes", "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3", "flux": "FLUX.1", "other": "other",
+}
+ARCHITECTURE_WITH_ARTICLE = {"shapes": "a shapes", "sd1": "an SD 1.x", "sd2": "an SD 2.x", "sdxl": "an SDXL", "sd3": "an SD 3",
+                 "flux": "a FLUX.1", "other": "another kind of"}
+
+
+class PromptRefused(RequestError):
+    """A request whose prompt the model cannot run as written (a LoRA it does not serve, a bad LoRA tag); the message
+    is one whole sentence that names the tag and what is allowed."""
+
+    def __init__(self, field_name: str, value: Any, message: str):
+        super().__init__(field_name, value, message)
+        self.args = (message,)
+
+
+@dataclass(frozen=True, config=STRICT)
+class LoraInfo(Message):
+    """One LoRA a worker serves for a model: what members need to choose it, nothing to load it by (the worker keeps
+    its files). Every field but `name` and `architecture` has a default, like the card's."""
+
+    #: The name in `<lora:NAME>`: the file's name without `.safetensors`.
+    name: str
+    #: The model family it was made for (one that fits the card's model: the worker lists no other).
+    architecture: Architecture
+    #: The file's size in bytes.
+    size: int = 0
+    #: Words it was trained with, from the file's metadata (at most `MAX_TRIGGERS`).
+    triggers: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LoraInfo:
+        problems = []
+        if not _NAME.match(self.name):
+            problems.append(f"LoRA name {self.name!r} has to be 1-80 letters, digits, spaces, '.', '_' or '-'")
+        if self.size < 0:
+            problems.append(f"LoRA {self.name!r}: size {self.size} is below 0")
+        if len(self.triggers) > MAX_TRIGGERS or any(len(t) > MAX_TRIGGER_CHARS for t in self.triggers):
+            problems.append(f"LoRA {self.name!r}: at most {MAX_TRIGGERS} trigger words of at most "
+                            f"{MAX_TRIGGER_CHARS} characters")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def tag(self) -> str:
+        """What a prompt says to apply it at weight 1."""
+        return f"<lora:{self.name}>"
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -75,6 +139,8 @@ class ModelCard(Message):
     default_scheduler: str = DEFAULT_SCHEDULER
     #: The samplers this model may be run with (a subset of `generation.protocol.contract.SCHEDULERS`).
     schedulers: tuple[str, ...] = SCHEDULERS
+    #: How every sampler spaces this model's timesteps (`trailing` for few-step models); "" keeps its scheduler's own.
+    timestep_spacing: str = ""
 
     # --- what it can do ----------------------------------------------------------------------------------------
     guidance: GuidanceKind = "cfg"
@@ -91,6 +157,12 @@ class ModelCard(Message):
     example_prompts: tuple[str, ...] = ()
     #: The model's `imaginebot.json` as the worker read it (JSON values only).
     settings: dict[str, Any] = field(default_factory=dict)
+
+    # --- what it can be given ------------------------------------------------------------------------------------
+    #: The LoRAs its worker serves for it (`<lora:NAME:WEIGHT>` in a prompt), by name.
+    loras: tuple[LoraInfo, ...] = ()
+    #: The textual-inversion embeddings loaded into it: each name is a word a prompt or negative prompt may use.
+    embeddings: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -114,6 +186,16 @@ class ModelCard(Message):
             problems.append(f"schedulers {list(self.schedulers)} have to be some of {', '.join(SCHEDULERS)}")
         if self.default_scheduler not in self.schedulers:
             problems.append(f"default_scheduler {self.default_scheduler!r} is not among its schedulers")
+        if self.timestep_spacing and self.timestep_spacing not in TIMESTEP_SPACINGS:
+            problems.append(f"timestep_spacing {self.timestep_spacing!r} has to be one of {', '.join(TIMESTEP_SPACINGS)}")
+        lora_names = [lora.name.casefold() for lora in self.loras]
+        if len(set(lora_names)) != len(lora_names) or len(lora_names) > MAX_CARD_LORAS:
+            problems.append(f"loras: at most {MAX_CARD_LORAS}, each name once (any case)")
+        bad = [e for e in self.embeddings if not EMBEDDING_NAME.match(e)]
+        if bad or len(set(e.casefold() for e in self.embeddings)) != len(self.embeddings) \
+                or len(self.embeddings) > MAX_CARD_EMBEDDINGS:
+            problems.append(f"embeddings: at most {MAX_CARD_EMBEDDINGS} names of letters, digits, '.', '_' or '-' "
+                            f"(no spaces), each once{f' (not {bad[0]!r})' if bad else ''}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -141,8 +223,53 @@ class ModelCard(Message):
         if req.steps > self.max_steps:
             raise RequestError("steps", req.steps, f"{self.name} takes at most {self.max_steps} steps")
         if req.scheduler not in self.schedulers:
-            raise RequestError("scheduler", req.scheduler, f"{self.name} runs with {', '.join(self.schedulers)}")
+            raise RequestError("scheduler", req.scheduler,
+                               f"{self.name} runs with {', '.join(sampler_label(s) for s in self.schedulers)}")
         if req.timeline and not self.timeline:
             raise RequestError("timeline", req.timeline, f"{self.name} cannot show a denoising timeline")
         if req.mode != "txt2img" and not self.img2img:
             raise RequestError("mode", req.mode, f"{self.name} draws from text only (no variations or upscales)")
+        self.check_loras(req)
+
+    def lora(self, name: str) -> LoraInfo | None:
+        """The LoRA of this card called `name` (any case), or None."""
+        key = name.casefold()
+        return next((lora for lora in self.loras if lora.name.casefold() == key), None)
+
+    def check_loras(self, req: GenerationRequest) -> None:
+        """Raise `PromptRefused` for a `<lora:…>` tag this model cannot apply: one written wrongly (a weight outside
+        -2…2, a bad name, more than 8), one naming a LoRA its worker does not serve for it, one made for another
+        architecture, or one in the negative prompt (LoRAs apply from the prompt only); and a txt2img prompt that is
+        nothing but LoRA tags."""
+        for field_name, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
+            try:
+                words, refs = split_loras(text)
+            except PromptSyntaxError as exc:
+                raise PromptRefused(field_name, text, f"{exc}.") from None
+            if refs and field_name == "prompt" and req.mode == "txt2img" and not words.strip():
+                raise PromptRefused(field_name, text, "The prompt is nothing but LoRA tags; describe the picture too.")
+            if refs and field_name == "negative_prompt":
+                raise PromptRefused(field_name, refs[0].tag, f"`{refs[0].tag}` is in the negative prompt, but LoRAs "
+                                    "apply from the prompt only; move it there.")
+            for ref in refs:
+                self._check_lora(ref.name, ref.weight)
+
+    def _check_lora(self, name: str, weight: float) -> None:
+        tag = f"<lora:{name}:{weight:g}>"
+        label = ARCHITECTURE_LABELS.get(self.architecture, self.architecture)
+        info = self.lora(name)
+        if info is None:
+            if not self.loras:
+                allowed = f"`{self.name}` is served with no LoRAs."
+            else:
+                names = ", ".join(f"`{lora.name}`" for lora in self.loras[:20])
+                more = f" and {len(self.loras) - 20} more" if len(self.loras) > 20 else ""
+                allowed = f"its LoRAs are {names}{more}."
+            raise PromptRefused("prompt", tag, f"`{tag}`: `{self.name}` has no LoRA named `{name}`; {allowed}")
+        if info.architecture != self.architecture:
+            made = ARCHITECTURE_LABELS.get(info.architecture, info.architecture)
+            raise PromptRefused("prompt", tag, f"`{tag}`: `{info.name}` is a LoRA for {made} models, but `{self.name}` "
+                                f"is {ARCHITECTURE_WITH_ARTICLE.get(self.architecture, 'a')} model; use a LoRA made for {label}.")
+        if not MIN_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # split_loras refuses these already; a safeguard
+            raise PromptRefused("prompt", tag, f"`{tag}` has weight {weight:g}, but it has to be from "
+                                f"{MIN_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}.")

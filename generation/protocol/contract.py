@@ -22,9 +22,31 @@ from typing import Any, Literal
 Mode = Literal["txt2img", "variation", "upscale"]
 
 MODES: tuple[str, ...] = ("txt2img", "variation", "upscale")
-#: Scheduler names a request may ask for; the engine maps each to a diffusers scheduler class.
-SCHEDULERS: tuple[str, ...] = ("dpmpp_2m", "euler_a", "euler", "ddim", "pndm")
+#: The samplers a request may ask for: the id a request stores (never renamed, so stored jobs keep reading) and the
+#: label members know from A1111-style tools, which `/imagine`, the job embeds and the PNG `Sampler:` field show.
+#: The engine maps each id to a diffusers scheduler (`generation.engine.schedulers`). `pndm` (PLMS) is kept for the
+#: jobs made before the others existed.
+SAMPLER_LABELS: dict[str, str] = {
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
+    "dpmpp_sde_karras": "DPM++ SDE Karras",
+    "euler_a": "Euler a",
+    "euler": "Euler",
+    "heun": "Heun",
+    "unipc": "UniPC",
+    "ddim": "DDIM",
+    "lcm": "LCM",
+    "pndm": "PNDM",
+}
+#: Scheduler (sampler) ids a request may ask for, in the order they are offered.
+SCHEDULERS: tuple[str, ...] = tuple(SAMPLER_LABELS)
 DEFAULT_SCHEDULER = "dpmpp_2m"
+#: Other names tools write for a sampler (A1111 calls PNDM without its Runge-Kutta warm-up PLMS).
+_SAMPLER_ALIASES = {"plms": "pndm", "euler ancestral": "euler_a", "euler_ancestral": "euler_a"}
+#: How a diffusers scheduler spaces the timesteps of a run over the training timesteps; `trailing` starts at the last
+#: (noisiest) one, which few-step distilled models (Turbo, Lightning, LCM) need.
+TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "linspace", "trailing")
 
 # General bounds of a request. A loaded model narrows the size further (see `ModelLimits`).
 MIN_SIDE = 64
@@ -70,6 +92,21 @@ def _b64(data: bytes | None) -> str | None:
 
 def _unb64(data: str | None) -> bytes | None:
     return None if data is None else base64.b64decode(data.encode("ascii"))
+
+
+def sampler_label(name: str) -> str:
+    """The label of a sampler id (`dpmpp_2m_karras` -> `DPM++ 2M Karras`); an unknown id is returned as it is."""
+    return SAMPLER_LABELS.get(name, name)
+
+
+def sampler_id(text: str) -> str | None:
+    """The sampler id of an id or a label, in any case (`DPM++ 2M Karras`, `dpmpp_2m_karras`, `PLMS`); None when
+    it names none."""
+    key = " ".join(str(text).split()).casefold()
+    for name, label in SAMPLER_LABELS.items():
+        if key in (name, label.casefold()):
+            return name
+    return _SAMPLER_ALIASES.get(key)
 
 
 def random_seed() -> int:
@@ -228,7 +265,6 @@ class GenerationRequest:
                 value = ""  # a required field missing from an old row (none is, today): an empty text
             object.__setattr__(req, f.name, value)
         return req
-
 
 
 def _int_in(name: str, value: Any, lo: int, hi: int) -> None:

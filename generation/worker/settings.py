@@ -22,6 +22,10 @@ A worker serves the models of the flags (or `WORKER_MODELS`) first, then those o
 serves the one model of `MODEL_PATH` (which the bot shares). The fake engine never reads `MODEL_PATH`: it serves the
 models given as flags, variable or file, and when none is given, one default fake model (see `generation.worker.fake_engine`).
 
+LoRAs and embeddings: `--lora-dir DIR` (`WORKER_LORA_DIR`) holds LoRA files, `--embedding-dir DIR`
+(`WORKER_EMBEDDING_DIR`) textual-inversion embeddings; a file directly in the folder is offered to every model it
+fits, one in a subfolder named like a model to that model only (see `generation.engine.loras`).
+
 The NATS URL may hold credentials (`nats://user:password@host:4222`); it is a `SecretStr`, shown as `**********` in
 `repr()` and logs, and `nats_url.get_secret_value()` is called only where the connection is made.
 """
@@ -154,6 +158,10 @@ class WorkerSettings(BaseSettings):
     channels_last: bool = False
     #: torch.compile the UNet and the VAE decode (GPU; each new image or batch size compiles once, a minute or more).
     compile: bool = False
+    #: A folder of LoRA files (`.safetensors`): shared ones directly in it, a model's own in a subfolder of its name.
+    lora_dir: Path | None = None
+    #: A folder of textual-inversion embeddings (`.safetensors`, `.pt`, `.bin`), laid out like `lora_dir`.
+    embedding_dir: Path | None = None
     #: Seconds per denoising step of the fake engine, which then runs instead of a model (tests, benchmarks).
     fake_engine: float | None = Field(None, ge=0)
     #: Fake engine: random-noise PNGs (about 1.5 MB at 720x720) instead of small flat ones.
@@ -214,6 +222,13 @@ class WorkerSettings(BaseSettings):
             seen[key] = str(spec)
         return self
 
+    @field_validator("lora_dir", "embedding_dir")
+    @classmethod
+    def _is_a_folder(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"{str(v)!r} is not a folder")
+        return v
+
     @field_validator("threads", mode="before")
     @classmethod
     def _zero_threads_is_unset(cls, v: object) -> object:
@@ -262,6 +277,10 @@ FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
      "on GPUs)", {"action": "store_true"}),
     ("--compile", "compile", "torch.compile the UNet and the VAE decode (GPU; each new image or batch size compiles "
      "once, a minute or more)", {"action": "store_true"}),
+    ("--lora-dir", "lora_dir", "a folder of LoRA files (.safetensors): those in it are offered to every model they "
+     "fit, those in a subfolder named like a model to that model only", {"metavar": "DIR"}),
+    ("--embedding-dir", "embedding_dir", "a folder of textual-inversion embeddings (.safetensors, .pt, .bin), laid "
+     "out like --lora-dir; each is used by its file name as a word of the prompt", {"metavar": "DIR"}),
     ("--name", "name", "worker name in logs and announcements; default host name + GPU or pid", {}),
     ("--no-default", "serve_default", "take only jobs that name one of this worker's models",
      {"action": "store_false"}),

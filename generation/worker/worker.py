@@ -14,8 +14,9 @@ jobs (requests that name no model) go to the first model. At most `--max-loaded`
 a job for a model that is not loaded gets a `loading` progress event, then the worker loads it, first evicting the
 least recently used one (the engine is dropped, `gc.collect()` runs and, when torch is already imported and CUDA is
 present, `torch.cuda.empty_cache()` returns its memory), logs `loading model NAME (evicting OTHER)` and the seconds
-the load took, and runs the job. A batch only holds jobs of one model. The worker keeps to one consumer while it has
-jobs (a switch may cost a load) and gives the others a turn after 8 batches in a row.
+the load took, and runs the job. A batch only holds jobs of one model, and of one set of LoRAs at the same weights
+(`batch_key`): the LoRAs are the pipeline's active adapters for the whole batch. The worker keeps to one consumer
+while it has jobs (a switch may cost a load) and gives the others a turn after 8 batches in a row.
 
 At start-up every model is loaded once, in order, and its card is announced as soon as it is known; the last
 `--max-loaded` stay in memory. A card (`generation.protocol.cards.ModelCard`) cannot be had without loading: its
@@ -32,8 +33,8 @@ jobs held for it are handed back (they fail once their deliveries run out, unles
 
 How a job goes through a worker:
 
-1. pull one message from a model's durable consumer (or `_default`'s); when more same-shape jobs are waiting, take a
-   few more and run them as one batch (`generate_many`);
+1. pull one message from a model's durable consumer (or `_default`'s); when more same-shape jobs with the same LoRAs
+   are waiting, take a few more and run them as one batch (`generate_many`);
 2. load the jobs' model when it is not in memory (see above);
 3. skip a job when it was cancelled while queued or when a previous attempt already stored its outcome;
 4. announce `started`, run the engine in a thread, send `in_progress` to the server every `ack_wait/4` seconds (so a
@@ -79,6 +80,7 @@ from generation.protocol.contract import (
     Progress,
     RequestError,
 )
+from generation.protocol.prompt import PromptSyntaxError, split_loras
 from generation.protocol.queue import (
     DEFAULT_TOKEN,
     JOB_HEADER,
@@ -194,10 +196,16 @@ def free_memory() -> None:
 
 
 def batch_key(req: GenerationRequest) -> tuple | None:
-    """Requests with equal keys can be denoised in one batch; None means "run alone"."""
+    """Requests with equal keys can be denoised in one batch; None means "run alone". A batch runs with one set of
+    LoRAs (the pipeline's active adapters), so the key holds the LoRAs and their weights (weight 0 applies none)."""
     if req.mode != "txt2img" or req.timeline:
         return None
-    return (req.width, req.height, req.steps, float(req.guidance), req.scheduler)
+    try:
+        refs = split_loras(req.prompt)[1]
+    except PromptSyntaxError:
+        return None  # refused by the engine's check: alone, so that it fails alone
+    loras = tuple(sorted((ref.name.casefold(), float(ref.weight)) for ref in refs if ref.weight != 0))
+    return (req.width, req.height, req.steps, float(req.guidance), req.scheduler, loras)
 
 
 @dataclass
@@ -845,7 +853,8 @@ def model_sources(settings: WorkerSettings) -> list[ModelSource]:
             from generation.engine import Engine
 
             return Engine.load(spec.source, name=spec.name, device=settings.device, threads=settings.threads,
-                               channels_last=settings.channels_last, compile=settings.compile)
+                               channels_last=settings.channels_last, compile=settings.compile,
+                               lora_dir=settings.lora_dir, embedding_dir=settings.embedding_dir)
 
         return load
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import discord
@@ -16,7 +17,7 @@ from bot.exts.common import deps, guild_id_of, is_moderator, role_ids_of
 from bot.exts.imagine import models
 from bot.services.model_policy import ModelPolicy
 from bot.ui.embeds import BLUE, history_embed, parameters_embed, quota_embed
-from bot.ui.images import compose_grid, fit_to_limit
+from bot.ui.images import fit_to_limit, job_grid
 from bot.ui.text import EMBED_FIELD_VALUE, fit_embed, safe_text
 
 if TYPE_CHECKING:
@@ -25,8 +26,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: What /show says instead of the picture when an image file fails its sha256 check (or is gone).
+SHOW_DAMAGED = ("The images of this job are not shown: a stored image file is missing or does not match its record "
+                "(it was changed or damaged on disk). A moderator can look into it.")
+
+#: Architectures whose prompts the worker reads with the A1111 syntax (the SD path, `generation.engine.prompts`).
+WEIGHTED_PROMPT_ARCHITECTURES = frozenset({"shapes", "sd1", "sd2", "sdxl"})
+
+
+def prompt_syntax(card: ModelCard) -> str:
+    """One sentence on the prompt syntax the model's architecture reads."""
+    if card.architecture in WEIGHTED_PROMPT_ARCHITECTURES:
+        return ("Prompt syntax: `(word:1.3)` or `(word)` stresses words, `[word]` softens them, `\\(` `\\)` are "
+                "brackets, `BREAK` starts a new chunk; long prompts are read whole.")
+    return "Weights like `(word:1.3)` and `BREAK` are not applied on this model: it reads the words without them."
+
+
+#: Most LoRA or embedding names /help lists for a model.
+HELP_NAMES = 15
+
+
 def describe_model(card: ModelCard) -> str:
-    """A few lines on one model from its card: what it is, what it knows, prompts to try, its sizes and steps."""
+    """A few lines on one model from its card: what it is, what it knows, prompts to try, the prompt syntax it
+    reads, its sizes and steps."""
     lines: list[str] = []
     lines.append(f"**{card.name}**" + (f" — {card.description}" if card.description else ""))
     for kind, words in card.knows.items():
@@ -34,11 +56,23 @@ def describe_model(card: ModelCard) -> str:
             lines.append(f"**{kind}**: {', '.join(words)}")
     if card.example_prompts:
         lines.append("Try: " + " · ".join(f"`{e}`" for e in card.example_prompts[:4]))
+    lines.append(prompt_syntax(card))
     lines.append(f"Native size: {card.default_width}×{card.default_height} px · sizes {card.min_side}–{card.max_side} px "
                  f"(multiples of {card.multiple}) · {card.default_steps} steps (at most {card.max_steps})")
     if not card.negative_prompt:
         lines.append("It takes no negative prompt.")
+    if card.loras:
+        lines.append("**LoRAs** (`<lora:name:0.8>` in the prompt, or `lora`): "
+                     + _names([lora.name for lora in card.loras]))
+    if card.embeddings:
+        lines.append("**Embeddings** (write the name in the prompt or negative prompt): " + _names(card.embeddings))
     return "\n".join(lines)
+
+
+def _names(names: Sequence[str], limit: int = HELP_NAMES) -> str:
+    """Names in backticks, at most `limit` of them, then how many more there are."""
+    shown = ", ".join(f"`{name}`" for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def served_line(model: ServedModel, policy: ModelPolicy) -> str:
@@ -76,10 +110,16 @@ class Account(commands.Cog):
             raise JobNotFound(job)
         files = []
         embed = parameters_embed(found)
-        if found.images:
-            pngs = await asyncio.to_thread(lambda: [d.images.read(i.path) for i in found.images if not i.nsfw])
-            if pngs:
-                grid = await asyncio.to_thread(compose_grid, pngs)
+        note = ""
+        shown = [i for i in found.images if not i.nsfw]
+        if shown:
+            try:
+                # Each file read with its recorded sha256; the grid comes from its cache file after the first time.
+                grid = await asyncio.to_thread(job_grid, d.images, found.id, shown)
+            except (OSError, ValueError) as e:
+                log.warning("job %d: /show did not show its images: %s", found.id, e)
+                note = SHOW_DAMAGED
+            else:
                 fitted = await asyncio.to_thread(fit_to_limit, grid, f"job{found.id}.png", interaction.filesize_limit)
                 files.append(discord.File(fp=io.BytesIO(fitted.data), filename=fitted.filename))
                 embed.set_image(url=f"attachment://{fitted.filename}")
@@ -90,6 +130,8 @@ class Account(commands.Cog):
         if not visible:
             embed.description = "Only the job's owner and moderators can see the whole prompt."
             embed.clear_fields()
+        if note:
+            embed.description = f"{embed.description}\n\n{note}" if embed.description else note
         await interaction.followup.send(embed=embed, files=files, ephemeral=True)
 
     @app_commands.command(name="help", description="How to use the bot, and what the models can draw.")
@@ -107,7 +149,7 @@ class Account(commands.Cog):
             name="Options",
             value="`model` which model draws it · `negative` what to avoid · `seed` repeat a result · "
             "`steps` more is finer but slower · `guidance` how closely to follow the prompt · `aspect` or `size` · "
-            "`scheduler` · `count` 1–4 images · `timeline` an animation of the denoising",
+            "`scheduler` · `count` 1–4 images · `timeline` an animation of the denoising · `lora` a LoRA of the model",
             inline=False,
         )
         embed.add_field(name="Your account", value="`/quota` what is left today · `/history` your jobs · `/show job:<id>` one job", inline=False)

@@ -2,7 +2,8 @@
 
 The options a member leaves out take the defaults of the target model's card (bot.exts.imagine.models says which
 model a job targets); the size autocomplete offers the sizes of the model chosen in `model` if one is typed already,
-else of the model the job would get.
+else of the model the job would get. `lora` appends a `<lora:NAME:WEIGHT>` tag to the prompt (its autocomplete offers
+that model's LoRAs); the card checks it like a tag the member typed, before anything is charged.
 """
 
 from __future__ import annotations
@@ -18,13 +19,50 @@ from bot.errors import InvalidRequest
 from bot.exts.common import deps, is_moderator
 from bot.exts.imagine import models
 from bot.exts.imagine.flow import start_job
-from bot.exts.imagine.options import ASPECTS, SCHEDULER_NAMES, aspect_size, clean_prompt, parse_size, size_suggestions
+from bot.exts.imagine.options import (
+    ASPECTS,
+    aspect_size,
+    clean_prompt,
+    parse_size,
+    pick_sampler,
+    sampler_suggestions,
+    size_suggestions,
+)
 from bot.exts.imagine.presenter import JobPresenter
-from bot.ui.text import CHOICE_NAME, plain_text
-from generation.protocol.cards import ModelCard
-from generation.protocol.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, SCHEDULERS
+from bot.ui.text import CHOICE_NAME, CHOICES, plain_text
+from generation.protocol.cards import LoraInfo, ModelCard
+from generation.protocol.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 
 log = logging.getLogger(__name__)
+
+#: Longest `lora` option: a name (at most 80 characters), ':' and a weight.
+MAX_LORA_OPTION_CHARS = 100
+
+
+def with_lora(prompt: str, option: str | None) -> str:
+    """The prompt with the `lora` option's LoRA appended as a tag: `NAME` becomes `<lora:NAME>`, `NAME:WEIGHT`
+    `<lora:NAME:WEIGHT>` (a whole tag is taken as it is). The card checks the name and weight like a typed tag."""
+    option = (option or "").strip()
+    if not option:
+        return prompt
+    if not option.lower().startswith("<lora:"):
+        name, _, weight = option.partition(":")
+        option = f"<lora:{name.strip()}:{weight.strip()}>" if weight.strip() else f"<lora:{name.strip()}>"
+    text = f"{prompt} {option}"
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"The prompt and the LoRA tag together are {len(text)} characters, but at most "
+                             f"{MAX_PROMPT_CHARS} are allowed; shorten the prompt.", "lora")
+    return text
+
+
+def lora_label(info: LoraInfo) -> str:
+    """One LoRA as an autocomplete choice: `ink — trigger: inky, ink wash · 144 MB`."""
+    parts = [info.name]
+    if info.triggers:
+        parts.append(f"— trigger: {', '.join(info.triggers[:3])}")
+    if info.size:
+        parts.append(f"· {max(1, round(info.size / 1_000_000))} MB")
+    return " ".join(parts)
 
 MAX_COUNT = 4
 #: Longest model name (a card's name has at most 80 characters).
@@ -52,15 +90,13 @@ class Imagine(commands.Cog):
         guidance="How closely to follow the prompt (0-30; about 7 is usual)",
         aspect="Shape of the image",
         size="Exact size as WIDTHxHEIGHT, e.g. 512x768 (instead of aspect)",
-        scheduler="The sampler that removes the noise",
+        scheduler="The sampler that removes the noise (the model's own by default)",
         count="How many images (1-4)",
         timeline="Also post an animation of the denoising",
         model="The model that draws it (left out: the server's default)",
+        lora="A LoRA of the model to apply: NAME or NAME:WEIGHT (-2 to 2); adds <lora:NAME:WEIGHT> to the prompt",
     )
-    @app_commands.choices(
-        aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
-        scheduler=[app_commands.Choice(name=SCHEDULER_NAMES.get(s, s), value=s) for s in SCHEDULERS],
-    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     @app_commands.guild_only()
     async def imagine(
         self,
@@ -76,12 +112,13 @@ class Imagine(commands.Cog):
         count: app_commands.Range[int, 1, MAX_COUNT] = 4,
         timeline: bool = False,
         model: app_commands.Range[str, 1, MAX_MODEL_CHARS] | None = None,
+        lora: app_commands.Range[str, 1, MAX_LORA_OPTION_CHARS] | None = None,
     ) -> None:
         if aspect and size:
             raise InvalidRequest("Give either `aspect` or `size`, not both.", "size")
         sized = parse_size(size) if size else None
         given = {
-            "prompt": clean_prompt(prompt),
+            "prompt": with_lora(clean_prompt(prompt), lora),
             "negative_prompt": clean_prompt(negative, "negative", required=False),
             "seed": seed,
             "num_images": count,
@@ -102,7 +139,7 @@ class Imagine(commands.Cog):
                 "guidance": guidance if guidance is not None else defaults["guidance"],
                 "width": width,
                 "height": height,
-                "scheduler": scheduler or defaults["scheduler"],
+                "scheduler": pick_sampler(scheduler, card) if scheduler else defaults["scheduler"],
             }
 
         await start_job(interaction, build=build, model=model, **given)
@@ -110,6 +147,47 @@ class Imagine(commands.Cog):
     @imagine.autocomplete("model")
     async def model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         return await models.model_choices(interaction, current)
+
+    @imagine.autocomplete("lora")
+    async def lora_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        """The LoRAs of the model the job would target (the one typed in `model`, else the automatic one) whose name
+        holds what was typed before any `:`; a weight typed after it is kept."""
+        d = deps(interaction)
+        served = await d.dispatcher.served_models()
+        policy = await d.model_policy.policy(interaction.guild_id or 0)
+        chosen = getattr(interaction.namespace, "model", None)
+        target = None
+        if isinstance(chosen, str) and chosen:
+            target = models.find(models.offered(served, policy, moderator=is_moderator(interaction)), chosen)
+        target = target or models.automatic(served, policy)
+        if target is None:
+            return []
+        typed, _, weight = (current or "").partition(":")
+        typed = typed.strip().casefold()
+        weight = weight.strip()
+        return [
+            app_commands.Choice(name=plain_text(lora_label(info), CHOICE_NAME),
+                                value=f"{info.name}:{weight}" if weight else info.name)
+            for info in target.card.loras if typed in info.name.casefold()
+        ][:CHOICES]
+
+    @imagine.autocomplete("scheduler")
+    async def scheduler_autocomplete(self, interaction: discord.Interaction, current: str
+                                     ) -> list[app_commands.Choice[str]]:
+        """The samplers of the model the job would target (the one typed in `model`, else the automatic one): its
+        card's, labelled as members know them; the id is what is sent."""
+        d = deps(interaction)
+        served = await d.dispatcher.served_models()
+        policy = await d.model_policy.policy(interaction.guild_id or 0)
+        chosen = getattr(interaction.namespace, "model", None)
+        target = None
+        if isinstance(chosen, str) and chosen:
+            target = models.find(models.offered(served, policy, moderator=is_moderator(interaction)), chosen)
+        target = target or models.automatic(served, policy)
+        if target is None:
+            return []
+        return [app_commands.Choice(name=plain_text(label, CHOICE_NAME), value=name)
+                for label, name in sampler_suggestions(current, target.card)]
 
     @imagine.autocomplete("size")
     async def size_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -1,4 +1,4 @@
-"""The declared options of /imagine: aspect ratios, sizes, schedulers; sizes fitted to the target model's card.
+"""The declared options of /imagine: aspect ratios, sizes, samplers; sizes and samplers from the target model's card.
 
 What a member leaves out comes from the card of the model the job targets (`ModelCard.defaults()`), never from a
 model file on the bot's disk: the card is what the model's worker announced (bot.dispatch.registry).
@@ -12,7 +12,7 @@ import unicodedata
 
 from bot.errors import InvalidRequest
 from generation.protocol.cards import ModelCard
-from generation.protocol.contract import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+from generation.protocol.contract import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, sampler_id, sampler_label
 
 ASPECTS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1),
@@ -22,13 +22,6 @@ ASPECTS: dict[str, tuple[int, int]] = {
     "2:3": (2, 3),
     "16:9": (16, 9),
     "9:16": (9, 16),
-}
-SCHEDULER_NAMES: dict[str, str] = {
-    "dpmpp_2m": "DPM++ 2M (fast, default)",
-    "euler_a": "Euler ancestral (varied)",
-    "euler": "Euler",
-    "ddim": "DDIM",
-    "pndm": "PNDM",
 }
 #: C0 and C1 control characters (newlines and tabs included): a prompt is one line of text for the model.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -123,3 +116,26 @@ def size_suggestions(typed: str, card: ModelCard, max_side: int) -> list[str]:
     except InvalidRequest:
         pass
     return seen[:25]
+
+
+def sampler_suggestions(typed: str, card: ModelCard) -> list[tuple[str, str]]:
+    """The samplers offered while the member types `scheduler`, as (label, id): only those the model's card lists,
+    its default first and marked, then the card's order; those whose label or id contains what was typed."""
+    typed = " ".join((typed or "").split()).casefold()
+    names = sorted(card.schedulers, key=lambda s: s != card.default_scheduler)
+    return [
+        (sampler_label(s) + (" (default)" if s == card.default_scheduler else ""), s)
+        for s in names
+        if typed in sampler_label(s).casefold() or typed in s
+    ][:25]
+
+
+def pick_sampler(given: str, card: ModelCard) -> str:
+    """The sampler id of what the member gave in `scheduler`: an id or a label, in any case. Text that names no
+    sampler is refused naming those of the model's card; whether the card lists the sampler is `card.check`'s to
+    say, as for every other request."""
+    name = sampler_id(given)
+    if name is None:
+        allowed = ", ".join(sampler_label(s) for s in card.schedulers)
+        raise InvalidRequest(f"`scheduler` is {given[:40]!r}, but {card.name} runs with {allowed}.", "scheduler")
+    return name

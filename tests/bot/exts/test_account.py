@@ -51,3 +51,17 @@ async def test_history_links_posted_results(world):
     posted = await world.finish(job.id)
     result = await world.alice.slash(world.art, "history")
     assert f"/{world.art.id}/{posted.id})" in result.response.embeds[0].description
+
+
+async def test_help_says_which_prompt_syntax_the_default_model_reads(world):
+    """/help names the A1111 syntax for an SD-family model (the shapes model) and says a Flux model reads only the
+    words."""
+    from bot.exts.account.cog import describe_model
+    from tests.bot.exts.conftest import card
+
+    result = await world.alice.slash(world.art, "help")
+    about = {f.name: f.value for f in result.response.embeds[0].fields}["What the default model knows"]
+    assert "`(word:1.3)`" in about and "`BREAK`" in about and "long prompts are read whole" in about
+    assert "Prompt syntax" in describe_model(card("xl", architecture="sdxl"))
+    flux = describe_model(card("flux", architecture="flux"))
+    assert "Prompt syntax" not in flux and "reads the words without them" in flux

@@ -118,7 +118,7 @@ async def test_steps_and_sampler_outside_the_card_are_refused(world):
     steps = await world.alice.slash(world.art, "imagine", prompt="x", steps=30)
     sampler = await world.alice.slash(world.art, "imagine", prompt="x", scheduler="dpmpp_2m")
     assert steps.ephemeral and "narrow takes at most 10 steps" in steps.response.content
-    assert sampler.ephemeral and "narrow runs with euler, ddim" in sampler.response.content
+    assert sampler.ephemeral and "narrow runs with Euler, DDIM" in sampler.response.content
     assert await jobs(world) == [] and await used(world, world.alice) == 0
 
 

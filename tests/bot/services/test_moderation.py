@@ -210,3 +210,30 @@ async def test_stats_count_jobs_by_status_and_images_today(services, clock):
     clock.advance(days=1, seconds=1)
     later = await services.moderation.stats(GUILD)
     assert (later.images_today, later.members_today) == (0, 0)
+
+
+# --- blocked terms and the A1111 prompt syntax ---------------------------------------------------------------------
+@pytest.mark.parametrize("prompt", ["(b:1)(ad:1) art", "b(a:1.1)d", "(ba:0.9)[d:0.8]"])
+async def test_prompt_syntax_that_splits_a_word_does_not_hide_it(services, prompt):
+    """The plain words the model reads are checked too: weights inside a word, which hide it from the text as
+    typed ('b1ad1'), do not hide it from the plain words ('bad')."""
+    from bot.services.moderation import _match_form
+
+    await services.moderation.add_blocked_term(GUILD, "bad", by=MOD)
+    assert _match_form(prompt, ["bad"]) is None
+    assert await services.moderation.check_prompt(GUILD, prompt) == "bad"
+
+
+@pytest.mark.parametrize("prompt", ["(bad:1.2) cat", "[[bad]]", "((b))ad", "a (bad) cat BREAK dog", "b\\(ad",
+                                    "<lora:bad:0.8> a cat"])
+async def test_blocked_terms_are_still_seen_through_the_syntax_and_in_lora_names(services, prompt):
+    """A term written with weights, brackets, escapes or `BREAK`, or naming a LoRA, is caught."""
+    await services.moderation.add_blocked_term(GUILD, "bad", by=MOD)
+    assert await services.moderation.check_prompt(GUILD, prompt) == "bad"
+
+
+@pytest.mark.parametrize("prompt", ["(bath:1.2) time", "a (badge) on [a] coat", "(ba:1.2)(dge)"])
+async def test_taking_the_syntax_out_makes_no_new_words(services, prompt):
+    """Reading the plain words still respects word edges: 'badge' is not 'bad'."""
+    await services.moderation.add_blocked_term(GUILD, "bad", by=MOD)
+    assert await services.moderation.check_prompt(GUILD, prompt) is None

@@ -159,7 +159,7 @@ def test_generic_path_refuses_what_it_cannot_do(sd3_engine):
     """No timeline on the generic path, and only the samplers the card lists (named in the error)."""
     with pytest.raises(RequestError, match="`timeline`.*cannot show a denoising timeline"):
         sd3_engine.generate(req(timeline=True))
-    with pytest.raises(RequestError, match="`scheduler` is 'dpmpp_2m', but tiny-sd3 runs with euler"):
+    with pytest.raises(RequestError, match="`scheduler` is 'dpmpp_2m', but tiny-sd3 runs with Euler"):
         sd3_engine.generate(req(scheduler="dpmpp_2m"))
 
 

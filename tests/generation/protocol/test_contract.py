@@ -48,7 +48,7 @@ def test_request_is_frozen():
         ({"height": 4096}, "height"),
         ({"steps": 0}, "steps"),
         ({"guidance": -1}, "guidance"),
-        ({"scheduler": "heun"}, "scheduler"),
+        ({"scheduler": "dpm_adaptive"}, "scheduler"),
         ({"num_images": 9}, "num_images"),
         ({"mode": "inpaint"}, "mode"),
         ({"mode": "variation"}, "init_image"),
