@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from generation.protocol.natsserver import NatsServer
-from generation.protocol.queue import JobQueue, QueueConfig
+from generation.protocol.queue import JobQueue, Outcome, QueueConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +35,17 @@ def nats_server_fixture(tmp_path: Path) -> Iterator[NatsServer]:
 
 async def connect(server: NatsServer, config: QueueConfig = FAST, name: str = "test") -> JobQueue:
     return await JobQueue.connect(server.url, config, name=name)
+
+
+async def outcome_of(q: JobQueue, job_id: int, timeout: float = 60.0) -> Outcome:
+    """The stored outcome of job `job_id`, polled until it is there (AssertionError after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = await q.get_outcome(job_id)
+        if out is not None:
+            return out
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no outcome for job {job_id}")
 
 
 def pid_alive(pid: int) -> bool:

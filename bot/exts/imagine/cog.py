@@ -16,7 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import InvalidRequest
-from bot.exts.common import deps, is_moderator
+from bot.exts.common import deps
 from bot.exts.imagine import models
 from bot.exts.imagine.flow import start_job
 from bot.exts.imagine.options import (
@@ -152,14 +152,7 @@ class Imagine(commands.Cog):
     async def lora_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         """The LoRAs of the model the job would target (the one typed in `model`, else the automatic one) whose name
         holds what was typed before any `:`; a weight typed after it is kept."""
-        d = deps(interaction)
-        served = await d.dispatcher.served_models()
-        policy = await d.model_policy.policy(interaction.guild_id or 0)
-        chosen = getattr(interaction.namespace, "model", None)
-        target = None
-        if isinstance(chosen, str) and chosen:
-            target = models.find(models.offered(served, policy, moderator=is_moderator(interaction)), chosen)
-        target = target or models.automatic(served, policy)
+        target = await models.suggested_target(interaction)
         if target is None:
             return []
         typed, _, weight = (current or "").partition(":")
@@ -176,14 +169,7 @@ class Imagine(commands.Cog):
                                      ) -> list[app_commands.Choice[str]]:
         """The samplers of the model the job would target (the one typed in `model`, else the automatic one): its
         card's, labelled as members know them; the id is what is sent."""
-        d = deps(interaction)
-        served = await d.dispatcher.served_models()
-        policy = await d.model_policy.policy(interaction.guild_id or 0)
-        chosen = getattr(interaction.namespace, "model", None)
-        target = None
-        if isinstance(chosen, str) and chosen:
-            target = models.find(models.offered(served, policy, moderator=is_moderator(interaction)), chosen)
-        target = target or models.automatic(served, policy)
+        target = await models.suggested_target(interaction)
         if target is None:
             return []
         return [app_commands.Choice(name=plain_text(label, CHOICE_NAME), value=name)
@@ -191,19 +177,12 @@ class Imagine(commands.Cog):
 
     @imagine.autocomplete("size")
     async def size_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        d = deps(interaction)
-        served = await d.dispatcher.served_models()
-        policy = await d.model_policy.policy(interaction.guild_id or 0)
-        chosen = getattr(interaction.namespace, "model", None)
-        target = None
-        if isinstance(chosen, str) and chosen:
-            target = models.find(models.offered(served, policy, moderator=is_moderator(interaction)), chosen)
-        target = target or models.automatic(served, policy)
+        target = await models.suggested_target(interaction)
         if target is None:
             return []
         card = target.card
         try:
-            limits = await d.quota.effective_limits(interaction.guild_id or 0, interaction.user.id, [])
+            limits = await deps(interaction).quota.effective_limits(interaction.guild_id or 0, interaction.user.id, [])
             max_side = min(limits.max_side, card.max_side)
         except Exception:
             max_side = card.max_side

@@ -93,6 +93,19 @@ async def target_model(interaction: discord.Interaction, requested: str | None,
     return choose(served, policy, requested, moderator=is_moderator(interaction))
 
 
+async def suggested_target(interaction: discord.Interaction) -> ServedModel | None:
+    """For an autocomplete: the model the job being typed would target — the one typed in its `model` option when
+    the member may use it, else the automatic one — or None when none is served. Never raises."""
+    d = deps(interaction)
+    served = await d.dispatcher.served_models()
+    policy = await d.model_policy.policy(interaction.guild_id or 0)
+    chosen = getattr(interaction.namespace, "model", None)
+    target = None
+    if isinstance(chosen, str) and chosen:
+        target = find(offered(served, policy, moderator=is_moderator(interaction)), chosen)
+    return target or automatic(served, policy)
+
+
 # --- showing models --------------------------------------------------------------------------------------------------
 def short_description(card: ModelCard, limit: int = SHORT_DESCRIPTION) -> str:
     """The first clause of the card's description, at most `limit` characters."""

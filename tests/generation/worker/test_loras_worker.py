@@ -5,33 +5,22 @@ the card and runs a LoRA job, refusing one naming a LoRA it does not serve. Agai
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 
 import pytest
 
 from generation.protocol.cards import LoraInfo
 from generation.protocol.contract import GenerationRequest
-from generation.protocol.queue import JobQueue, Outcome, WorkerInfo
+from generation.protocol.queue import WorkerInfo
 from generation.worker.fake_engine import FakeEngine, default_card
 from generation.worker.settings import parse_args
 from generation.worker.worker import Worker, batch_key, model_sources
-from tests.support.natsutil import connect, nats_server_fixture  # noqa: F401
+from tests.support.natsutil import connect, nats_server_fixture, outcome_of  # noqa: F401
 from tests.support.tinyloras import save_diffusers_lora, save_embedding, unet_lora
 
 
 def req(prompt: str, **kw) -> GenerationRequest:
     return GenerationRequest(prompt, **{"steps": 2, "width": 64, "height": 64, "num_images": 1, **kw})
-
-
-async def outcome_of(q: JobQueue, job_id: int, timeout: float = 60.0) -> Outcome:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = await q.get_outcome(job_id)
-        if out is not None:
-            return out
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no outcome for job {job_id}")
 
 
 # --- the batch key -------------------------------------------------------------------------------------------------

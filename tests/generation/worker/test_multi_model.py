@@ -20,10 +20,10 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from generation.protocol.contract import GenerationRequest
-from generation.protocol.queue import JobQueue, Outcome, ProgressEvent, WorkerInfo
+from generation.protocol.queue import ProgressEvent, WorkerInfo
 from generation.worker.fake_engine import FakeEngine, default_card
 from generation.worker.worker import ModelLoadFailed, ModelSource, Worker, card_of
-from tests.support.natsutil import WorkerProcess, connect, nats_server_fixture  # noqa: F401
+from tests.support.natsutil import WorkerProcess, connect, nats_server_fixture, outcome_of  # noqa: F401
 
 
 def req(prompt: str = "x", model: str = "", **kw) -> GenerationRequest:
@@ -104,16 +104,6 @@ class Running:
                 break
             await asyncio.sleep(0.02)
         raise AssertionError(f"no such announcement; last: {self.infos[-1:]}")
-
-
-async def outcome_of(q: JobQueue, job_id: int, timeout: float = 20.0) -> Outcome:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = await q.get_outcome(job_id)
-        if out is not None:
-            return out
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no outcome for job {job_id}")
 
 
 async def test_two_models_announce_both_cards_and_serve_jobs_of_each(nats_server):
@@ -271,7 +261,7 @@ async def test_worker_process_serves_two_fake_models(nats_server, tmp_path):
         assert (b.description, b.max_side, b.default_steps) == ("Model two.", 2048, 6)
         for job_id, model in enumerate(["a", "b", "", "b"], 1):
             await q.publish_job(job_id, req(f"job {job_id}", model=model))
-            out = await outcome_of(q, job_id)
+            out = await outcome_of(q, job_id, 20.0)
             assert (out.status, out.model) == ("succeeded", model or "a"), w.log()
         log = w.log()
         assert "loading model a (evicting b) for job(s) 1" in log and "loading model b (evicting a) for job(s) 2" in log

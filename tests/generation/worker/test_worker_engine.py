@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-from generation.protocol.queue import JobQueue, Outcome, ProgressEvent
+from generation.protocol.queue import ProgressEvent
 from generation.worker.worker import Worker
-from tests.support.natsutil import FAST, WorkerProcess, connect, nats_server_fixture  # noqa: F401
-
-
-async def outcome_of(q: JobQueue, job_id: int, timeout: float = 60.0) -> Outcome:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = await q.get_outcome(job_id)
-        if out is not None:
-            return out
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no outcome for job {job_id}")
+from tests.support.natsutil import FAST, WorkerProcess, connect, nats_server_fixture, outcome_of  # noqa: F401
 
 
 async def test_real_engine_jobs_batch_and_cancel(nats_server, engine, request_for):

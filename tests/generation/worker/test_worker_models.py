@@ -4,7 +4,6 @@ and one worker process serving two models with room for one."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -13,20 +12,10 @@ from generation.engine.pngmeta import parse_parameters, read_parameters
 from generation.protocol.contract import GenerationRequest
 from generation.protocol.queue import JobQueue, Outcome, ProgressEvent
 from generation.worker.worker import Worker
-from tests.support.natsutil import FAST, WorkerProcess, connect, nats_server_fixture  # noqa: F401
+from tests.support.natsutil import FAST, WorkerProcess, connect, nats_server_fixture, outcome_of  # noqa: F401
 from tests.support.tinymodels import build_tiny_flux_pipeline, build_tiny_pipeline, build_tiny_sd3_pipeline
 
 pytestmark = pytest.mark.slow
-
-
-async def outcome_of(q: JobQueue, job_id: int, timeout: float = 90.0) -> Outcome:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = await q.get_outcome(job_id)
-        if out is not None:
-            return out
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no outcome for job {job_id}")
 
 
 async def parameters_of(q: JobQueue, out: Outcome) -> dict[str, str]:
@@ -59,7 +48,7 @@ async def test_sd3_and_flux_generate_through_the_worker(nats_server, tmp_path, f
         req = GenerationRequest("a red fox", negative_prompt="blurry", guidance=3.5, steps=2, width=128, height=128,
                                 num_images=1, scheduler="euler", model=family)
         await q.publish_job(1, req)
-        out = await outcome_of(q, 1)
+        out = await outcome_of(q, 1, 90.0)
         assert out.status == "succeeded", out.error
         assert out.model == family
         card = next(i.card(family) for i in announced if i.card(family) is not None)
@@ -102,7 +91,7 @@ async def test_one_worker_two_models_room_for_one(nats_server, tmp_path):
         for job_id, model in enumerate(order, start=1):
             req = GenerationRequest(f"job {job_id}", steps=2, width=64, height=64, num_images=1, model=model)
             await q.publish_job(job_id, req)
-            out = await outcome_of(q, job_id)
+            out = await outcome_of(q, job_id, 90.0)
             assert out.status == "succeeded" and out.model == model, (job_id, out)
         # Start-up loads a, then b (keeping b); from there every job of the alternation needs a load.
         assert loading == [1, 2, 3, 4]
