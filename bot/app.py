@@ -1,5 +1,9 @@
 """The discord.py application: `ImagineBot`, and `sync_commands` for syncing slash commands on purpose.
 
+The operator's allow-list (setting ALLOWED_GUILD_IDS) is enforced here: the bot leaves a guild that is not on it
+when it is added to one (`on_guild_join`, `on_guild_available`) and at start (`on_ready`), logging why, and its command tree refuses
+commands from such a guild (`ImagineTree.interaction_check`; the job buttons check it too).
+
 Resources (database, services, queue dispatcher) are opened by the caller (`bot/__main__.py`, or a test) and handed
 in as `deps`; the bot only uses them. `setup_hook` registers the dynamic job buttons and loads the extensions; it
 never syncs commands, so a reconnect costs no API calls. Syncing is its own command: `python -m bot sync`.
@@ -18,7 +22,7 @@ from discord.ext import commands
 
 from bot.deps import Deps
 from bot.exts import EXTENSIONS
-from bot.exts.common import add_option_checks
+from bot.exts.common import GuildNotAllowed, add_option_checks, guild_allowed
 from bot.ui.buttons import JobButton
 
 log = logging.getLogger("bot.app")
@@ -47,6 +51,17 @@ def make_intents() -> discord.Intents:
     return intents
 
 
+class ImagineTree(discord.app_commands.CommandTree):
+    """The command tree: refuses every command from a guild the operator does not allow (ALLOWED_GUILD_IDS)."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        if interaction.guild_id is not None and not guild_allowed(self.client, interaction.guild_id):
+            log.warning("refused /%s from guild %s: not in ALLOWED_GUILD_IDS",
+                        getattr(interaction.command, "qualified_name", "?"), interaction.guild_id)
+            raise GuildNotAllowed()
+        return True
+
+
 class ImagineBot(commands.Bot):
     """The bot. `deps` carries the settings, services and queue the extensions use (bot/deps.py)."""
 
@@ -54,6 +69,7 @@ class ImagineBot(commands.Bot):
         options.setdefault("intents", make_intents())
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         options.setdefault("help_command", None)
+        options.setdefault("tree_cls", ImagineTree)
         # No message cache: nothing reads it (slash commands and buttons carry what they need), and a thousand
         # cached messages with their embeds and buttons only make every full garbage collection longer.
         options.setdefault("max_messages", None)
@@ -89,6 +105,29 @@ class ImagineBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("connected as %s (%s) to %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+        for guild in list(self.guilds):
+            await self.leave_if_not_allowed(guild)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.leave_if_not_allowed(guild)
+
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        # A guild coming (back) into the cache after the start: discord.py reports a join whose GUILD_CREATE says
+        # `unavailable: false` as this event, not as a join, so it is checked here too.
+        if self.is_ready():
+            await self.leave_if_not_allowed(guild)
+
+    async def leave_if_not_allowed(self, guild: discord.Guild) -> bool:
+        """Leave `guild` unless ALLOWED_GUILD_IDS allows it (empty: every guild); True if the bot left."""
+        if self.deps.settings.guild_allowed(guild.id):
+            return False
+        log.warning("leaving guild %s (%s): it is not in ALLOWED_GUILD_IDS", guild.id, guild.name)
+        try:
+            await guild.leave()
+        except discord.HTTPException:
+            log.exception("could not leave guild %s", guild.id)
+            return False
+        return True
 
 
 def _yield_after(poll_event: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:

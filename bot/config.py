@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from generation.protocol.contract import MAX_SIDE, MAX_STEPS
 
@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     #: Seconds a member waits between two new jobs in a guild (/imagine and the U, V, 🔄, ✏️ buttons). 0: no wait.
     imagine_cooldown_seconds: float = Field(3.0, ge=0, le=3600)
 
+    # Operator limits: what the bot's operator allows, whatever a server's moderators set (see bot.services.quota).
+    #: Guilds (servers) the bot may stay in. Empty: any. The bot leaves every other guild when it joins it and at
+    #: start, and refuses commands from one. In the environment: comma-separated ids.
+    allowed_guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    #: Most images per day any member may be given (`/mod quota set` refuses more; larger limits are clamped).
+    max_images_per_day_cap: int = Field(1000, ge=0)
+    #: Most jobs at once any member may be given (`/mod quota set` refuses more; larger limits are clamped).
+    max_concurrent_cap: int = Field(8, ge=1)
+    #: Most jobs one guild may have queued or running; a new job beyond it is refused (nothing is charged).
+    max_queued_per_guild: int = Field(200, ge=1)
+
     #: Level of the bot's log lines.
     log_level: LogLevel = "INFO"
     #: File the bot appends its event loop's worst lag to, one JSON line a second (benchmarks). Unset: not measured.
@@ -76,6 +87,15 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("allowed_guild_ids", mode="before")
+    @classmethod
+    def _split_guild_ids(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        if isinstance(v, int) and not isinstance(v, bool):
+            return [v]
+        return v
 
     @field_validator("discord_token", mode="before")
     @classmethod
@@ -92,6 +112,18 @@ class Settings(BaseSettings):
     def images_dir(self) -> Path:
         """Where `ImageStore` writes generated images."""
         return self.data_dir / "images"
+
+    def guild_allowed(self, guild_id: int | None) -> bool:
+        """Whether the bot may serve guild `guild_id` (ALLOWED_GUILD_IDS empty: every guild)."""
+        return not self.allowed_guild_ids or guild_id in self.allowed_guild_ids
+
+    def quota_caps(self):  # -> bot.services.quota.Caps
+        """The operator's caps on quota limits as a `Caps` value. The operator's own defaults are what they allow:
+        a DEFAULT_IMAGES_PER_DAY or DEFAULT_MAX_CONCURRENT above its cap raises the cap to it."""
+        from bot.services.quota import Caps
+
+        return Caps(images_per_day=max(self.max_images_per_day_cap, self.default_images_per_day),
+                    max_concurrent=max(self.max_concurrent_cap, self.default_max_concurrent))
 
     def default_limits(self):  # -> bot.services.quota.Limits (imported lazily to keep this module light)
         """The quota defaults as a `Limits` value."""

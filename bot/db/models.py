@@ -39,6 +39,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -217,6 +218,10 @@ class Job(Base):
     source_job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))
     source_image_index: Mapped[int | None]
 
+    #: 32 random bytes made with the job (`JobService.create`) and sent with its job message: the worker signs the
+    #: job's outcome with it and the bot records only outcomes it can check (`generation.protocol.signing`).
+    secret: Mapped[bytes] = mapped_column(LargeBinary(32))
+
     attempts: Mapped[int] = mapped_column(default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
@@ -233,6 +238,9 @@ class Job(Base):
     progress_message_id: Mapped[int | None] = mapped_column(Snowflake)
     posted_channel_id: Mapped[int | None] = mapped_column(Snowflake)
     posted_message_id: Mapped[int | None] = mapped_column(Snowflake)
+    #: When 🗑️ deleted the job's result (its message and image files are gone; the row stays for quotas and the
+    #: audit log). NULL: not deleted.
+    deleted_at: Mapped[datetime | None]
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", lazy="raise"

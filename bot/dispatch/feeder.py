@@ -11,9 +11,9 @@ which orders members round-robin and skips paused guilds. Jobs for a model no li
 against the window (they would hold everyone back). The database row is the source of truth: while NATS reconnects
 a job simply waits there.
 
-Publishing a job: message id = job id, subject `imagine.jobs.<model>.<job_id>`, then `mark_dispatched`, the
-`dispatched` event and `listener.job_queued`. A job that cannot be turned into a request (bad request, source image
-gone) fails (refunded) instead. A job re-published by `reconcile` is not marked again, and gets a fresh message id
+Publishing a job: message id = job id, subject `imagine.jobs.<model>.<job_id>`, the job's secret in the message (the
+worker signs the outcome with it), then `mark_dispatched`, the `dispatched` event and `listener.job_queued`. A job
+that cannot be turned into a request (bad request, source image gone) fails (refunded) instead. A job re-published by `reconcile` is not marked again, and gets a fresh message id
 when the server still remembers the old one although the message is gone.
 
 A job stream someone deleted (`nats stream rm`) makes feeding fail with "stream not found" (`is_missing`): the feeder
@@ -164,10 +164,13 @@ class Feeder:
             await self._fail(job.id, reason)
             return False
         t0 = time.monotonic()
-        seq, duplicate = await q.publish_job(job.id, request)
+        # The job's secret goes with it: the worker signs the outcome with it, and the recorder checks that. NOTE: until
+        # the queue is authenticated, whoever can read the jobs stream can read the secret too.
+        seq, duplicate = await q.publish_job(job.id, request, secret=job.secret)
         if again and duplicate and await q.job_in_queue(job.id) is None:
             # The server still remembers the id (duplicate window) although the message is gone: use a fresh id.
-            seq, duplicate = await q.publish_job(job.id, request, msg_id=f"{job.id}.{time.time_ns()}")
+            seq, duplicate = await q.publish_job(job.id, request, secret=job.secret,
+                                                 msg_id=f"{job.id}.{time.time_ns()}")
         if not again:
             await self.jobs.mark_dispatched(job.id)
         log.info(

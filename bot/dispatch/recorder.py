@@ -17,13 +17,20 @@
 
 Anyone who can reach the NATS port can publish outcomes and progress events, so nothing in them is trusted:
 
+- an outcome is recorded only when it is signed with its job's secret (`generation.protocol.signing`; the worker got
+  the secret with the job message), checked before anything else is done with it. One with no signature or a wrong
+  one (made without the secret: forged, made for another job, or planted before its job existed) is dropped with one
+  log line and acked; its job is NOT failed (a forger must not be able to fail jobs either): the real worker's
+  outcome still comes. Nor are the objects it names deleted. Then its request digest must be its job's (for every
+  mode; an empty one is refused);
 - an outcome's images must be what its job makes before anything is kept: at most the job's number of images, each
   index once; each object at most `MAX_OBJECT_BYTES` (its stated size is checked before it is fetched), matching its
   sha256, a PNG whose header states the job's size (twice it for an upscale, see `image_fits_job`) — read from the
   header alone, no pixel is decoded. An outcome that fails any of these (or names an object that is not there) is
   refused: its job is failed and refunded with a reason that quotes nothing of the message (`MISMATCH`, ...), in
   one log line, and the message is acked. A missing timeline only leaves the timeline out;
-- an outcome message that cannot be read fails the job its subject names (refunded), if that job is active;
+- an outcome message that cannot be read is dropped (logged) and changes nothing: it is not signed as far as the
+  bot can tell, so it is no more trusted than a forged one;
 - a message whose handling fails otherwise (the database is busy, NATS timed out) is handed back with a growing
   delay (`retry_delays`); the consumer hands it out at most `results_max_deliver` times, and on the last delivery
   it is given up: a dead-letter record (a log ERROR with its subject and job id), its job failed and refunded if it
@@ -36,9 +43,8 @@ Anyone who can reach the NATS port can publish outcomes and progress events, so 
 
 Exactly once: outcomes of one job are recorded one at a time, and an outcome for a job that is already final (a second
 worker finished it too, the durable consumer hands it out again after a restart, `reconcile` read it first) changes
-nothing. A txt2img outcome whose request digest is not the job's request (a stale store kept across a database reset,
-with the same job id) is ignored. An outcome that could not be recorded (the database was busy) is not acked, so it
-comes again.
+nothing. An outcome whose request digest is not the job's request is ignored. An outcome that could not be recorded
+(the database was busy) is not acked, so it comes again.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from generation.protocol.queue import (
     is_missing,
     request_digest,
 )
+from generation.protocol.signing import outcome_verified
 from generation.protocol.strict import short
 
 log = logging.getLogger("bot.dispatch")
@@ -254,10 +261,11 @@ class OutcomeRecorder:
         await msg.ack()
 
     async def _unreadable(self, q: JobQueue, subject: str) -> None:
-        """An outcome message that was refused (`parse_result_message` logged why): fail its job if it is active."""
+        """An outcome message that was refused (`parse_result_message` logged why): dropped. Its job is not failed: a
+        message nobody can check the signature of must not be able to fail a job (the real outcome still comes)."""
         job_id = q.result_job_id(subject)
-        if job_id is not None:
-            await self.fail(job_id, UNREADABLE + RETRY, detail="its outcome message was refused")
+        log.warning("job %s: an unreadable outcome message was dropped; the job waits for its real outcome",
+                    job_id if job_id is not None else "?")
 
     async def _retry_or_give_up(self, q: JobQueue, msg: Any, parsed: Any, error: Exception) -> None:
         """Hand a message whose handling failed back with a delay, or give it up on its last delivery: a dead-letter
@@ -308,17 +316,24 @@ class OutcomeRecorder:
     async def _record(self, out: Outcome) -> bool:
         job = await self.jobs.find(out.job_id)
         if job is None:
+            # Nothing can check it: its objects are left to expire (the names come from the message).
             log.warning("job %d: outcome for a job this database does not have; ignored", out.job_id)
-            await self._drop_objects(out)
+            return False
+        if not outcome_verified(getattr(job, "secret", b""), out):
+            # Not made with the job's secret: forged, or planted before the job existed. Nothing of it is used (not
+            # even the objects it names are deleted) and the job is left alone: the real worker's outcome still comes.
+            log.warning("job %d: outcome dropped, its signature is %s (worker %s)", out.job_id,
+                        "wrong" if out.mac else "missing", plain(out.worker))
+            return False
+        if not out.request_digest or out.request_digest != request_digest(job.request):
+            log.warning("job %d: outcome belongs to another request (request digest %s); ignored", job.id,
+                        plain(out.request_digest) if out.request_digest else "missing")
             return False
         if str(job.status) not in ("queued", "running"):
             log.info("job %d: outcome `%s` ignored, the job is already %s", out.job_id, out.status, job.status)
             self._started_at.pop(out.job_id, None)
             self.events.forget(out.job_id)
             await self._drop_objects(out)
-            return False
-        if job.mode == "txt2img" and out.request_digest and out.request_digest != request_digest(job.to_request()):
-            log.warning("job %d: outcome belongs to another request with the same id (stale store?); ignored", job.id)
             return False
         if out.status == "succeeded":
             return await self._succeeded(out, job)
@@ -342,7 +357,7 @@ class OutcomeRecorder:
         new_images = []
         timeline = None
         try:
-            request = job.to_request()
+            request = job.request
             self._check_listing(out, request.num_images)
             for img in out.images:
                 data = await self._fetch(q, img.object, f"image {img.index}")
@@ -438,7 +453,10 @@ class OutcomeRecorder:
         if job_id is None:
             return
         async with self._lock(job_id):
-            if await q.get_outcome(job_id) is None:
+            stored = await q.get_outcome(job_id)
+            job = await self.jobs.find(job_id) if stored is not None else None
+            # Only an outcome signed with the job's secret spares the job: a planted one must not keep it alive.
+            if stored is None or job is None or not outcome_verified(getattr(job, "secret", b""), stored):
                 reason = (
                     f"no worker could finish this job: it was handed out {adv.deliveries} times and each worker "
                     "stopped or went silent while running it"

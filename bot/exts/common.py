@@ -1,4 +1,4 @@
-"""Small helpers the extensions share: who is asking, where, and whether they moderate."""
+"""Small helpers the extensions share: who is asking, where, whether they moderate, and who may see a job."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 
 from bot.deps import Deps
-from bot.errors import BotError
+from bot.errors import BlockedPrompt, BotError
 
 
 class NotInGuild(BotError):
@@ -20,6 +20,44 @@ class NotInGuild(BotError):
 class NotModerator(BotError):
     def __init__(self) -> None:
         super().__init__("Only moderators (Manage Server permission or the moderator role) can do that.")
+
+
+class GuildNotAllowed(BotError, app_commands.CheckFailure):
+    def __init__(self) -> None:
+        super().__init__("This bot is not available in this server.")
+
+
+class JobDeleted(BotError):
+    def __init__(self, job_id: int):
+        self.job_id = job_id
+        super().__init__(f"Job #{job_id} was deleted: its images and prompt are gone.")
+
+
+class JobNotVisible(BotError):
+    def __init__(self, job_id: int):
+        self.job_id = job_id
+        super().__init__(f"Job #{job_id} was posted in a channel you can not see.")
+
+
+class NotJobMessage(BotError):
+    def __init__(self, job_id: int):
+        self.job_id = job_id
+        super().__init__(f"This message is not the result of job #{job_id}, so 🗑️ does not delete it.")
+
+
+class BlockedNegativePrompt(BlockedPrompt):
+    """A blocked term in the negative prompt: matched like the prompt (same terms, same rules)."""
+
+    def __init__(self, term: str):
+        BotError.__init__(self, f"Your negative prompt contains a blocked term (`{term}`). Please rephrase it.")
+        self.term = term
+
+
+class QueueFull(BotError):
+    def __init__(self, limit: int):
+        self.limit = limit
+        super().__init__(f"This server already has {limit} jobs waiting or running, the most the bot takes; "
+                         "nothing was charged. Please try again when some have finished.")
 
 
 class OptionOutOfRange(BotError, app_commands.CheckFailure):
@@ -141,3 +179,37 @@ async def audit(interaction: discord.Interaction, action: str, target: str | Non
 
     guild_id = guild_id_of(interaction)
     await run_write(deps(interaction).sessions, lambda s: write_audit(s, guild_id, interaction.user.id, action, target, details))
+
+
+def guild_allowed(client: discord.Client, guild_id: int | None) -> bool:
+    """Whether the operator lets the bot serve guild `guild_id` (setting ALLOWED_GUILD_IDS; empty: every guild)."""
+    return deps_of(client).settings.guild_allowed(guild_id)
+
+
+def job_channel_id(job: Any) -> int:
+    """The channel a job shows in: where its result was posted, else where it was asked for."""
+    return job.posted_channel_id or job.channel_id
+
+
+def can_see_job(interaction: discord.Interaction, job: Any) -> bool:
+    """THE rule for who sees a job's prompt, parameters and images (/show, ℹ️, ✏️, the other buttons, the PNG
+    metadata of /show): moderators always; once deleted with 🗑️, nobody else (a moderator may need to look into what
+    was deleted; its owner chose to take it down, and its images are gone); until then its owner, and any other
+    member who can view the channel it was posted in, asked of Discord's permissions for that member in that channel
+    (the interaction's resolved permissions when the job's channel is the one the interaction comes from). A channel
+    the bot no longer knows is visible to nobody but the owner and moderators."""
+    user = interaction.user
+    if is_moderator(interaction):
+        return True
+    if getattr(job, "deleted_at", None) is not None:
+        return False
+    if job.user_id == user.id:
+        return True
+    channel_id = job_channel_id(job)
+    if channel_id == interaction.channel_id:
+        return bool(interaction.permissions.view_channel)
+    guild = interaction.guild
+    channel = guild.get_channel_or_thread(channel_id) if guild is not None else None
+    if channel is None or not isinstance(user, discord.Member):
+        return False
+    return bool(channel.permissions_for(user).view_channel)

@@ -43,7 +43,7 @@ class Services:
 def build_services(settings: Settings, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> Services:
     """Wire the services over an existing engine (the database must already be migrated)."""
     sessions = make_sessionmaker(engine)
-    quota = QuotaService(sessions, settings.default_limits(), clock=clock)
+    quota = QuotaService(sessions, settings.default_limits(), clock=clock, caps=settings.quota_caps())
     return Services(
         engine=engine,
         sessions=sessions,

@@ -42,8 +42,9 @@ only knows the few fields with a meaning of its own: `mode` (a variation/upscale
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import MISSING, Field, dataclass, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
@@ -114,6 +115,10 @@ class NewImage(NamedTuple):
     nsfw: bool = False
 
 
+#: The length of a job's secret (`Job.secret`, made with the job in the same transaction).
+JOB_SECRET_BYTES = 32
+
+
 @dataclass(frozen=True)
 class JobView:
     """A job as stored: its row, its images, and `request`, the GenerationRequest it was made with (its init image
@@ -144,6 +149,11 @@ class JobView:
     posted_channel_id: int | None
     posted_message_id: int | None
     images: tuple[ImageView, ...] = ()
+    #: The job's secret (`Job.secret`): sent with its job message, checks its outcome's signature. Never shown: it
+    #: is left out of the repr (and so of every log line and traceback that prints the view).
+    secret: bytes = field(default=b"", repr=False)
+    #: When 🗑️ deleted the job's result (`mark_deleted`); None while it is not deleted.
+    deleted_at: datetime | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails, i.e. for names that are not the job's own: a field of the request
@@ -301,6 +311,7 @@ class JobService:
                 source_image_index=source_image_index if mode != "txt2img" else None,
                 attempts=0,
                 created_at=self.clock(),
+                secret=secrets.token_bytes(JOB_SECRET_BYTES),
             )
             s.add(job)
             await s.flush()
@@ -502,6 +513,19 @@ class JobService:
                 raise JobNotFound(job_id)
 
         await run_write(self.sessions, work)
+
+    async def mark_deleted(self, job_id: int) -> JobView | None:
+        """Mark the job deleted (🗑️; the caller removes its image files). Its rows stay, for quotas, statistics and
+        the audit log. Returns the job with its images the first time; None if it was deleted already."""
+
+        async def work(s: AsyncSession) -> JobView | None:
+            view = await self._view_in(s, job_id)
+            r = await s.execute(
+                update(JOB).where(JOB.c.id == job_id, JOB.c.deleted_at.is_(None)).values(deleted_at=self.clock())
+            )
+            return view if r.rowcount else None
+
+        return await run_write(self.sessions, work)
 
     # --- queries -----------------------------------------------------------------------------------------------
     async def get(self, job_id: int) -> JobView:

@@ -45,6 +45,13 @@ unless the window they were charged to has since expired (there is nothing left 
 Invariant: `user_quota.active` equals the number of the member's jobs with `charge_state = 'reserved'`;
 `recount_active()` restores it after a crash of an older version or manual edits.
 
+Operator caps
+-------------
+The bot's operator caps what any member may be given (`Caps`, from MAX_IMAGES_PER_DAY_CAP and MAX_CONCURRENT_CAP):
+`/mod quota set` refuses a value above a cap, naming it (`Caps.check`), and every resolved limit is clamped to the
+caps, so an override, a role or a guild default set before a cap was lowered (or by any other path) gives no more
+than the cap either.
+
 Moderators can `grant` extra images for the current window (used goes down, even below zero), override a member's
 limits (`set_limit`) and `reset` the window; each writes the audit log in the same transaction.
 """
@@ -52,7 +59,7 @@ limits (`set_limit`) and `reset` the window; each writes the audit log in the sa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -73,6 +80,8 @@ UQ = UserQuota.__table__
 JOB = Job.__table__
 
 LIMIT_FIELDS = ("images_per_day", "max_concurrent", "max_steps", "max_side")
+#: The setting behind each operator cap, to name it in a refusal.
+CAP_SETTINGS = {"images_per_day": "MAX_IMAGES_PER_DAY_CAP", "max_concurrent": "MAX_CONCURRENT_CAP"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,29 @@ class Limits:
         for name, value in (("width", width), ("height", height)):
             if value > self.max_side:
                 raise LimitExceeded(name, value, self.max_side)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The operator's ceilings on `Limits.images_per_day` and `Limits.max_concurrent` (settings
+    MAX_IMAGES_PER_DAY_CAP and MAX_CONCURRENT_CAP); moderators can not set more."""
+
+    images_per_day: int = 1000
+    max_concurrent: int = 8
+
+    def clamp(self, limits: Limits) -> Limits:
+        """`limits` with each capped field lowered to its cap."""
+        return replace(
+            limits,
+            images_per_day=min(limits.images_per_day, self.images_per_day),
+            max_concurrent=min(limits.max_concurrent, self.max_concurrent),
+        )
+
+    def check(self, name: str, value: int | None) -> None:
+        """Refuse `value` for limit `name` if it is above the operator's cap (None clears an override: allowed)."""
+        cap = getattr(self, name)
+        if value is not None and value > cap:
+            raise InvalidSetting(name, value, f"the bot's operator allows at most {cap} ({CAP_SETTINGS[name]})")
 
 
 @dataclass(frozen=True)
@@ -131,14 +163,17 @@ class QuotaService:
         defaults: Limits,
         *,
         clock: Callable[[], datetime] = utcnow,
+        caps: Caps | None = None,
     ):
         self.sessions = sessions
         self.defaults = defaults
         self.clock = clock
+        self.caps = caps if caps is not None else Caps()
 
     # --- limits ----------------------------------------------------------------------------------------------
     async def effective_limits(self, guild_id: int, user_id: int, role_ids: Iterable[int]) -> Limits:
-        """The member's limits: user override, else most generous role override, else guild default, else settings."""
+        """The member's limits: user override, else most generous role override, else guild default, else settings;
+        each clamped to the operator's caps."""
         role_ids = list(role_ids)
         return await run_read(self.sessions, lambda s: self.limits_in(s, guild_id, user_id, role_ids))
 
@@ -177,7 +212,7 @@ class QuotaService:
                 values["images_per_day"] = row.images_per_day_override
             if row.max_concurrent_override is not None:
                 values["max_concurrent"] = row.max_concurrent_override
-        return Limits(**values)
+        return self.caps.clamp(Limits(**values))
 
     # --- status ------------------------------------------------------------------------------------------------
     async def status(self, guild_id: int, user_id: int, role_ids: Iterable[int]) -> QuotaStatus:
@@ -361,7 +396,8 @@ class QuotaService:
         max_concurrent: int | None = KEEP,
     ) -> None:
         """Override one member's limits. `None` clears an override (back to roles/guild/defaults); leaving a
-        keyword out keeps its current value. Writes the audit log."""
+        keyword out keeps its current value. A value above the operator's caps is stored but clamped when read
+        (`/mod quota set` refuses it first, see `Caps.check`). Writes the audit log."""
         changes: dict[str, Any] = {}
         if images_per_day is not KEEP:
             _check_limit_value("images_per_day", images_per_day)

@@ -18,7 +18,7 @@ import re
 from dataclasses import field
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from generation.protocol.cards import ModelCard
@@ -26,6 +26,10 @@ from generation.protocol.strict import STRICT, Base64Bytes, Message, MessageErro
 
 #: The model token of jobs that name no model (served by every worker unless it was started with `--no-default`).
 DEFAULT_TOKEN = "_default"
+
+#: The length of a job's secret (`JobMessage.secret`).
+JOB_SECRET_BYTES = 32
+_HEX_MAC = re.compile(r"[0-9a-f]{64}")
 
 OutcomeStatus = Literal["succeeded", "failed", "cancelled"]
 WorkerState = Literal["loading", "ready", "busy", "stopping", "stopped", "failed"]
@@ -64,6 +68,16 @@ class Outcome(Message):
     attempt: int = 1
     timings: dict[str, float] = field(default_factory=dict)
     request_digest: str = ""
+    #: HMAC-SHA256 (64 lowercase hex digits) of the outcome with its job's secret (`generation.protocol.signing`);
+    #: "" when unsigned, which the bot refuses.
+    mac: str = ""
+
+    @field_validator("mac")
+    @classmethod
+    def _mac_is_hex(cls, value: str) -> str:
+        if value and not _HEX_MAC.fullmatch(value):
+            raise ValueError("should be 64 lowercase hex digits")
+        return value
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -130,6 +144,18 @@ class JobMessage(Message):
     request: dict[str, Any]
     digest: str = ""
     init_object: str | None = None
+    #: The job's secret (`JOB_SECRET_BYTES` random bytes, standard base64 in JSON): the worker signs the job's
+    #: outcome with it (`generation.protocol.signing`). Left out of the repr; the worker never logs it. NOTE: until
+    #: the queue is authenticated, whoever can read the jobs stream can read it (and so sign that job's outcome).
+    #: Empty from a bot that sends none: the outcome then goes unsigned (and such a bot does not check it).
+    secret: Base64Bytes = field(default=b"", repr=False)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_length(cls, value: bytes) -> bytes:
+        if value and len(value) != JOB_SECRET_BYTES:
+            raise ValueError(f"should be {JOB_SECRET_BYTES} bytes (got {len(value)})")
+        return value
 
 
 @dataclass(frozen=True, config=STRICT)

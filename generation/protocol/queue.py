@@ -139,8 +139,10 @@ def is_missing(error: BaseException) -> bool:
 
 def request_digest(req: GenerationRequest) -> str:
     """A short fingerprint of a request; an outcome carries it so a stale outcome of another job with the same id
-    (say, after the database was reset but the NATS store was kept) can be recognised."""
-    return hashlib.sha256(req.to_json().encode()).hexdigest()[:16]
+    (say, after the database was reset but the NATS store was kept) can be recognised. The init image of a
+    variation/upscale is left out (the job names it by its source image), so the bot can check the digest of every
+    job from its row alone."""
+    return hashlib.sha256(req.to_json(with_image=False).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -352,13 +354,16 @@ class JobQueue:
 
     # --- bot side: jobs ----------------------------------------------------------------------------------------------
     async def publish_job(
-        self, job_id: int, request: GenerationRequest, token: str | None = None, *, msg_id: str | None = None
+        self, job_id: int, request: GenerationRequest, token: str | None = None, *, secret: bytes = b"",
+        msg_id: str | None = None,
     ) -> tuple[int, bool]:
         """Put a job on the queue; returns (stream sequence, duplicate). A job already published is not stored twice.
 
-        A source image (variation/upscale) goes to the object store first so the message stays small. `msg_id`
-        overrides the message id (the job id) for the rare re-publish of a message the stream lost within the
-        duplicate window."""
+        `secret` is the job's secret (`JOB_SECRET_BYTES` bytes; the bot always gives it): the worker signs the job's
+        outcome with it (`generation.protocol.signing`). It travels in the message itself, so until the queue is
+        authenticated whoever can read the jobs stream can read it. A source image (variation/upscale) goes to the
+        object store first so the message stays small. `msg_id` overrides the message id (the job id) for the rare
+        re-publish of a message the stream lost within the duplicate window."""
         token = token or model_token(request.model)
         init_object = None
         if request.init_image:
@@ -367,7 +372,7 @@ class JobQueue:
         raw = request.to_dict()
         if init_object:
             raw["init_image"] = None
-        msg = JobMessage(job_id, raw, request_digest(request), init_object)
+        msg = JobMessage(job_id, raw, request_digest(request), init_object, secret)
         ack = await self.js.publish(
             self.config.job_subject(token, job_id),
             msg.to_json(),
@@ -408,12 +413,17 @@ class JobQueue:
 
     # --- results ---------------------------------------------------------------------------------------------------
     async def publish_outcome(self, outcome: Outcome) -> bool:
-        """Store a job's outcome; returns False when one was already stored (a second worker finished it too)."""
+        """Store a job's outcome; returns False when the same one was already stored.
+
+        The message id of a signed outcome includes its signature: anyone can publish on the results subject, and a
+        message planted under the plain id `result-<job id>` must not make the server drop the real outcome as a
+        duplicate. An outcome sent again (a retried publish) is still stored once."""
+        msg_id = f"result-{outcome.job_id}-{outcome.mac[:32]}" if outcome.mac else f"result-{outcome.job_id}"
         ack = await self.js.publish(
             self.config.result_subject(outcome.job_id),
             outcome.to_json(),
             stream=self.config.results_stream,
-            headers={MSG_ID: f"result-{outcome.job_id}", JOB_HEADER: str(outcome.job_id)},
+            headers={MSG_ID: msg_id, JOB_HEADER: str(outcome.job_id)},
         )
         return not ack.duplicate
 

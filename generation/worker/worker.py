@@ -94,6 +94,7 @@ from generation.protocol.queue import (
     WorkerInfo,
     model_token,
 )
+from generation.protocol.signing import outcome_verified, sign_outcome
 from generation.worker.settings import ModelSpec, WorkerSettings, parse_args
 
 log = logging.getLogger("generation.worker")
@@ -224,6 +225,8 @@ class Job:
     settled: bool = False
     #: The model it runs on (the one of the consumer it came from; `_default`'s: the first model).
     model: Model | None = None
+    #: The job's secret from its message: its outcome is signed with it (`_finish`). Never logged nor shown.
+    secret: bytes = field(default=b"", repr=False)
 
     @property
     def key(self) -> tuple | None:
@@ -601,7 +604,7 @@ class Worker:
             job_id = int(hdr) if hdr.isdigit() else 0
             log.warning("job %d: its job message could not be read: %s", job_id, e)
             return Job(msg, job_id, None, problem=f"the job message could not be read: {e}", attempt=attempt)
-        job_id, digest = message.job_id, message.digest
+        job_id, digest, secret = message.job_id, message.digest, message.secret
         try:
             raw = dict(message.request)
             if message.init_object:
@@ -609,10 +612,11 @@ class Worker:
                 raw["init_image"] = base64.b64encode(data).decode("ascii")
             req = GenerationRequest.from_dict(raw)
         except RequestError as e:
-            return Job(msg, job_id, None, digest, problem=str(e), attempt=attempt)
+            return Job(msg, job_id, None, digest, problem=str(e), attempt=attempt, secret=secret)
         except Exception as e:
-            return Job(msg, job_id, None, digest, problem=f"the job's request could not be read: {e}", attempt=attempt)
-        job = Job(msg, job_id, req, digest, attempt=attempt, queued_for=queued_for)
+            return Job(msg, job_id, None, digest, problem=f"the job's request could not be read: {e}", attempt=attempt,
+                       secret=secret)
+        job = Job(msg, job_id, req, digest, attempt=attempt, queued_for=queued_for, secret=secret)
         if job_id in self._recent_cancels:
             job.cancel.set()
         return job
@@ -657,7 +661,7 @@ class Worker:
                 await self._finish(job, Outcome(job.job_id, "cancelled", worker=self.name, attempt=job.attempt,
                                                 request_digest=job.digest))
                 continue
-            if earlier is not None and (not earlier.request_digest or earlier.request_digest == job.digest):
+            if earlier is not None and self._own_outcome(job, earlier):
                 log.info("job %d: outcome already stored by an earlier attempt; acking", job.job_id)
                 await self._ack(job)
                 continue
@@ -774,8 +778,19 @@ class Worker:
         )
         await self._finish(job, outcome, store_s=time.monotonic() - t0, batch_size=batch_size)
 
+    @staticmethod
+    def _own_outcome(job: Job, earlier: Outcome) -> bool:
+        """Whether an outcome already stored for the job is this job's, by an earlier attempt: signed with the job's
+        secret (anyone can publish on the results subject; an outcome planted there must not make the job be skipped)
+        and made for its request. A job message without a secret (an older bot) only has the request digest."""
+        if job.secret:
+            return outcome_verified(job.secret, earlier) and earlier.request_digest == job.digest
+        return not earlier.request_digest or earlier.request_digest == job.digest
+
     async def _finish(self, job: Job, outcome: Outcome, store_s: float = 0.0, batch_size: int = 1) -> None:
-        """Publish the outcome, then ack. If publishing fails the job is not acked and comes back later."""
+        """Sign the outcome with the job's secret, publish it, then ack. If publishing fails the job is not acked and
+        comes back later."""
+        outcome = sign_outcome(job.secret, outcome)
         try:
             fresh = await self.queue.publish_outcome(outcome)
         except Exception as e:

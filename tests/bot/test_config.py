@@ -51,3 +51,17 @@ def test_importing_the_bot_domain_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_allowed_guild_ids_and_operator_caps(monkeypatch):
+    """ALLOWED_GUILD_IDS is a comma-separated list (empty: every guild is allowed); the caps have their defaults and
+    become the quota service's `Caps`."""
+    monkeypatch.delenv("ALLOWED_GUILD_IDS", raising=False)
+    open_to_all = Settings(_env_file=None)
+    assert open_to_all.allowed_guild_ids == [] and open_to_all.guild_allowed(123)
+    monkeypatch.setenv("ALLOWED_GUILD_IDS", " 11, 22 ,")
+    listed = Settings(_env_file=None)
+    assert listed.allowed_guild_ids == [11, 22] and listed.guild_allowed(22) and not listed.guild_allowed(33)
+    assert (listed.max_images_per_day_cap, listed.max_concurrent_cap, listed.max_queued_per_guild) == (1000, 8, 200)
+    caps = Settings(_env_file=None, max_images_per_day_cap=50, max_concurrent_cap=3).quota_caps()
+    assert (caps.images_per_day, caps.max_concurrent) == (50, 3)

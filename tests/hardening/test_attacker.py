@@ -8,10 +8,12 @@ of the attacker's message, that nothing is posted for it, and that the other job
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
 import logging
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from PIL import Image, ImageFile
 
 from bot.dispatch.recorder import GIVEN_UP, MISMATCH, MISSING, RETRY
 from generation.protocol.queue import JobQueue, Outcome, ProgressEvent, QueueConfig, StoredImage, WorkerInfo
+from generation.protocol.signing import sign_outcome
 from tests.support.faultkit import FAST, DispatchWorld, wait_until
 from tests.support.natsutil import REPO
 
@@ -57,9 +60,10 @@ async def attacker(url: str, config: QueueConfig = FAST) -> JobQueue:
 
 
 async def forge_outcome(q: JobQueue, job_id: int, images: dict[int, bytes | None], *, digest: str = "",
-                        worker: str = "evil\nworker") -> None:
+                        worker: str = "evil\nworker", secret: bytes = b"", mac: str = "") -> None:
     """Publish a succeeded outcome for `job_id` whose image `i` is `images[i]` put in the object store (None: an
-    object name that is not there)."""
+    object name that is not there), signed with `secret` when given (an attacker who has the job's secret: the
+    outcome is the job's as far as the bot can tell), or carrying `mac` as it is."""
     stored = []
     for index, data in images.items():
         name = f"forged/{job_id}/{index}.png"
@@ -67,7 +71,18 @@ async def forge_outcome(q: JobQueue, job_id: int, images: dict[int, bytes | None
             await q.put_object(name, data)
         blob = data or b"gone"
         stored.append(StoredImage(index, 1, name, len(blob), hashlib.sha256(blob).hexdigest()))
-    await q.publish_outcome(Outcome(job_id, "succeeded", images=tuple(stored), worker=worker, request_digest=digest))
+    out = Outcome(job_id, "succeeded", images=tuple(stored), worker=worker, request_digest=digest, mac=mac)
+    await q.publish_outcome(sign_outcome(secret, out) if secret else out)
+
+
+async def secret_of(world: DispatchWorld, job_id: int) -> bytes:
+    return (await world.services.jobs.get(job_id)).secret
+
+
+async def signed(world: DispatchWorld, out: Outcome) -> Outcome:
+    """An outcome as the job's worker sends it: with its job's request digest, signed with the job's secret."""
+    digest = await digest_of(world, out.job_id)
+    return sign_outcome(await secret_of(world, out.job_id), dataclasses.replace(out, request_digest=digest))
 
 
 async def digest_of(world: DispatchWorld, job_id: int) -> str:
@@ -114,7 +129,7 @@ def peak_mb():
 
 
 async def main(url, tmp, template):
-    from tests.hardening.test_attacker import attacker, bomb_png, digest_of, forge_outcome
+    from tests.hardening.test_attacker import attacker, bomb_png, digest_of, forge_outcome, secret_of
     from tests.support.faultkit import DispatchWorld, wait_until
 
     world = DispatchWorld(Path(tmp), Path(template), url)
@@ -124,7 +139,8 @@ async def main(url, tmp, template):
         bomb = bomb_png()
         q = await attacker(url)
         before = peak_mb()
-        await forge_outcome(q, job_id, {0: bomb}, digest=await digest_of(world, job_id))
+        await forge_outcome(q, job_id, {0: bomb}, digest=await digest_of(world, job_id),
+                            secret=await secret_of(world, job_id))
         await wait_until(lambda: world.rows([job_id])[job_id]["status"] != "queued", 30, 0.05, "the outcome")
         await asyncio.sleep(0.5)
         await world.dispatcher.drain_listeners()
@@ -180,9 +196,12 @@ async def test_a_forged_outcome_of_the_wrong_size_is_refused_from_its_header(wor
     q = await attacker(world.url)
     try:
         with caplog.at_level(logging.INFO, logger="bot.dispatch"):
-            await forge_outcome(q, ids[0], {0: bomb_png()}, digest=await digest_of(world, ids[0]))
-            await forge_outcome(q, ids[1], {0: png((128, 128))}, digest=await digest_of(world, ids[1]))
-            await forge_outcome(q, ids[2], {0: png((64, 64))}, digest=await digest_of(world, ids[2]))
+            await forge_outcome(q, ids[0], {0: bomb_png()}, digest=await digest_of(world, ids[0]),
+                                secret=await secret_of(world, ids[0]))
+            await forge_outcome(q, ids[1], {0: png((128, 128))}, digest=await digest_of(world, ids[1]),
+                                secret=await secret_of(world, ids[1]))
+            await forge_outcome(q, ids[2], {0: png((64, 64))}, digest=await digest_of(world, ids[2]),
+                                secret=await secret_of(world, ids[2]))
             tally = await world.settle(timeout=30)
     finally:
         await q.close()
@@ -236,9 +255,11 @@ async def test_an_outcome_naming_a_missing_object_does_not_stop_a_restart(tmp_pa
         ok, missing, failed = (j.id for j in jobs)
         world.created.extend([ok, missing, failed])
         q = await attacker(world.url)
-        await forge_outcome(q, ok, {0: png()}, digest=await digest_of(world, ok), worker="w1")
-        await forge_outcome(q, missing, {0: None}, digest=await digest_of(world, missing), worker="w1")
-        await q.publish_outcome(Outcome(failed, "failed", error="out of memory", worker="w1"))
+        await forge_outcome(q, ok, {0: png()}, digest=await digest_of(world, ok), worker="w1",
+                            secret=await secret_of(world, ok))
+        await forge_outcome(q, missing, {0: None}, digest=await digest_of(world, missing), worker="w1",
+                            secret=await secret_of(world, missing))
+        await q.publish_outcome(await signed(world, Outcome(failed, "failed", error="out of memory", worker="w1")))
         with caplog.at_level(logging.INFO, logger="bot.dispatch"):
             report = await asyncio.wait_for(world.dispatcher.start(listener=world.listener), 60)
             tally = await world.settle(timeout=30)
@@ -287,8 +308,8 @@ async def test_a_poisoned_results_message_is_given_up_after_its_max_deliveries(t
         recorder._record = record
         q = await attacker(world.url, config)
         with caplog.at_level(logging.WARNING, logger="bot.dispatch"):
-            await q.publish_outcome(Outcome(poisoned, "failed", error="x", worker="w1"))
-            await q.publish_outcome(Outcome(other, "failed", error="y", worker="w1"))
+            await q.publish_outcome(await signed(world, Outcome(poisoned, "failed", error="x", worker="w1")))
+            await q.publish_outcome(await signed(world, Outcome(other, "failed", error="y", worker="w1")))
             await wait_until(lambda: world.rows([poisoned])[poisoned]["status"] == "failed", 30, 0.05, "the give-up")
             await asyncio.sleep(1.0)  # it would come again by now
         info = await q.js.consumer_info(config.results_stream, world.dispatcher.results_durable)
@@ -381,6 +402,9 @@ async def test_show_refuses_an_image_that_does_not_match_its_sha256(tmp_path, mi
         victim = w.settings.data_dir / job.images[1].path
         original = victim.read_bytes()
         victim.write_bytes(png((job.width, job.height), (0, 0, 0)))
+        # Posting cached the grid it composed from the verified files; without that cache /show reads every file.
+        for cached in (w.settings.data_dir / "images").rglob("*.grid"):
+            cached.unlink()
         refused = await w.alice.slash(w.art, "show", job=job.id)
         victim.write_bytes(original)
         shown = await w.alice.slash(w.art, "show", job=job.id)
@@ -393,3 +417,91 @@ async def test_show_refuses_an_image_that_does_not_match_its_sha256(tmp_path, mi
     assert refused.ephemeral and refused.response.attachments == []
     assert SHOW_DAMAGED in (embed.description or "") and {f.name for f in embed.fields} >= {"Seed"}
     assert shown.response.attachments[0].filename == f"job{job.id}.png"
+
+
+# --- outcomes the bot can verify (signed with the job's secret) ------------------------------------------------------
+def stored_sha256(world: DispatchWorld, job_id: int) -> set[str]:
+    with sqlite3.connect(world.db_path, timeout=30) as con:
+        return {r[0] for r in con.execute("select sha256 from image where job_id = ?", (job_id,))}
+
+
+async def test_forged_outcomes_without_the_jobs_signature_are_dropped_and_the_worker_finishes(world, caplog,
+                                                                                          reliability):
+    """Before any worker runs the job, an attacker publishes for it: a succeeded outcome with no signature (the right
+    request digest, under the plain message id `result-<id>` an older worker used), one with a wrong signature, one
+    signed with another job's secret (the attacker's own job: its images), and a failed and a cancelled outcome.
+    Each is dropped in one log line: nothing posted, the job neither failed nor refunded. Then a real worker (fake
+    engine) runs the job and its signed outcome is recorded and posted, once."""
+    target, own = await world.submit(2, steps=4)
+    digest = await digest_of(world, target)
+    forged = png((64, 64), (255, 0, 255))
+    q = await attacker(world.url)
+    with caplog.at_level(logging.INFO, logger="bot.dispatch"):
+        await forge_outcome(q, target, {0: forged}, digest=digest)
+        await forge_outcome(q, target, {0: forged}, digest=digest, mac="0" * 64)
+        await forge_outcome(q, target, {0: forged}, digest=digest, secret=await secret_of(world, own))
+        await q.publish_outcome(Outcome(target, "failed", error="evil\nreason", request_digest=digest, mac="1" * 64))
+        await q.publish_outcome(Outcome(target, "cancelled", request_digest=digest, mac="2" * 64))
+        await wait_until(lambda: sum(f"job {target}: outcome dropped" in r.getMessage() for r in caplog.records) >= 5,
+                         30, 0.05, "the forged outcomes")
+        await asyncio.sleep(0.5)
+        row = world.rows([target])[target]
+        assert (row["status"], row["charge_state"], row["error"]) == ("queued", "reserved", None)
+        assert world.listener.posts[target] == 0 and stored_sha256(world, target) == set()
+        dropped = [r.getMessage() for r in caplog.records if f"job {target}:" in r.getMessage()]
+        # One line each; the attacker's text only as a short repr (the worker's name), never its error text.
+        assert len(dropped) == 5 and not any("\n" in line or "reason" in line for line in dropped), dropped
+        world.worker()
+        tally = await world.settle(timeout=60)
+    await q.close()
+    rows = world.rows([target, own])
+    assert rows[target]["status"] == "posted" and world.listener.posts[target] == 1, world.logs()
+    assert rows[own]["status"] == "posted" and world.listener.posts[own] == 1
+    assert stored_sha256(world, target) and hashlib.sha256(forged).hexdigest() not in stored_sha256(world, target)
+    reliability.record("forged outcomes without the job's signature", runs=1, lost=len(tally.lost),
+                       duplicated=len(tally.duplicated), note="5 forgeries, then the real worker")
+    assert tally.lost == [] and tally.duplicated == [], str(tally)
+
+
+async def test_an_outcome_planted_for_a_future_job_id_is_never_accepted(tmp_path, migrated_template, nats_server,
+                                                                       caplog, reliability):
+    """While the bot is down, an attacker plants outcomes for the next job id: unsigned and signed with a guessed
+    secret, with the request digest of the request that job will make. The job is made, and at start `reconcile()`
+    reads the planted outcome: it is dropped (the job is neither failed nor posted), the job is fed, and a real worker
+    finishes it."""
+    world = DispatchWorld(tmp_path, migrated_template, nats_server.url)
+    try:
+        params = dict(steps=4, width=64, height=64, num_images=1, seed=7)
+        first = await world.services.jobs.create(1000, 2000, 1, [], prompt="first", **params)
+        future = first.id + 1
+        from generation.protocol.contract import GenerationRequest
+        from generation.protocol.queue import request_digest
+
+        digest = request_digest(GenerationRequest(prompt="second", **params))
+        q = await attacker(world.url)
+        forged = png((64, 64), (255, 0, 255))
+        await forge_outcome(q, future, {0: forged}, digest=digest)
+        await forge_outcome(q, future, {0: forged}, digest=digest, secret=bytes(32))
+        second = await world.services.jobs.create(1000, 2000, 1, [], prompt="second", **params)
+        assert second.id == future and await digest_of(world, future) == digest
+        world.created.extend([first.id, second.id])
+        with caplog.at_level(logging.INFO, logger="bot.dispatch"):
+            report = await asyncio.wait_for(world.dispatcher.start(listener=world.listener), 60)
+            await asyncio.sleep(1.0)
+            row = world.rows([future])[future]
+            assert row["status"] == "queued" and row["charge_state"] == "reserved" and row["error"] is None
+            assert world.listener.posts[future] == 0
+            assert any(f"job {future}: outcome dropped" in r.getMessage() for r in caplog.records)
+            world.worker()
+            tally = await world.settle(timeout=60)
+        assert report is not None and not report.errors
+        rows = world.rows([first.id, future])
+        assert rows[future]["status"] == "posted" and world.listener.posts[future] == 1, world.logs()
+        assert rows[first.id]["status"] == "posted"
+        assert hashlib.sha256(forged).hexdigest() not in stored_sha256(world, future)
+        await q.close()
+    finally:
+        await world.close()
+    reliability.record("an outcome planted for a future job id", runs=1, lost=len(tally.lost),
+                       duplicated=len(tally.duplicated), note="2 planted outcomes")
+    assert tally.lost == [] and tally.duplicated == [], str(tally)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 from discord.ext import commands
+from PIL import Image as PILImage
 
 from bot.errors import JobNotFound
-from bot.exts.common import deps, guild_id_of, is_moderator, role_ids_of
+from bot.exts.common import JobDeleted, JobNotVisible, can_see_job, deps, guild_id_of, is_moderator, role_ids_of
 from bot.exts.imagine import models
 from bot.services.model_policy import ModelPolicy
 from bot.ui.embeds import BLUE, history_embed, parameters_embed, quota_embed
@@ -29,6 +30,20 @@ log = logging.getLogger(__name__)
 #: What /show says instead of the picture when an image file fails its sha256 check (or is gone).
 SHOW_DAMAGED = ("The images of this job are not shown: a stored image file is missing or does not match its record "
                 "(it was changed or damaged on disk). A moderator can look into it.")
+
+#: What /show (to a moderator) says of a job deleted with 🗑️.
+JOB_DELETED = "This job was deleted with 🗑️: its message and image files are gone."
+
+
+def without_text_chunks(png: bytes) -> bytes:
+    """`png` re-encoded without its text metadata (the A1111 `parameters` chunk holds the prompt): Pillow writes
+    text chunks only when it is handed them, so decoding and saving again drops them."""
+    with PILImage.open(io.BytesIO(png)) as im:
+        im.load()
+        out = io.BytesIO()
+        im.save(out, format="PNG")
+    return out.getvalue()
+
 
 #: Architectures whose prompts the worker reads with the A1111 syntax (the SD path, `generation.engine.prompts`).
 WEIGHTED_PROMPT_ARCHITECTURES = frozenset({"shapes", "sd1", "sd2", "sdxl"})
@@ -96,6 +111,8 @@ class Account(commands.Cog):
     @app_commands.guild_only()
     async def history(self, interaction: discord.Interaction, count: app_commands.Range[int, 1, 20] = 10) -> None:
         jobs = await deps(interaction).jobs.history(guild_id_of(interaction), interaction.user.id, count)
+        # A job deleted with 🗑️ is shown to nobody but moderators (bot.exts.common.can_see_job), its owner included.
+        jobs = [j for j in jobs if j.deleted_at is None]
         await interaction.response.send_message(embed=history_embed(jobs), ephemeral=True)
 
     @app_commands.command(name="show", description="The parameters and images of one job.")
@@ -108,14 +125,25 @@ class Account(commands.Cog):
         found = await d.jobs.find(job)
         if found is None or found.guild_id != guild_id_of(interaction):
             raise JobNotFound(job)
+        # One rule for who sees a job (bot.exts.common.can_see_job): a job posted in a channel the member can not
+        # view, or deleted with 🗑️, is refused to them; a moderator sees a deleted job's parameters, without images.
+        if not can_see_job(interaction, found):
+            raise JobDeleted(job) if found.deleted_at is not None else JobNotVisible(job)
+        # The prompt travels inside each PNG (its A1111 `parameters` chunk): only the owner and moderators get it.
+        keep_metadata = found.user_id == interaction.user.id or is_moderator(interaction)
         files = []
         embed = parameters_embed(found)
-        note = ""
-        shown = [i for i in found.images if not i.nsfw]
+        note = JOB_DELETED if found.deleted_at is not None else ""
+        shown = [i for i in found.images if not i.nsfw] if found.deleted_at is None else []
         if shown:
             try:
-                # Each file read with its recorded sha256; the grid comes from its cache file after the first time.
-                grid = await asyncio.to_thread(job_grid, d.images, found.id, shown)
+                if len(shown) == 1 and not keep_metadata:
+                    # A single image is sent as it was stored, so its text chunks go first.
+                    only = shown[0]
+                    grid = await asyncio.to_thread(lambda: without_text_chunks(d.images.read(only.path, only.sha256)))
+                else:
+                    # Each file read with its recorded sha256; the grid comes from its cache file after the first time.
+                    grid = await asyncio.to_thread(job_grid, d.images, found.id, shown)
             except (OSError, ValueError) as e:
                 log.warning("job %d: /show did not show its images: %s", found.id, e)
                 note = SHOW_DAMAGED
@@ -123,13 +151,9 @@ class Account(commands.Cog):
                 fitted = await asyncio.to_thread(fit_to_limit, grid, f"job{found.id}.png", interaction.filesize_limit)
                 files.append(discord.File(fp=io.BytesIO(fitted.data), filename=fitted.filename))
                 embed.set_image(url=f"attachment://{fitted.filename}")
-        if found.posted_channel_id and found.posted_message_id:
+        if found.posted_channel_id and found.posted_message_id and found.deleted_at is None:
             url = f"https://discord.com/channels/{found.guild_id}/{found.posted_channel_id}/{found.posted_message_id}"
             embed.add_field(name="Posted", value=f"[jump to the message]({url})", inline=False)
-        visible = found.user_id == interaction.user.id or is_moderator(interaction)
-        if not visible:
-            embed.description = "Only the job's owner and moderators can see the whole prompt."
-            embed.clear_fields()
         if note:
             embed.description = f"{embed.description}\n\n{note}" if embed.description else note
         await interaction.followup.send(embed=embed, files=files, ephemeral=True)

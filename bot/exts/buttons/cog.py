@@ -4,12 +4,17 @@ any age and after any restart; nothing here lives in memory between clicks.
 - U<n>: upscale image n (a new one-image job of mode `upscale`).
 - V<n> / V<n> strong: four variations of image n (img2img with STRENGTH_SUBTLE / STRENGTH_STRONG).
 - 🔄: the same job again with a new seed.   ✏️: a modal to edit the prompt, then a new job.
-- ℹ️: the parameters (ephemeral).   🗑️: delete the result message (owner or moderator).
+- ℹ️: the parameters (ephemeral).   🗑️: delete the result message and its image files (owner or moderator).
 - ✖: cancel a queued or running job (owner or moderator); nothing is charged.
+
+Who sees what follows one rule, `bot.exts.common.can_see_job`: ℹ️ and the ✏️ modal show the prompt only to those
+who may see the job, and U/V/🔄 (which would show the prompt again in the new job) are refused to the others.
+A job deleted with 🗑️ keeps its row (quotas, audit log); its buttons answer that it was deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
@@ -18,7 +23,18 @@ import discord
 from discord.ext import commands
 
 from bot.errors import JobNotFound, NotJobOwner, SourceImageNotFound
-from bot.exts.common import audit, deps, guild_id_of, is_moderator
+from bot.exts.common import (
+    GuildNotAllowed,
+    JobDeleted,
+    JobNotVisible,
+    NotJobMessage,
+    audit,
+    can_see_job,
+    deps,
+    guild_allowed,
+    guild_id_of,
+    is_moderator,
+)
 from bot.exts.errors import report_error
 from bot.exts.imagine.flow import start_job
 from bot.exts.imagine.options import clean_prompt
@@ -63,9 +79,21 @@ class JobActions(commands.Cog):
             self.bot.job_actions = None  # type: ignore[attr-defined]
 
     async def _job(self, interaction: discord.Interaction, job_id: int) -> Any:
+        """The job of a button (of this guild), refused once deleted."""
+        if not guild_allowed(interaction.client, interaction.guild_id):
+            raise GuildNotAllowed()
         job = await deps(interaction).jobs.find(job_id)
         if job is None or job.guild_id != guild_id_of(interaction):
             raise JobNotFound(job_id)
+        if job.deleted_at is not None:
+            raise JobDeleted(job_id)
+        return job
+
+    async def _visible_job(self, interaction: discord.Interaction, job_id: int) -> Any:
+        """The job, refused to a member who may not see it (see `can_see_job`)."""
+        job = await self._job(interaction, job_id)
+        if not can_see_job(interaction, job):
+            raise JobNotVisible(job_id)
         return job
 
     async def handle(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
@@ -87,7 +115,7 @@ class JobActions(commands.Cog):
             await report_error(interaction, error, job_id=job_id)
 
     async def _source(self, interaction: discord.Interaction, job_id: int, index: int | None) -> Any:
-        job = await self._job(interaction, job_id)
+        job = await self._visible_job(interaction, job_id)
         if not job.has_images or index is None or index >= len(job.images):
             raise SourceImageNotFound(job_id, index or 0)
         return job
@@ -114,14 +142,17 @@ class JobActions(commands.Cog):
         await start_job(interaction, **params)
 
     async def reroll(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
-        job = await self._job(interaction, job_id)
+        job = await self._visible_job(interaction, job_id)
         await start_job(interaction, **same_params(job))
 
     async def remix(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
         job = await self._job(interaction, job_id)
         # A banned member would only be refused on submit: say so before they type.
         await deps(interaction).moderation.check_not_banned(job.guild_id, interaction.user.id)
-        await interaction.response.send_modal(b.RemixModal(job.id, job.prompt, job.negative_prompt))
+        # Only those who may see the job get its prompt to edit; the others start from an empty one.
+        visible = can_see_job(interaction, job)
+        prompt, negative = (job.prompt, job.negative_prompt) if visible else ("", "")
+        await interaction.response.send_modal(b.RemixModal(job.id, prompt, negative))
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction) -> None:
@@ -146,19 +177,31 @@ class JobActions(commands.Cog):
 
     async def info(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
         job = await self._job(interaction, job_id)
-        await interaction.response.send_message(embed=parameters_embed(job), ephemeral=True)
+        embed = parameters_embed(job)
+        if not can_see_job(interaction, job):
+            embed = hidden_parameters(embed)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
     async def delete(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
+        """Delete the job's result: its message (only the job's own, never another message carrying its buttons),
+        its image files, and mark it deleted (its row stays for quotas and the audit log)."""
+        d = deps(interaction)
         job = await self._job(interaction, job_id)
         moderator = is_moderator(interaction)
         if job.user_id != interaction.user.id and not moderator:
             raise NotJobOwner(job_id)
+        message = interaction.message
+        if message is None or job.posted_message_id is None or message.id != job.posted_message_id:
+            raise NotJobMessage(job_id)
         await interaction.response.defer()
-        if interaction.message is not None:
-            await interaction.message.delete()
+        # The message first: if Discord refuses, nothing changed and the member can try again.
+        with contextlib.suppress(discord.NotFound):
+            await message.delete()
+        deleted = await d.jobs.mark_deleted(job.id)
+        removed = remove_files(d.images, deleted) if deleted is not None else 0
         if job.user_id != interaction.user.id:
-            await audit(interaction, "job.delete", f"job:{job.id}", {"message_id": getattr(interaction.message, "id", None), "owner": job.user_id})
-        log.info("job %s: result message deleted by %s", job.id, interaction.user.id)
+            await audit(interaction, "job.delete", f"job:{job.id}", {"message_id": message.id, "owner": job.user_id})
+        log.info("job %s: result deleted by %s (%d image file(s) removed)", job.id, interaction.user.id, removed)
 
     async def cancel(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
         d = deps(interaction)
@@ -175,6 +218,35 @@ class JobActions(commands.Cog):
             embed=cancelled_embed(cancelled, by), attachments=[], view=None, allowed_mentions=discord.AllowedMentions.none()
         )
         log.info("job %s cancelled by %s", job.id, interaction.user.id)
+
+
+def hidden_parameters(embed: discord.Embed) -> discord.Embed:
+    """`embed` (parameters_embed) without the prompt and the negative prompt, for a member who may not see them."""
+    kept = [f for f in embed.fields if f.name not in ("Prompt", "Negative prompt")]
+    embed.clear_fields()
+    for f in kept:
+        embed.add_field(name=f.name, value=f.value, inline=f.inline)
+    embed.description = "Only the job's owner, moderators and members who can see its channel see its prompt."
+    return embed
+
+
+def remove_files(store: Any, job: Any) -> int:
+    """Remove the image files of a deleted job and its cached grid; returns how many files went."""
+    removed = 0
+    for image in job.images:
+        try:
+            removed += bool(store.delete(image.path))
+        except OSError:
+            log.warning("job %s: could not remove %s", job.id, image.path, exc_info=True)
+    # Grids are cached per set of images shown (flagged ones left out): remove every one of the job's.
+    folder = store.absolute(store.grid_path(job.id, [])).parent
+    for grid in folder.glob(f"{job.id}_grid_*"):
+        try:
+            grid.unlink()
+            removed += 1
+        except OSError:
+            log.warning("job %s: could not remove %s", job.id, grid, exc_info=True)
+    return removed
 
 
 def _modal_values(data: dict[str, Any]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Starting a job from an interaction: the checks, the reservation, the queued message, the hand-off to the queue.
 
 /imagine and the buttons that make new jobs (U, V, 🔄, ✏️) all go through `start_job`, so every new job is checked
-the same way: art channel, ban, blocked terms, the model it targets (served by a live worker and offered to the member,
+the same way: art channel, ban, blocked terms (prompt and negative prompt), the server's queue cap, the model it targets (served by a live worker and offered to the member,
 see bot.exts.imagine.models; its parameters filled from and checked against the model's card), then
 `JobService.create` (the per-member cooldown, limits and quota, one transaction; a refusal charges nothing).
 
@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import discord
 
 from bot.errors import BlockedPrompt, IllegalTransition, InvalidRequest
-from bot.exts.common import deps, guild_id_of, role_ids_of
+from bot.exts.common import BlockedNegativePrompt, QueueFull, deps, guild_id_of, role_ids_of
 from bot.exts.imagine.models import target_model
 from bot.ui.buttons import progress_view
 from bot.ui.embeds import failed_embed, queued_embed
@@ -151,8 +151,9 @@ async def answer_in_time(interaction: discord.Interaction, work: Awaitable[T], *
     return await task
 
 
-async def check_member_may_generate(interaction: discord.Interaction, prompt: str) -> None:
-    """Art channel, ban and blocked terms; raises the domain error that says what is wrong."""
+async def check_member_may_generate(interaction: discord.Interaction, prompt: str, negative: str | None = None) -> None:
+    """Art channel, ban and blocked terms (in the prompt and the negative prompt, matched the same way); raises the
+    domain error that says what is wrong."""
     d = deps(interaction)
     guild_id = guild_id_of(interaction)
     channel_id = interaction.channel_id
@@ -165,6 +166,18 @@ async def check_member_may_generate(interaction: discord.Interaction, prompt: st
     term = await d.moderation.check_prompt(guild_id, prompt)
     if term:
         raise BlockedPrompt(term)
+    if negative:
+        term = await d.moderation.check_prompt(guild_id, negative)
+        if term:
+            raise BlockedNegativePrompt(term)
+
+
+async def check_queue_room(interaction: discord.Interaction) -> None:
+    """Refuse a new job when the guild already has MAX_QUEUED_PER_GUILD jobs waiting or running (operator cap)."""
+    d = deps(interaction)
+    limit = d.settings.max_queued_per_guild
+    if len(await d.jobs.queue(guild_id_of(interaction))) >= limit:
+        raise QueueFull(limit)
 
 
 def check_options_for(card: ModelCard, params: dict[str, Any]) -> None:
@@ -199,7 +212,8 @@ async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelC
         # Outside the slot: right after a restart this waits for the workers' announcements (see LOADING_WAIT).
         served = await d.dispatcher.served_models(loading_wait=LOADING_WAIT)
         async with gate.slot():
-            await check_member_may_generate(interaction, params.get("prompt", ""))
+            await check_member_may_generate(interaction, params.get("prompt", ""), params.get("negative_prompt"))
+            await check_queue_room(interaction)
             model = await target_model(interaction, requested, served)
             job_params = {**params, **(build(model.card) if build is not None else {}), "model": model.name}
             check_options_for(model.card, job_params)

@@ -66,7 +66,11 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         max_concurrent: app_commands.Range[int, 1, 100] | None = None,
     ) -> None:
         require_moderator(interaction)
-        await deps(interaction).quota.set_limit(
+        quota = deps(interaction).quota
+        # The operator's caps (MAX_IMAGES_PER_DAY_CAP, MAX_CONCURRENT_CAP): a value above one is refused, naming it.
+        quota.caps.check("images_per_day", images_per_day)
+        quota.caps.check("max_concurrent", max_concurrent)
+        await quota.set_limit(
             guild_id_of(interaction), member.id, interaction.user.id, images_per_day=images_per_day, max_concurrent=max_concurrent
         )
         shown = lambda v: "default" if v is None else str(v)  # noqa: E731

@@ -296,3 +296,83 @@ async def test_0003_adds_the_model_policy_to_a_populated_database_and_downgrades
     await upgrade(url)  # and up again: the policy starts empty
     async with open_services(settings) as services:
         assert (await services.model_policy.policy(10)).default_model is None
+
+
+# --- 0004: the secret of a job ------------------------------------------------------------------------------------
+async def test_0004_gives_every_job_its_own_secret_and_downgrades_cleanly(tmp_path):
+    """A populated 0003 database upgrades with a distinct 32-byte secret for every old job (new jobs get one too, and
+    it never shows in a repr); downgrading to 0003 drops the column and leaves the jobs' rows as they were."""
+    from bot.config import Settings
+    from bot.services import open_services
+
+    path = tmp_path / "secret.db"
+    url = sqlite_url(path)
+    await upgrade(url, "0001")
+    _insert_old_jobs(path)
+    await upgrade(url, "0003")
+    job_before = _schema(path, "job")
+    with sqlite3.connect(path) as conn:
+        rows_before = conn.execute("SELECT * FROM job ORDER BY id").fetchall()
+    assert len(rows_before) == len(OLD_JOBS)
+
+    await upgrade(url, "0004")
+    with sqlite3.connect(path) as conn:
+        secrets = conn.execute("SELECT secret FROM job ORDER BY id").fetchall()
+        notnull = {r[1]: r[3] for r in conn.execute("PRAGMA table_info(job)")}["secret"]
+    assert notnull == 1
+    assert all(isinstance(s, bytes) and len(s) == 32 for (s,) in secrets)
+    assert len({s for (s,) in secrets}) == len(secrets)
+
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", database_url=url)
+    async with open_services(settings) as services:
+        old = await services.jobs.get(OLD_JOBS[0][0])
+        assert old.secret == secrets[0][0]
+        new = await services.jobs.create(10, 20, 30, [], prompt="x", num_images=1)
+        assert len(new.secret) == 32 and new.secret not in {s for (s,) in secrets}
+        assert (await services.jobs.get(new.id)).secret == new.secret
+        assert new.secret.hex() not in repr(new) and repr(new.secret) not in repr(new)
+
+    await downgrade(url, "0003")
+    assert await current_revision(url) == "0003"
+    assert _schema(path, "job")[1] == job_before[1]  # the same columns, types, defaults and order
+    with sqlite3.connect(path) as conn:
+        rows_after = conn.execute("SELECT * FROM job ORDER BY id").fetchall()
+    assert rows_after[: len(rows_before)] == rows_before
+    assert len(rows_after) == len(rows_before) + 1
+
+
+# --- 0005: a job's result deleted with 🗑️ -----------------------------------------------------------------------
+async def test_0005_adds_deleted_at_to_a_populated_database_and_downgrades_cleanly(tmp_path):
+    """A populated 0004 database upgrades with every job not deleted; a job can then be marked deleted (once); its
+    row stays. Downgrading to 0004 drops the column and leaves the jobs' rows as they were."""
+    from bot.config import Settings
+    from bot.services import open_services
+
+    path = tmp_path / "deleted.db"
+    url = sqlite_url(path)
+    await upgrade(url, "0001")
+    _insert_old_jobs(path)
+    await upgrade(url, "0004")
+    job_before = _schema(path, "job")
+    with sqlite3.connect(path) as conn:
+        rows_before = conn.execute("SELECT * FROM job ORDER BY id").fetchall()
+
+    await upgrade(url, "0005")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM job WHERE deleted_at IS NOT NULL").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM job").fetchone() == (len(rows_before),)
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", database_url=url)
+    async with open_services(settings) as services:
+        first = OLD_JOBS[0][0]
+        assert (await services.jobs.get(first)).deleted_at is None
+        assert (await services.jobs.mark_deleted(first)) is not None
+        assert await services.jobs.mark_deleted(first) is None  # only once
+        assert (await services.jobs.get(first)).deleted_at is not None
+
+    await downgrade(url, "0004")
+    assert await current_revision(url) == "0004"
+    assert _schema(path, "job")[1] == job_before[1]  # the same columns, types, defaults and order
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT * FROM job ORDER BY id").fetchall() == rows_before
+    await upgrade(url)
+    assert await current_revision(url) == head_revision()

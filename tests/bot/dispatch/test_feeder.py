@@ -25,6 +25,7 @@ class FakeStream:
         self.remembered: set[str] = set()  # message ids within the duplicate window
         self.published: list[tuple[int, str]] = []
         self.requests: dict[int, GenerationRequest] = {}
+        self.secrets: dict[int, bytes] = {}
         self.seq = 0
 
     async def pending_jobs(self) -> dict[str, int]:
@@ -34,7 +35,7 @@ class FakeStream:
         return counts
 
     async def publish_job(self, job_id: int, request: GenerationRequest, token: str | None = None, *,
-                          msg_id: str | None = None) -> tuple[int, bool]:
+                          secret: bytes = b"", msg_id: str | None = None) -> tuple[int, bool]:
         msg_id = msg_id or str(job_id)
         if msg_id in self.remembered:
             return self.seq, True
@@ -43,6 +44,7 @@ class FakeStream:
         self.messages[job_id] = (token or model_token(request.model), msg_id)
         self.published.append((job_id, msg_id))
         self.requests[job_id] = request
+        self.secrets[job_id] = secret
         return self.seq, False
 
     async def job_in_queue(self, job_id: int) -> int | None:
@@ -93,7 +95,8 @@ def row(job_id: int, model: str = "", mode: str = "txt2img", bad: bool = False) 
                                  mode=mode, init_image=init_image)
 
     return SimpleNamespace(id=job_id, model=model, mode=mode, status="queued", dispatched_at=None,
-                           source_job_id=99, source_image_index=1, to_request=to_request)
+                           source_job_id=99, source_image_index=1, to_request=to_request,
+                           secret=bytes([job_id % 256]) * 32)
 
 
 class World:
@@ -128,6 +131,12 @@ async def test_without_workers_only_min_window_jobs_enter_the_stream():
     assert await w.feeder.feed() == 1
     assert list(w.stream.messages) == [2, 3]
     assert [(e.job_id, e.kind) for e in w.seen] == [(1, "dispatched"), (2, "dispatched"), (3, "dispatched")]
+
+
+async def test_each_job_is_published_with_its_own_secret():
+    w = World([row(1), row(2)], min_window=2)
+    assert await w.feeder.feed() == 2
+    assert w.stream.secrets == {1: bytes([1]) * 32, 2: bytes([2]) * 32}
 
 
 async def test_the_window_grows_with_the_workers_batches():

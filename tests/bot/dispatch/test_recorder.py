@@ -5,6 +5,7 @@ the job's (missing, too large, wrong size, unreadable), retries and the dead let
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import hashlib
 import io
@@ -26,7 +27,6 @@ from bot.dispatch.recorder import (
     RETRY,
     TIMELINE_SUFFIX,
     TOO_LARGE,
-    UNREADABLE,
     OutcomeRecorder,
     image_fits_job,
 )
@@ -42,6 +42,7 @@ from generation.protocol.queue import (
     StoredImage,
     request_digest,
 )
+from generation.protocol.signing import sign_outcome
 from tests.bot.dispatch.conftest import RecordingListener
 
 
@@ -116,6 +117,19 @@ def request_of(job_id: int, mode: str = "txt2img") -> GenerationRequest:
                              init_image=None if mode == "txt2img" else b"source")
 
 
+def secret_of(job_id: int) -> bytes:
+    """The secret of a fake job (a real one is 32 random bytes made with the job)."""
+    return hashlib.sha256(f"secret of job {job_id}".encode()).digest()
+
+
+def signed(out: Outcome, mode: str = "txt2img") -> Outcome:
+    """The outcome as its job's worker sends it: with the request digest of its job (when it names none) and signed
+    with the job's secret."""
+    if not out.request_digest:
+        out = dataclasses.replace(out, request_digest=request_digest(request_of(out.job_id, mode)))
+    return sign_outcome(secret_of(out.job_id), out)
+
+
 class FakeJobs:
     """Job rows with the job service's transitions; `find` hands out a snapshot, like a database read."""
 
@@ -125,6 +139,7 @@ class FakeJobs:
     def add(self, job_id: int, status: str = "running", mode: str = "txt2img") -> SimpleNamespace:
         row = self.rows[job_id] = SimpleNamespace(
             id=job_id, status=status, mode=mode, images=None, error=None, worker=None, attempts=0, refunded=0,
+            secret=secret_of(job_id),
             to_request=lambda init_image=None: request_of(job_id, mode),
         )
         return row
@@ -209,8 +224,8 @@ class World:
 
     def succeeded(self, job_id: int, n: int = 2, *, timeline: bool = False, digest: str | None = None,
                   damaged: bool = False, size: tuple[int, int] = (64, 64)) -> Outcome:
-        """A succeeded outcome whose images (and timeline) wait in the object store: PNGs of `size`, each of its own
-        colour."""
+        """A succeeded outcome, signed with its job's secret, whose images (and timeline) wait in the object store:
+        PNGs of `size`, each of its own colour."""
         images = []
         for i in range(n):
             data = png(size, (job_id % 256, i, 0))
@@ -223,8 +238,13 @@ class World:
             timeline_object = f"{job_id}/timeline.webp"
             self.queue.objects[timeline_object] = b"RIFFwebp"
         self.queue.objects[f"input/{job_id}"] = b"source"
-        return Outcome(job_id, "succeeded", images=tuple(images), timeline_object=timeline_object, worker="w1",
-                       request_digest=request_digest(request_of(job_id)) if digest is None else digest)
+        return sign_outcome(secret_of(job_id), Outcome(
+            job_id, "succeeded", images=tuple(images), timeline_object=timeline_object, worker="w1",
+            request_digest=request_digest(request_of(job_id, self.mode(job_id))) if digest is None else digest))
+
+    def mode(self, job_id: int) -> str:
+        row = self.jobs.rows.get(job_id)
+        return "txt2img" if row is None else row.mode
 
     def kinds(self, job_id: int) -> list[str]:
         return [e.kind for e in self.seen if e.job_id == job_id]
@@ -272,31 +292,42 @@ async def test_a_missed_start_is_recorded_before_the_success():
 
 
 async def test_an_outcome_for_a_final_or_unknown_job_changes_nothing_and_drops_its_objects():
+    """A final job's (signed) outcome has its objects dropped; one of a job the database lacks cannot be checked, so
+    the objects it names are left to expire (they could be another job's)."""
     w = World()
     w.jobs.add(1, status="cancelled")
     assert not await w.recorder.record(w.succeeded(1))
-    assert not await w.recorder.record(w.succeeded(2))  # no such row
+    assert w.queue.objects == {}
+    unknown = w.succeeded(2)
+    assert not await w.recorder.record(unknown)  # no such row
     assert w.jobs.rows[1].status == "cancelled" and w.images.saves == 0
-    assert w.queue.objects == {} and w.seen == []
+    assert set(w.queue.objects) == {"2/0.png", "2/1.png", "input/2"} and w.seen == []
 
 
 async def test_an_outcome_of_another_request_with_the_same_id_is_ignored():
-    """A stale store kept across a database reset: the digest says the outcome is not this job's."""
+    """A stale store kept across a database reset: the digest says the outcome is not this job's. An outcome with no
+    digest is refused too."""
     w = World()
     w.jobs.add(1)
     assert not await w.recorder.record(w.succeeded(1, digest="0123456789abcdef"))
     assert w.jobs.rows[1].status == "running" and w.images.saves == 0 and w.seen == []
-    # The right digest, or none (an older worker), is recorded.
-    assert await w.recorder.record(w.succeeded(1))
     w.jobs.add(2)
-    assert await w.recorder.record(w.succeeded(2, digest=""))
+    assert not await w.recorder.record(w.succeeded(2, digest=""))
+    assert w.jobs.rows[2].status == "running" and w.images.saves == 0 and w.seen == []
+    # The right digest is recorded.
+    assert await w.recorder.record(w.succeeded(1))
 
 
-async def test_the_digest_is_only_checked_for_text_to_image_jobs():
-    """A variation's request holds its source image, which the row does not: its digest cannot be recomputed."""
+async def test_the_digest_is_checked_for_variations_and_upscales_too():
+    """The digest leaves the init image out, so the row's request gives it for every mode."""
     w = World()
-    w.jobs.add(1, mode="variation")
-    assert await w.recorder.record(w.succeeded(1, digest="0123456789abcdef"))
+    for job_id, mode in ((1, "variation"), (2, "upscale")):
+        w.jobs.add(job_id, mode=mode)
+        assert not await w.recorder.record(w.succeeded(job_id, digest="0123456789abcdef"))
+        assert not await w.recorder.record(w.succeeded(job_id, digest=request_digest(request_of(job_id))))
+        assert w.jobs.rows[job_id].status == "running" and w.jobs.rows[job_id].images is None
+        assert await w.recorder.record(w.succeeded(job_id))
+        assert w.jobs.rows[job_id].status == "succeeded"
 
 
 async def test_a_damaged_image_fails_the_job_once_and_keeps_nothing():
@@ -331,7 +362,7 @@ async def test_a_failed_outcome_fails_and_refunds_the_job_once():
     w = World()
     w.jobs.add(1)
     w.queue.objects["input/1"] = b"source"
-    out = Outcome(1, "failed", error="out of memory", worker="w2")
+    out = signed(Outcome(1, "failed", error="out of memory", worker="w2"))
     assert await w.recorder.record(out)
     assert not await w.recorder.record(out)
     row = w.jobs.rows[1]
@@ -339,16 +370,16 @@ async def test_a_failed_outcome_fails_and_refunds_the_job_once():
     assert w.kinds(1) == ["failed"] and w.seen[-1].worker == "w2"
     assert w.queue.objects == {}
     w.jobs.add(2)
-    assert await w.recorder.record(Outcome(2, "failed"))
+    assert await w.recorder.record(signed(Outcome(2, "failed")))
     assert w.jobs.rows[2].error == "the worker reported a failure"
 
 
 async def test_a_cancelled_outcome_is_recorded_only_when_the_row_is_not_cancelled_yet():
     w = World()
     w.jobs.add(1, status="cancelled")  # the usual case: the bot cancelled it first
-    assert not await w.recorder.record(Outcome(1, "cancelled", worker="w1"))
+    assert not await w.recorder.record(signed(Outcome(1, "cancelled", worker="w1")))
     w.jobs.add(2)
-    assert await w.recorder.record(Outcome(2, "cancelled", worker="w1"))
+    assert await w.recorder.record(signed(Outcome(2, "cancelled", worker="w1")))
     assert w.jobs.rows[2].status == "cancelled" and w.kinds(2) == ["cancelled"] and w.kinds(1) == []
 
 
@@ -357,7 +388,7 @@ async def test_max_deliveries_fails_the_job_unless_an_outcome_came_and_drops_the
     w.jobs.add(1)
     w.jobs.add(2)
     w.queue.stream = {10: 1, 11: 2}
-    w.queue.outcomes[2] = Outcome(2, "succeeded")
+    w.queue.outcomes[2] = signed(Outcome(2, "succeeded"))
     await w.recorder.on_max_deliveries(MaxDeliveries(10, 3, "imagine-jobs-_default"))
     await w.recorder.on_max_deliveries(MaxDeliveries(11, 3, "imagine-jobs-_default"))
     await w.recorder.on_max_deliveries(MaxDeliveries(12, 3, "imagine-jobs-_default"))  # gone already: nothing
@@ -370,7 +401,7 @@ async def test_max_deliveries_fails_the_job_unless_an_outcome_came_and_drops_the
 async def test_result_messages_are_acked_once_handled_and_handed_back_when_handling_fails():
     w = World()
     w.jobs.add(1)
-    ok = FakeMsg(Outcome(1, "failed", error="x"))
+    ok = FakeMsg(signed(Outcome(1, "failed", error="x")))
     malformed = FakeMsg(ValueError("not json"))
     other = FakeMsg(None, subject="imagine.results.other")
     advisory = FakeMsg(MaxDeliveries(99, 3, "c"), subject="$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.x")
@@ -383,7 +414,7 @@ async def test_result_messages_are_acked_once_handled_and_handed_back_when_handl
 
     w.jobs.find = busy
     w.jobs.add(2)
-    retried = FakeMsg(Outcome(2, "failed"))
+    retried = FakeMsg(signed(Outcome(2, "failed")))
     await w.recorder.on_message(retried)
     assert (retried.acked, retried.naks) == (0, [2.0])
 
@@ -391,7 +422,7 @@ async def test_result_messages_are_acked_once_handled_and_handed_back_when_handl
 async def test_run_reads_the_results_until_closed():
     w = World()
     w.jobs.add(1)
-    msg = FakeMsg(Outcome(1, "failed", error="x"))
+    msg = FakeMsg(signed(Outcome(1, "failed", error="x")))
 
     class Sub:
         def __init__(self):
@@ -498,8 +529,9 @@ async def test_bytes_that_are_not_a_png_fail_the_job(caplog):
     out = w.succeeded(1)
     gif = b"GIF89a" + b"\0" * 64
     w.queue.objects["1/0.png"] = gif
-    out = Outcome(1, "succeeded", images=(StoredImage(0, 1, "1/0.png", len(gif), hashlib.sha256(gif).hexdigest()),),
-                  request_digest=out.request_digest)
+    out = signed(Outcome(1, "succeeded", images=(StoredImage(0, 1, "1/0.png", len(gif),
+                                                             hashlib.sha256(gif).hexdigest()),),
+                         request_digest=out.request_digest))
     await assert_refused(w, 1, out, MISMATCH, caplog)
     assert "not a PNG image" in refused_lines(caplog)[0].getMessage()
 
@@ -510,10 +542,10 @@ async def test_more_images_than_the_job_has_or_an_index_twice_fail_the_job(caplo
     await assert_refused(w, 1, w.succeeded(1, n=3), LISTING, caplog)  # the job makes two
     w.jobs.add(2)
     out = w.succeeded(2)
-    twice = Outcome(2, "succeeded", images=(out.images[0], out.images[0]), request_digest=out.request_digest)
+    twice = signed(Outcome(2, "succeeded", images=(out.images[0], out.images[0]), request_digest=out.request_digest))
     await assert_refused(w, 2, twice, LISTING, caplog)
     w.jobs.add(3)
-    none = Outcome(3, "succeeded", request_digest=request_digest(request_of(3)))
+    none = signed(Outcome(3, "succeeded", request_digest=request_digest(request_of(3))))
     await assert_refused(w, 3, none, LISTING, caplog)
     assert w.queue.fetched == []  # refused before anything was fetched
 
@@ -546,15 +578,18 @@ async def test_a_missing_timeline_is_left_out_and_the_job_succeeds(caplog):
     assert "timeline left out" in caplog.text
 
 
-async def test_an_unreadable_outcome_fails_the_job_its_subject_names():
+async def test_an_unreadable_outcome_is_dropped_and_leaves_the_job_alone():
+    """Nobody can check the signature of a message that cannot be read: it must not fail the job (a forger could),
+    and the real outcome is still recorded."""
     w = World()
     w.jobs.add(7)
     msg = FakeMsg(None, subject="imagine.results.7")  # refused by the queue (logged there)
     await w.recorder.on_message(msg)
-    assert msg.acked == 1 and w.jobs.rows[7].status == "failed" and w.jobs.rows[7].error == UNREADABLE + RETRY
-    again = FakeMsg(None, subject="imagine.results.7")
-    await w.recorder.on_message(again)  # final already: nothing more
-    assert again.acked == 1 and w.jobs.rows[7].refunded == 1
+    assert msg.acked == 1 and w.jobs.rows[7].status == "running" and w.jobs.rows[7].refunded == 0
+    assert w.seen == []
+    real = FakeMsg(w.succeeded(7), subject="imagine.results.7")
+    await w.recorder.on_message(real)
+    assert real.acked == 1 and w.jobs.rows[7].status == "succeeded"
 
 
 # --- retries and the dead letter ---------------------------------------------------------------------------------
@@ -572,7 +607,7 @@ async def test_a_message_that_keeps_failing_is_retried_with_growing_delays_then_
         return await real_find(job_id)
 
     w.jobs.find = broken
-    out = Outcome(1, "failed", error="x")
+    out = signed(Outcome(1, "failed", error="x"))
     limit = w.queue.config.results_max_deliver
     assert limit == 5
     msgs = [FakeMsg(out, delivered=n) for n in range(1, limit + 1)]
@@ -581,7 +616,7 @@ async def test_a_message_that_keeps_failing_is_retried_with_growing_delays_then_
             await w.recorder.on_message(msg)
         assert [m.naks for m in msgs[:-1]] == [[2.0], [4.0], [8.0], [16.0]]
         assert w.jobs.rows[1].status == "running"
-        other = FakeMsg(Outcome(2, "failed", error="y"), subject="imagine.results.2")
+        other = FakeMsg(signed(Outcome(2, "failed", error="y")), subject="imagine.results.2")
         await w.recorder.on_message(other)  # the others go on meanwhile
         assert other.acked == 1 and w.jobs.rows[2].status == "failed"
         await w.recorder.on_message(msgs[-1])
@@ -603,7 +638,7 @@ async def test_a_dead_letter_whose_job_cannot_be_failed_now_is_failed_later():
 
     w.jobs.find = down
     w.jobs.fail = down
-    msg = FakeMsg(Outcome(1, "failed", error="x"), delivered=5)
+    msg = FakeMsg(signed(Outcome(1, "failed", error="x")), delivered=5)
     await w.recorder.on_message(msg)
     assert msg.terms == 1 and w.recorder.dead_letters == {1} and w.jobs.rows[1].status == "running"
     await w.recorder.retry_dead_letters()  # still down
@@ -626,3 +661,50 @@ async def test_progress_events_for_unknown_job_ids_leave_nothing_behind():
     assert w.seen == [] and w.listener.calls == []
     assert w.events._previews == {} and w.events._active == set() and w.events._watchers == {}
     assert w.recorder._started_at == {} and w.recorder._locks == {} and w.recorder.dead_letters == set()
+
+
+# --- signatures ---------------------------------------------------------------------------------------------------
+async def test_an_outcome_without_the_jobs_signature_is_dropped_and_leaves_the_job_alone(caplog):
+    """No signature, a wrong one, one made with another job's secret: the message is acked and dropped in one log
+    line, the job is neither recorded nor failed, the objects it names stay; then the real outcome is recorded."""
+    w = World()
+    w.jobs.add(1)
+    real = w.succeeded(1, timeline=True)
+    unsigned = dataclasses.replace(real, mac="")
+    wrong = dataclasses.replace(real, mac="0" * 64)
+    other_job = sign_outcome(secret_of(2), real)
+    failed = dataclasses.replace(signed(Outcome(1, "failed", error="x" * 500)), mac="f" * 64)
+    cancelled = sign_outcome(b"k" * 32, signed(Outcome(1, "cancelled")))
+    objects = dict(w.queue.objects)
+    for forged in (unsigned, wrong, other_job, failed, cancelled):
+        caplog.clear()
+        msg = FakeMsg(forged)
+        with caplog.at_level(logging.INFO, logger="bot.dispatch"):
+            await w.recorder.on_message(msg)
+        assert msg.acked == 1 and msg.naks == [] and msg.terms == 0
+        lines = [r.getMessage() for r in caplog.records if r.name == "bot.dispatch"]
+        assert len(lines) == 1 and "signature" in lines[0] and "x" * 50 not in lines[0]
+        row = w.jobs.rows[1]
+        assert (row.status, row.refunded, row.images) == ("running", 0, None)
+        assert w.queue.objects == objects and w.queue.fetched == [] and w.images.saves == 0 and w.seen == []
+    assert await w.recorder.record(real)
+    assert w.jobs.rows[1].status == "succeeded"
+
+
+async def test_an_outcome_planted_before_its_job_existed_is_never_recorded():
+    """Published for the next job id before the job is made: it cannot carry the job's secret."""
+    w = World()
+    planted = sign_outcome(secret_of(2), signed(Outcome(1, "failed", error="planted")))  # a guess of the secret
+    assert not await w.recorder.record(planted)  # no such job yet
+    w.jobs.add(1)
+    assert not await w.recorder.record(planted)  # the job exists now: still not its signature
+    assert w.jobs.rows[1].status == "running" and w.jobs.rows[1].refunded == 0
+
+
+async def test_max_deliveries_is_not_stopped_by_an_unsigned_stored_outcome():
+    w = World()
+    w.jobs.add(1)
+    w.queue.stream = {10: 1}
+    w.queue.outcomes[1] = dataclasses.replace(signed(Outcome(1, "succeeded")), mac="")
+    await w.recorder.on_max_deliveries(MaxDeliveries(10, 3, "imagine-jobs-_default"))
+    assert w.jobs.rows[1].status == "failed" and w.jobs.rows[1].refunded == 1

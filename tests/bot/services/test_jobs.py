@@ -9,6 +9,7 @@ import pytest
 from bot.db.models import ChargeState, JobStatus
 from bot.errors import IllegalTransition, InvalidRequest, JobNotFound, NotJobOwner, OnCooldown, SourceImageNotFound
 from bot.services.jobs import TRANSITIONS, NewImage
+from bot.services.quota import Caps
 from tests.bot.conftest import CHANNEL, GUILD, MOD
 
 A, B, C = 101, 102, 103
@@ -32,7 +33,8 @@ async def finished_job(services, user=A, n=2):
 
 @pytest.fixture
 async def roomy(services):
-    """Generous limits so ordering tests can queue many jobs."""
+    """Generous limits so ordering tests can queue many jobs (the operator's caps raised to match)."""
+    services.quota.caps = Caps(images_per_day=1000, max_concurrent=100)
     await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=1000, max_concurrent=100)
     return services
 

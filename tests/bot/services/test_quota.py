@@ -13,6 +13,7 @@ from bot.db import create_engine
 from bot.db.models import ChargeState
 from bot.errors import InvalidSetting, LimitExceeded, QuotaExceeded, TooManyActiveJobs
 from bot.services import build_services
+from bot.services.quota import Caps
 from tests.bot.conftest import CHANNEL, GUILD, MOD
 
 USER = 42
@@ -34,7 +35,8 @@ async def test_1000_concurrent_reservations_grant_exactly_the_limit(settings, db
     """1,000 concurrent job creations (own session each, real SQLite file) against 10 images/day grant exactly 10."""
     engine = create_engine(db_url, pool_size=20, max_overflow=20, pool_timeout=120)
     try:
-        services = build_services(settings, engine, clock=clock)
+        # Jobs at once are not what is tested: the operator's cap on them is lifted with the guild's limit.
+        services = build_services(settings.model_copy(update={"max_concurrent_cap": 1000}), engine, clock=clock)
         await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=10, max_concurrent=1000)
         results = await asyncio.gather(*(make_job(services) for _ in range(1000)), return_exceptions=True)
     finally:
@@ -50,7 +52,7 @@ def _reserve_in_process(db_url: str, data_dir: str, tasks: int, queue) -> None:
     async def main():
         from bot.config import Settings
 
-        settings = Settings(_env_file=None, data_dir=data_dir, database_url=db_url)
+        settings = Settings(_env_file=None, data_dir=data_dir, database_url=db_url, max_concurrent_cap=1000)
         engine = create_engine(db_url, pool_size=10, max_overflow=0, pool_timeout=120)
         services = build_services(settings, engine)
         try:
@@ -350,3 +352,38 @@ async def test_status_after_the_window_expired_shows_nothing_used(services, cloc
     clock.advance(days=1)
     status = await services.quota.status(GUILD, USER, [])
     assert (status.used, status.remaining, status.resets_at) == (0, 20, None)
+
+
+async def test_operator_caps_clamp_every_source_of_a_limit(settings, engine, clock):
+    """MAX_IMAGES_PER_DAY_CAP and MAX_CONCURRENT_CAP bound the limits from the settings, the guild, a role and a
+    member's override alike; a role's lower value still applies."""
+    capped = settings.model_copy(update={"max_images_per_day_cap": 30, "max_concurrent_cap": 3})
+    services = build_services(capped, engine, clock=clock)
+    limits = await services.quota.effective_limits(GUILD, USER, [])
+    assert (limits.images_per_day, limits.max_concurrent) == (20, 3)  # the settings' defaults, below the caps
+    await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=400, max_concurrent=9)
+    await services.moderation.set_role_limits(GUILD, 1, MOD, images_per_day=300)
+    await services.moderation.set_role_limits(GUILD, 2, MOD, images_per_day=5)
+    assert (await services.quota.effective_limits(GUILD, USER, [1])).images_per_day == 30
+    assert (await services.quota.effective_limits(GUILD, USER, [2])).images_per_day == 5
+    await services.quota.set_limit(GUILD, USER, MOD, images_per_day=900)
+    status = await services.quota.status(GUILD, USER, [1])
+    assert (status.limit, status.max_concurrent) == (30, 3)
+
+
+def test_a_value_above_a_cap_is_refused_naming_the_setting():
+    """`Caps.check` (what /mod quota set asks) refuses a value above a cap and names the setting; at the cap, or
+    None (clearing an override), passes."""
+    caps = Caps(images_per_day=1000, max_concurrent=8)
+    for name, value, setting in (("images_per_day", 1001, "MAX_IMAGES_PER_DAY_CAP"), ("max_concurrent", 9, "MAX_CONCURRENT_CAP")):
+        with pytest.raises(InvalidSetting) as refused:
+            caps.check(name, value)
+        assert setting in refused.value.user_message and str(value - 1) in refused.value.user_message
+    caps.check("images_per_day", 1000)
+    caps.check("max_concurrent", None)
+
+
+def test_the_operators_own_defaults_raise_the_caps(settings):
+    """A DEFAULT_* above its cap is what the operator allows: the cap follows it."""
+    caps = settings.model_copy(update={"default_max_concurrent": 50, "max_concurrent_cap": 8}).quota_caps()
+    assert (caps.images_per_day, caps.max_concurrent) == (1000, 50)

@@ -59,7 +59,10 @@ def test_the_wire_shape_is_unchanged():
     assert out["timings"] == {"run": 1.25, "queue": 0.5} and out["timeline_object"] == "7/ab/timeline.webp"
     assert wire(INFO)["jobs"] == [1, 2]
     assert wire(JOB) == {"job_id": 5, "request": {"prompt": "a cat", "steps": 3, "init_image": None},
-                         "digest": "0123456789abcdef", "init_object": "input/5"}
+                         "digest": "0123456789abcdef", "init_object": "input/5", "secret": ""}
+    # The job's secret travels as standard base64; an outcome's signature as 64 lowercase hex digits ("" unsigned).
+    assert wire(JobMessage(5, {}, secret=bytes(range(32))))["secret"] == base64.b64encode(bytes(range(32))).decode()
+    assert out["mac"] == ""
 
 
 def test_messages_written_by_hand_the_old_way_are_read():
