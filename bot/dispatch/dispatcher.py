@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 from bot.dispatch.events import JobEvent, JobEvents, JobListener, NoListener
 from bot.dispatch.feeder import Feeder, FeederJobs, SourceImages
-from bot.dispatch.recorder import UNREADABLE, OutcomeRecorder, RecorderImages, RecorderJobs
+from bot.dispatch.recorder import OutcomeRecorder, RecorderImages, RecorderJobs
 from bot.dispatch.registry import UNSERVED_TIMEOUT, ServedModel, WorkerRegistry
 from generation.protocol.cards import ModelCard
 from generation.protocol.queue import JobQueue, MessageError, QueueConfig, WorkerInfo, is_missing
@@ -365,14 +365,17 @@ class Dispatcher:
         try:
             outcome = await q.get_outcome(job.id, strict=True)
         except MessageError:
-            # Stored, but not an outcome the bot can read (logged by the queue): the job will not get another one.
-            if await self.recorder.fail(job.id, UNREADABLE + "; please try again", detail="its stored outcome was refused"):
-                report.failed.append(job.id)
-            return
+            # Stored, but unreadable (logged by the queue). Anyone on the queue can publish on a results subject, so
+            # such a message is nobody's outcome: the job is looked for in the stream like a job without one.
+            outcome = None
         if outcome is not None:
-            await self.recorder.record(outcome)  # a refused one fails the job (refunded)
-            report.collected.append(job.id)
-            return
+            await self.recorder.record(outcome)
+            current = await self.jobs.find(job.id)
+            if current is None or str(current.status) not in ("queued", "running"):
+                report.collected.append(job.id)  # recorded, or refused for its images (failed and refunded)
+                return
+            # Refused unrecorded (not signed with this job's secret, another request's digest): the job still
+            # waits for its real outcome, so it is looked for in the stream below.
         if await q.job_in_queue(job.id) is not None:
             report.in_queue.append(job.id)
             return

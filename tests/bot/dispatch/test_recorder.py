@@ -139,7 +139,7 @@ class FakeJobs:
     def add(self, job_id: int, status: str = "running", mode: str = "txt2img") -> SimpleNamespace:
         row = self.rows[job_id] = SimpleNamespace(
             id=job_id, status=status, mode=mode, images=None, error=None, worker=None, attempts=0, refunded=0,
-            secret=secret_of(job_id),
+            secret=secret_of(job_id), request=request_of(job_id, mode),
             to_request=lambda init_image=None: request_of(job_id, mode),
         )
         return row
