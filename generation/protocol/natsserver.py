@@ -28,6 +28,16 @@ log = logging.getLogger(__name__)
 BINARY_NAME = "nats-server"
 
 
+#: The only variables the embedded server is given: it needs none of the bot's settings, so none of its secrets
+#: (the Discord token, a database or queue password) can reach its process, its crash output or its /proc entry.
+SERVER_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def server_env() -> dict[str, str]:
+    """The explicit environment of the embedded nats-server (`SERVER_ENV_KEYS` of this process's, nothing else)."""
+    return {k: os.environ[k] for k in SERVER_ENV_KEYS if k in os.environ}
+
+
 class NatsServerError(RuntimeError):
     """The embedded server could not be found or did not start."""
 
@@ -147,7 +157,8 @@ class NatsServer:
         t0 = time.monotonic()
         with open(self.log_file, "ab") as out:
             self.process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **child_process_kwargs()
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=server_env(),
+                **child_process_kwargs()
             )
         deadline = t0 + self.start_timeout
         while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,19 @@ def test_a_taken_preferred_port_falls_back_to_a_free_one(tmp_path):
         taken = busy.getsockname()[1]
         with NatsServer(tmp_path / "store", prefer_port=taken) as server:
             assert server.running and server.port != taken
+
+
+def test_the_embedded_server_gets_none_of_the_bots_secrets(tmp_path, monkeypatch):
+    """The server runs with an explicit environment: the Discord token and any other setting of the bot never reach
+    its process (read back from /proc/<pid>/environ)."""
+    monkeypatch.setenv("DISCORD_TOKEN", "token-that-must-not-leak")
+    monkeypatch.setenv("NATS_URL", "nats://user:secret-password@host:4222")
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        server.stop()
+    names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
+    assert "DISCORD_TOKEN" not in names and "NATS_URL" not in names
+    assert b"token-that-must-not-leak" not in b"\0".join(environ) and names <= {"PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"}
