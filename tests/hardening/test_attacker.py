@@ -88,7 +88,7 @@ async def signed(world: DispatchWorld, out: Outcome) -> Outcome:
 async def digest_of(world: DispatchWorld, job_id: int) -> str:
     from generation.protocol.queue import request_digest
 
-    return request_digest((await world.services.jobs.get(job_id)).to_request())
+    return request_digest((await world.services.jobs.get(job_id)).request)
 
 
 @pytest.fixture
