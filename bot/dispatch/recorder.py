@@ -55,6 +55,7 @@ import hashlib
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -73,7 +74,7 @@ from generation.protocol.queue import (
     is_missing,
     request_digest,
 )
-from generation.protocol.signing import outcome_verified
+from generation.protocol.signing import outcome_verified, progress_verified
 from generation.protocol.strict import short
 
 log = logging.getLogger("bot.dispatch")
@@ -87,6 +88,8 @@ MAX_OBJECT_BYTES = 32 * 1024 * 1024
 UPSCALE_SLACK = 32
 #: Delays (seconds) before a results message whose handling failed comes again, by delivery; the last one repeats.
 RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0)
+#: Job secrets the recorder keeps for checking progress events (the most recent jobs; each 32 bytes).
+SECRET_CACHE = 1024
 
 # What members read when an outcome is refused: never anything of the message itself.
 MISMATCH = "the worker sent an image that does not match the job"
@@ -162,6 +165,11 @@ class OutcomeRecorder:
         self._restore = restore
         self._locks: dict[int, asyncio.Lock] = {}
         self._started_at: dict[int, float] = {}
+        #: Secrets of jobs whose signed progress was seen (most recent `SECRET_CACHE` jobs): a step event is checked
+        #: without a database read. Only a verified event adds one, so forged events add nothing.
+        self._secrets: OrderedDict[int, bytes] = OrderedDict()
+        #: Jobs whose forged progress was logged already (bounded like `_secrets`): one line per job, not per event.
+        self._forged_logged: OrderedDict[int, None] = OrderedDict()
         #: Jobs of given-up messages that could not be failed yet (the database was down): `retry_dead_letters`.
         self.dead_letters: set[int] = set()
         self._closing = False
@@ -173,7 +181,13 @@ class OutcomeRecorder:
     # --- progress ---------------------------------------------------------------------------------------------------
     async def on_progress(self, ev: ProgressEvent) -> None:
         """Pass on a worker's progress event; one about a job that is not waiting or running is dropped (a `started`
-        event of a job not known to be active is checked against the database first)."""
+        event of a job not known to be active is checked against the database first), and so is one not signed with
+        its job's secret (`generation.protocol.signing.progress_verified`): nobody but the job's worker can mark it
+        started, move its progress bar or put a preview in front of its member."""
+        if ev.kind != "started" and not self.events.is_active(ev.job_id):
+            return  # not a job that waits or runs: nothing is kept of it
+        if not await self._progress_signed(ev):
+            return
         if ev.kind == "started":
             try:
                 await self.jobs.start(ev.job_id, ev.worker)
@@ -192,8 +206,6 @@ class OutcomeRecorder:
             log.info("job %d started on %s (attempt %d)", ev.job_id, plain(ev.worker), ev.attempt)
             await self.events.started(ev.job_id, ev.total, ev.worker)
             return
-        if not self.events.is_active(ev.job_id):
-            return  # not a job that waits or runs: nothing is kept of it
         if ev.kind == "loading":
             log.info("job %d: worker %s loads its model first", ev.job_id, plain(ev.worker))
             await self.events.loading(ev.job_id, ev.worker)
@@ -202,6 +214,33 @@ class OutcomeRecorder:
         elif ev.kind == "released":
             log.info("job %d: worker %s handed it back to the queue", ev.job_id, plain(ev.worker))
             await self.events.released(ev.job_id, ev.step, ev.total, ev.worker)
+
+    async def _progress_signed(self, ev: ProgressEvent) -> bool:
+        """Whether the event is signed with its job's secret (read from the job's row once, then kept for the most
+        recent jobs). An unknown job, a database that cannot be read and a wrong or missing signature all say no."""
+        secret = self._secrets.get(ev.job_id)
+        if secret is None:
+            try:
+                job = await self.jobs.find(ev.job_id)
+            except Exception:
+                log.warning("job %d: could not read its secret; progress event dropped", ev.job_id, exc_info=True)
+                return False
+            if job is None:
+                return False
+            secret = getattr(job, "secret", b"")
+        if not progress_verified(secret, ev):
+            if ev.job_id not in self._forged_logged:
+                self._forged_logged[ev.job_id] = None
+                while len(self._forged_logged) > SECRET_CACHE:
+                    self._forged_logged.popitem(last=False)
+                log.warning("job %d: progress event dropped, its signature is %s (worker %s)", ev.job_id,
+                            "wrong" if ev.mac else "missing", plain(ev.worker))
+            return False
+        self._secrets[ev.job_id] = secret
+        self._secrets.move_to_end(ev.job_id)
+        while len(self._secrets) > SECRET_CACHE:
+            self._secrets.popitem(last=False)
+        return True
 
     # --- the results stream -----------------------------------------------------------------------------------------
     async def run(self, sub: Any) -> None:

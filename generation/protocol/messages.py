@@ -93,6 +93,16 @@ class ProgressEvent(Message):
     preview: Base64Bytes | None = None
     worker: str = ""
     attempt: int = 1
+    #: HMAC-SHA256 (hex) with the job's secret over the event (`generation.protocol.signing.progress_mac`): the bot
+    #: acts on a progress event, and shows its preview, only when it matches.
+    mac: str = ""
+
+    @field_validator("mac")
+    @classmethod
+    def _mac_is_hex(cls, value: str) -> str:
+        if value and not _HEX_MAC.fullmatch(value):
+            raise ValueError("should be 64 lowercase hex digits")
+        return value
 
 
 @dataclass(frozen=True, config=STRICT)

@@ -94,7 +94,7 @@ from generation.protocol.queue import (
     WorkerInfo,
     model_token,
 )
-from generation.protocol.signing import outcome_verified, sign_outcome
+from generation.protocol.signing import outcome_verified, sign_outcome, sign_progress
 from generation.worker.settings import ModelSpec, WorkerSettings, parse_args
 
 log = logging.getLogger("generation.worker")
@@ -316,7 +316,7 @@ class Worker:
             free_memory()
         for job in jobs:
             await self._progress(ProgressEvent(job.job_id, "loading", 0, job.request.steps if job.request else 0,
-                                               worker=self.name, attempt=job.attempt))
+                                               worker=self.name, attempt=job.attempt), job.secret)
         log.info("worker %s: loading model %s%s%s", self.name, model.name,
                  f" (evicting {', '.join(evicted)})" if evicted else "",
                  f" for job(s) {', '.join(str(j.job_id) for j in jobs)}" if jobs else "")
@@ -691,7 +691,7 @@ class Worker:
         t0 = time.monotonic()
         for job in batch:
             await self._progress(ProgressEvent(job.job_id, "started", 0, job.request.steps, worker=self.name,
-                                               attempt=job.attempt))
+                                               attempt=job.attempt), job.secret)
         self._announce_soon()
         last_sent = [0.0]
 
@@ -703,7 +703,7 @@ class Worker:
             last_sent[0] = now
             for job in batch:
                 ev = ProgressEvent(job.job_id, "step", p.step, p.total, p.preview, self.name, job.attempt)
-                loop.call_soon_threadsafe(lambda ev=ev: loop.create_task(self._progress(ev)))
+                loop.call_soon_threadsafe(lambda ev=ev, s=job.secret: loop.create_task(self._progress(ev, s)))
 
         def should_cancel() -> bool:
             return self._release.is_set() or any(j.cancel.is_set() for j in batch)
@@ -744,7 +744,7 @@ class Worker:
             elif self._release.is_set():
                 await self._nak(job, "worker stopping")
                 await self._progress(ProgressEvent(job.job_id, "released", e.step, e.total, worker=self.name,
-                                                   attempt=job.attempt))
+                                                   attempt=job.attempt), job.secret)
             else:  # a batch-mate was cancelled: run this one again, first in line
                 self.held.appendleft(job)
 
@@ -820,9 +820,10 @@ class Worker:
             await job.msg.nak(delay=delay)
         log.info("job %d: handed back to the queue (%s, attempt %d)", job.job_id, why, job.attempt)
 
-    async def _progress(self, ev: ProgressEvent) -> None:
+    async def _progress(self, ev: ProgressEvent, secret: bytes) -> None:
+        """Sign the event with its job's secret and publish it (best effort: progress is only shown)."""
         with contextlib.suppress(Exception):
-            await self.queue.publish_progress(ev)
+            await self.queue.publish_progress(sign_progress(secret, ev))
 
 
 # --- command line ---------------------------------------------------------------------------------------------------

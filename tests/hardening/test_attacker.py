@@ -24,7 +24,7 @@ from PIL import Image, ImageFile
 
 from bot.dispatch.recorder import GIVEN_UP, MISMATCH, MISSING, RETRY
 from generation.protocol.queue import JobQueue, Outcome, ProgressEvent, QueueConfig, StoredImage, WorkerInfo
-from generation.protocol.signing import sign_outcome
+from generation.protocol.signing import sign_outcome, sign_progress
 from tests.support.faultkit import FAST, DispatchWorld, wait_until
 from tests.support.natsutil import REPO
 
@@ -368,7 +368,13 @@ async def test_progress_and_announcements_for_unknown_job_ids_allocate_nothing(w
     for _ in range(5):
         await q.announce(WorkerInfo(name="evil", model="", token="_default", state="stopped",
                                     jobs=tuple(range(200_000, 201_000))))
-    await q.publish_progress(ProgressEvent(real, "step", 1, 4, None, "w1"))  # core NATS keeps the order
+    # A forged event for the real job (no signature, then a preview under a signature made for another one) is
+    # dropped; the worker's own signed event comes through (core NATS keeps the order).
+    secret = (await world.services.jobs.get(real)).secret
+    await q.publish_progress(ProgressEvent(real, "step", 1, 4, preview, "evil"))
+    signed_step = sign_progress(secret, ProgressEvent(real, "step", 1, 4, None, "w1"))
+    await q.publish_progress(dataclasses.replace(signed_step, preview=preview))
+    await q.publish_progress(signed_step)
     await wait_until(lambda: any(e.job_id == real and e.kind == "progress" for e in world.events), 10, 0.05,
                      "the real job's progress")
     await q.close()
@@ -378,6 +384,8 @@ async def test_progress_and_announcements_for_unknown_job_ids_allocate_nothing(w
         "started_at": d.recorder._started_at, "locks": d.recorder._locks,
         "announced jobs": d.registry._workers["evil"][0].jobs,
         "events": [e for e in world.events if e.job_id != real],
+        "forged previews": [e for e in world.events if e.job_id == real and e.preview is not None],
+        "secrets": set(d.recorder._secrets) - {real},
     }
     reliability.record("300 forged progress events and announcements for unknown jobs", runs=1,
                        failures=int(any(leftovers.values())))

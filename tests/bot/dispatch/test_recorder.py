@@ -42,7 +42,7 @@ from generation.protocol.queue import (
     StoredImage,
     request_digest,
 )
-from generation.protocol.signing import sign_outcome
+from generation.protocol.signing import sign_outcome, sign_progress
 from tests.bot.dispatch.conftest import RecordingListener
 
 
@@ -120,6 +120,11 @@ def request_of(job_id: int, mode: str = "txt2img") -> GenerationRequest:
 def secret_of(job_id: int) -> bytes:
     """The secret of a fake job (a real one is 32 random bytes made with the job)."""
     return hashlib.sha256(f"secret of job {job_id}".encode()).digest()
+
+
+def sp(ev: ProgressEvent) -> ProgressEvent:
+    """The progress event as its job's worker sends it: signed with the job's secret."""
+    return sign_progress(secret_of(ev.job_id), ev)
 
 
 def signed(out: Outcome, mode: str = "txt2img") -> Outcome:
@@ -446,11 +451,11 @@ async def test_progress_events_record_the_start_and_are_passed_on():
     w = World()
     w.jobs.add(1, status="queued")
     w.jobs.add(2, status="cancelled")
-    await w.recorder.on_progress(ProgressEvent(1, "started", total=4, worker="w1", attempt=1))
-    await w.recorder.on_progress(ProgressEvent(1, "step", 1, 4, b"preview", "w1"))
-    await w.recorder.on_progress(ProgressEvent(1, "released", 1, 4, None, "w1"))
-    await w.recorder.on_progress(ProgressEvent(2, "started", total=4, worker="w1"))  # cancelled meanwhile
-    await w.recorder.on_progress(ProgressEvent(3, "started", total=4, worker="w1"))  # not ours
+    await w.recorder.on_progress(sp(ProgressEvent(1, "started", total=4, worker="w1", attempt=1)))
+    await w.recorder.on_progress(sp(ProgressEvent(1, "step", 1, 4, b"preview", "w1")))
+    await w.recorder.on_progress(sp(ProgressEvent(1, "released", 1, 4, None, "w1")))
+    await w.recorder.on_progress(sp(ProgressEvent(2, "started", total=4, worker="w1")))  # cancelled meanwhile
+    await w.recorder.on_progress(sp(ProgressEvent(3, "started", total=4, worker="w1")))  # not ours
     row = w.jobs.rows[1]
     assert row.status == "running" and row.worker == "w1" and row.attempts == 1
     assert [(e.job_id, e.kind, e.step, e.total) for e in w.seen] == [(1, "started", 0, 4), (1, "progress", 1, 4),
@@ -465,8 +470,8 @@ async def test_a_loading_event_is_passed_on_and_changes_no_row():
     w = World()
     w.jobs.add(1, status="queued")
     w.events.track([1])  # dispatched (or found unfinished at start)
-    await w.recorder.on_progress(ProgressEvent(1, "loading", worker="w1"))
-    await w.recorder.on_progress(ProgressEvent(2, "loading", worker="w1"))  # not a job that waits: dropped
+    await w.recorder.on_progress(sp(ProgressEvent(1, "loading", worker="w1")))
+    await w.recorder.on_progress(sp(ProgressEvent(2, "loading", worker="w1")))  # not a job that waits: dropped
     assert w.jobs.rows[1].status == "queued"
     assert [(e.job_id, e.kind, e.worker) for e in w.seen] == [(1, "loading", "w1")]
     await w.events.drain()
@@ -648,6 +653,46 @@ async def test_a_dead_letter_whose_job_cannot_be_failed_now_is_failed_later():
     assert w.recorder.dead_letters == set() and w.jobs.rows[1].status == "failed" and w.jobs.rows[1].refunded == 1
 
 
+async def test_progress_not_signed_with_the_jobs_secret_is_dropped_and_logged_once(caplog):
+    """A running job's progress from someone without its secret (no signature, a wrong one, another job's, the
+    right one over another preview) neither starts the job, nor moves its bar, nor shows its preview; one log line
+    per job. The worker's own signed event then goes through."""
+    w = World()
+    w.jobs.add(1, status="queued")
+    w.events.track([1])
+    real = ProgressEvent(1, "step", 2, 4, b"real preview", "w1")
+    forged = [
+        ProgressEvent(1, "started", total=4, worker="evil"),
+        dataclasses.replace(real, preview=b"attacker picture"),
+        dataclasses.replace(real, mac="0" * 64),
+        sign_progress(secret_of(2), real),
+        dataclasses.replace(sp(real), preview=b"attacker picture"),
+        dataclasses.replace(sp(ProgressEvent(1, "released", 1, 4, None, "w1")), step=3),
+    ]
+    with caplog.at_level(logging.WARNING, logger="bot.dispatch.recorder"):
+        for ev in forged:
+            await w.recorder.on_progress(ev)
+    assert w.seen == [] and w.jobs.rows[1].status == "queued"
+    assert [r.getMessage() for r in caplog.records].count("job 1: progress event dropped, its signature is missing "
+                                                          "(worker evil)") == 1
+    assert len([r for r in caplog.records if "progress event dropped" in r.getMessage()]) == 1
+    await w.recorder.on_progress(sp(real))
+    assert [(e.kind, e.step, e.preview) for e in w.seen] == [("progress", 2, b"real preview")]
+    assert list(w.recorder._secrets) == [1]
+
+
+async def test_the_secret_cache_stays_bounded(monkeypatch):
+    monkeypatch.setattr("bot.dispatch.recorder.SECRET_CACHE", 3)
+    w = World()
+    for n in range(1, 7):
+        w.jobs.add(n, status="queued")
+    w.events.track(range(1, 7))
+    for n in range(1, 7):
+        await w.recorder.on_progress(sp(ProgressEvent(n, "step", 1, 4, None, "w1")))
+    assert list(w.recorder._secrets) == [4, 5, 6]
+    assert len(w.seen) == 6
+
+
 # --- progress of jobs that are not waiting or running -----------------------------------------------------------
 async def test_progress_events_for_unknown_job_ids_leave_nothing_behind():
     """300 forged progress events (every kind, with previews) for job ids the bot does not run: nothing is passed
@@ -661,6 +706,7 @@ async def test_progress_events_for_unknown_job_ids_leave_nothing_behind():
     assert w.seen == [] and w.listener.calls == []
     assert w.events._previews == {} and w.events._active == set() and w.events._watchers == {}
     assert w.recorder._started_at == {} and w.recorder._locks == {} and w.recorder.dead_letters == set()
+    assert w.recorder._secrets == {} and w.recorder._forged_logged == {}
 
 
 # --- signatures ---------------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def test_every_message_survives_json(message):
 def test_the_wire_shape_is_unchanged():
     """Field names as keys, tuples as arrays, bytes as standard padded base64, no extra keys."""
     assert wire(PROGRESS) == {"job_id": 3, "kind": "step", "step": 2, "total": 10,
-                              "preview": base64.b64encode(bytes(range(256))).decode(), "worker": "w", "attempt": 2}
+                              "preview": base64.b64encode(bytes(range(256))).decode(), "worker": "w", "attempt": 2,
+                              "mac": ""}
     assert "+" in wire(PROGRESS)["preview"] and "/" in wire(PROGRESS)["preview"]  # not the URL-safe alphabet
     assert wire(ProgressEvent(3, "started"))["preview"] is None
     out = wire(OUTCOME)

@@ -1,4 +1,5 @@
-"""The signature of an outcome: a stable canonical form, every covered field covered, strict checking."""
+"""The signature of an outcome and of a progress event: a stable canonical form, every covered field covered, strict
+checking."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ import json
 
 import pytest
 
-from generation.protocol.messages import JobMessage, MessageError, Outcome, StoredImage
-from generation.protocol.signing import canonical_outcome, outcome_mac, outcome_verified, sign_outcome
+from generation.protocol.messages import JobMessage, MessageError, Outcome, ProgressEvent, StoredImage
+from generation.protocol.signing import (
+    canonical_outcome,
+    canonical_progress,
+    outcome_mac,
+    outcome_verified,
+    progress_mac,
+    progress_verified,
+    sign_outcome,
+    sign_progress,
+)
 
 SECRET = bytes(range(32))
 IMAGES = (StoredImage(0, 11, "5/ab/0.png", 1000, "a" * 64), StoredImage(1, 12, "5/ab/1.png", 2000, "b" * 64, True))
@@ -83,3 +93,35 @@ def test_the_job_secret_travels_as_base64_of_32_bytes_and_is_never_shown():
     for bad in ('"c2hvcnQ="', '"not base64!"', "5", "null", '"' + "A" * 44 + '"'):
         with pytest.raises(MessageError, match="secret"):
             JobMessage.from_json(f'{{"job_id":5,"request":{{}},"secret":{bad}}}')
+
+
+# --- progress events ----------------------------------------------------------------------------------------------
+STEP = ProgressEvent(5, "step", 3, 20, b"\x89PNG preview", "w1", 2)
+
+
+def test_the_progress_canonical_form_is_stable_and_covers_the_preview_by_its_hash():
+    preview = hashlib.sha256(b"\x89PNG preview").hexdigest()
+    assert canonical_progress(STEP) == f'["imaginebot-progress-v1",5,2,"step",3,20,"w1","{preview}"]'.encode()
+    assert canonical_progress(ProgressEvent(5, "started", total=20)).endswith(b',""]')
+    signed = sign_progress(SECRET, STEP)
+    assert signed.mac == hmac.new(SECRET, canonical_progress(STEP), hashlib.sha256).hexdigest() == progress_mac(SECRET, signed)
+    assert progress_verified(SECRET, ProgressEvent.from_json(signed.to_json()))
+
+
+@pytest.mark.parametrize("change", [
+    {"job_id": 6}, {"attempt": 3}, {"kind": "released"}, {"step": 4}, {"total": 21}, {"worker": "w2"},
+    {"preview": b"\x89PNG other"}, {"preview": None},
+])
+def test_changing_any_field_of_a_progress_event_breaks_its_signature(change):
+    signed = sign_progress(SECRET, STEP)
+    assert not progress_verified(SECRET, dataclasses.replace(signed, **change))
+
+
+def test_a_progress_signature_is_neither_an_outcomes_nor_another_jobs():
+    signed = sign_progress(SECRET, STEP)
+    assert not progress_verified(SECRET, STEP) and not progress_verified(bytes(32), signed)
+    assert not progress_verified(None, signed) and sign_progress(b"", STEP) == STEP
+    # The labels keep the two kinds apart even for a secret both know.
+    assert canonical_progress(STEP)[:26] != canonical_outcome(OUTCOME)[:26]
+    with pytest.raises(MessageError, match="mac"):
+        ProgressEvent.from_json(json.dumps(json.loads(STEP.to_json()) | {"mac": "A" * 64}))
