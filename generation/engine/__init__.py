@@ -1,6 +1,7 @@
 """The diffusers engine: model loading (diffusers folders, single checkpoint files, Hugging Face Hub ids), the
-model's card (what each text-to-image family can do), running (txt2img, variation, upscale), step callbacks,
-schedulers, PNG metadata, the denoising timeline and the `python -m generation` command line.
+model's card (what each text-to-image family can do), running (txt2img, variation, img2img, inpaint, outpaint,
+upscale, describe), masks and canvases, super-resolution upscalers, captioners, step callbacks, schedulers, PNG
+metadata, the denoising timeline and the `python -m generation` command line.
 
 Importing `generation.engine.<module>` for one helper does not load torch; the names below are loaded on first use.
 """

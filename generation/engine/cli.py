@@ -5,6 +5,10 @@
     python -m generation "a blue square" --guidance-grid 1,3,5,7.5 --out cfg.png
     python -m generation "" --mode variation --init out.png --strength 0.7 --out var.png
     python -m generation "a cat" --model stabilityai/sdxl-turbo --variant fp16 --out cat.png
+    python -m generation "a green star" --mode inpaint --init out.png --region cells:4 --strength 1 --out region.png
+    python -m generation "" --mode outpaint --init out.png --outpaint zoom_2 --strength 1 --out wider.png
+    python -m generation "" --mode upscale --init out.png --upscaler 4x-UltraSharp.pth --strength 0 --out big.png
+    python -m generation "" --mode describe --init out.png
 
 Bad input exits with status 2 and a message naming the option, its value and what is allowed.
 """
@@ -45,8 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images to make; more than one are saved as a grid")
     p.add_argument("--mode", default="txt2img", help=f"one of {', '.join(MODES)}")
-    p.add_argument("--init", type=Path, default=None, help="source image for --mode variation/upscale")
+    p.add_argument("--init", type=Path, default=None,
+                   help="source image for --mode variation/img2img/inpaint/outpaint/upscale/describe")
     p.add_argument("--strength", type=float, default=None, help="how far a variation moves from --init (0-1]")
+    p.add_argument("--region", default="", help="inpaint: the region to redraw, e.g. left, centre, cells:0,1,4")
+    p.add_argument("--outpaint", default="", help="outpaint: zoom_1.5, zoom_2, pan_left, pan_right, pan_up, pan_down "
+                   "or square")
+    p.add_argument("--feather", type=int, default=None, help="inpaint/outpaint: soft edge in px (default 8)")
+    p.add_argument("--upscale-factor", type=int, default=None, help="upscale: 2 or 4 (default 2)")
+    p.add_argument("--upscaler", type=Path, default=None, help="upscale: a super-resolution model file (.pth, "
+                   ".safetensors) to enlarge with before the refine pass")
+    p.add_argument("--captioner", default=None, help="describe: an image-to-text model (folder or Hugging Face id)")
     p.add_argument("--timeline", action="store_true", help="also save the denoising timeline (x0 estimates) as WebP/GIF")
     p.add_argument("--guidance-grid", default=None, metavar="SCALES",
                    help="compare guidance scales with the same seed, e.g. 1,3,5,7.5 (saved to --out)")
@@ -80,6 +93,13 @@ def _request_fields(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[
         fields[name] = value if value is not None else defaults[name]
     if args.strength is not None:
         fields["strength"] = args.strength
+    for name in ("region", "outpaint"):
+        if getattr(args, name):
+            fields[name] = getattr(args, name)
+    if args.feather is not None:
+        fields["feather"] = args.feather
+    if args.upscale_factor is not None:
+        fields["upscale_factor"] = args.upscale_factor
     if args.init is not None:
         if not args.init.is_file():
             raise UsageError(f"`--init` is {str(args.init)!r}, but no such file exists.")
@@ -131,8 +151,24 @@ def run(args: argparse.Namespace) -> int:
     from generation.engine import Engine
     from generation.engine.timeline import animation_extension, grid
 
+    upscalers, captioner = [], None
+    if args.upscaler is not None:
+        from generation.engine.loading import pick_device
+        from generation.engine.upscalers import UpscalerError, load_upscaler
+
+        try:
+            upscalers = [load_upscaler(args.upscaler, pick_device(args.device))]
+        except UpscalerError as exc:
+            raise UsageError(str(exc)) from None
+    if args.captioner:
+        from generation.engine.captioners import CaptionerError, TransformersCaptioner
+
+        try:
+            captioner = TransformersCaptioner.load(args.captioner)
+        except CaptionerError as exc:
+            raise UsageError(str(exc)) from None
     engine = Engine.load(model.text, device=args.device, config=args.config, variant=args.variant,
-                         threads=args.threads)
+                         threads=args.threads, upscalers=upscalers, captioner=captioner)
     engine.preview_interval = float("inf")  # the terminal shows a bar, not pictures: skip preview decoding
     req = GenerationRequest(**_request_fields(args, engine.defaults))
     on_progress, close = _progress(args.quiet)
@@ -149,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
         result = engine.generate(req, on_progress=on_progress)
     finally:
         close()
+    if req.mode == "describe":
+        print("\n".join(f"{i + 1}. {text}" for i, text in enumerate(result.suggestions)))
+        return 0
     if len(result.images) == 1:
         out.write_bytes(result.images[0].png)
     else:

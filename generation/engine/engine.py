@@ -4,7 +4,8 @@ A run goes through the stages the diffusion papers describe, each timed:
 
 1. check the request against the model's card (`ModelCard.check`: sizes, steps, sampler, mode);
 2. encode the prompt (and the negative prompt, when guidance is on) with the text encoder;
-3. for `variation`/`upscale`, encode the source image into a latent with the VAE;
+3. for `variation`/`img2img`/`upscale`, encode the source image into a latent with the VAE; for `inpaint`/`outpaint`,
+   build the image the run starts from (the source, or its grown canvas) and its masks (`canvas.py`);
 4. denoise: start from Gaussian noise (one seeded generator per image), let the UNet predict the noise at each
    step and let the scheduler remove it; classifier-free guidance runs the unconditional and conditional
    predictions in one batch and mixes them as uncond + scale * (cond - uncond) (skipped when scale <= 1; a model
@@ -44,7 +45,7 @@ from typing import Any
 
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from generation.engine.callbacks import (
     GuidanceIntervalCallback,
@@ -52,6 +53,8 @@ from generation.engine.callbacks import (
     SDXLGuidanceIntervalCallback,
     TimelineCallback,
 )
+from generation.engine.canvas import hard_mask, outpaint_canvas, paste_back, soft_mask
+from generation.engine.captioners import Captioner, shapes_captioner_for
 from generation.engine.families import (
     architecture_of,
     build_card,
@@ -65,6 +68,7 @@ from generation.engine.loading import (
     ModelLoadError,
     guidance_min_timestep,
     is_sdxl,
+    load_inpainting_unet,
     load_pipeline,
     pick_device,
     pick_dtype,
@@ -94,10 +98,12 @@ from generation.engine.timeline import (
     latent_to_rgb,
     thumbnail,
 )
+from generation.engine.upscalers import Upscaler
 from generation.protocol.cards import ModelCard, PromptRefused
 from generation.protocol.contract import (
+    DESCRIBE_SUGGESTIONS,
     MAX_GUIDANCE,
-    MAX_SIDE,
+    MAX_UPSCALE_SIDE,
     STRENGTH_UPSCALE,
     GeneratedImage,
     GenerationCancelled,
@@ -107,6 +113,7 @@ from generation.protocol.contract import (
     RequestError,
 )
 from generation.protocol.prompt import plain_text, split_loras
+from generation.protocol.regions import region_boxes
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +157,30 @@ def effective_strength(req: GenerationRequest) -> float:
     return min(strength, STRENGTH_UPSCALE) if req.mode == "upscale" else strength
 
 
+def keeps_source(req: GenerationRequest) -> bool:
+    """Whether a request returns its (prepared) source without denoising: img2img at strength 0 (the source at the
+    request's size) and an upscale at strength 0 (the enlarged source, no refine pass)."""
+    return req.mode in ("img2img", "upscale") and float(req.strength) == 0.0
+
+
+def draws_from_text(req: GenerationRequest) -> bool:
+    """Whether a request runs as text-to-image: txt2img, and img2img at strength 1 (which ignores its source)."""
+    return req.mode == "txt2img" or (req.mode == "img2img" and float(req.strength) >= 1.0)
+
+
+class Edit:
+    """An inpaint or outpaint run, prepared: the `image` the pipeline starts from (the source, or the grown canvas),
+    the `mask` it redraws (an `L` image, 255 = redraw), the `soft` mask the result is pasted back over `image` with
+    (`generation.engine.canvas`), and the run's size."""
+
+    def __init__(self, image: Image.Image, mask: Image.Image, soft, extra: dict[str, Any]):
+        self.image = image
+        self.mask = mask
+        self.soft = soft
+        self.size = image.size
+        self.extra = extra
+
+
 class Engine:
     """A loaded pipeline plus everything to run requests on it. Use `Engine.load(source)`; one run at a time.
 
@@ -160,9 +191,21 @@ class Engine:
     - `txt2img`: `num_images` images of `width` x `height`, image i from seed `seed + i`.
     - `variation`: img2img from `init_image` (resized to `width` x `height`); `strength` says how far to move
       (STRENGTH_SUBTLE / STRENGTH_STRONG); `steps * strength` denoising steps run, at least one.
-    - `upscale`: `init_image` doubled with Lanczos, then an img2img refine pass adds detail at the new size, at
-      `strength` but never above STRENGTH_UPSCALE (0.3), so the picture is kept; the size comes from the source,
-      `width`/`height` are not used.
+    - `img2img`: a member's own image, like a variation; strength 0 returns the source (at the request's size)
+      without denoising, strength 1 draws from the text alone (the same pixels as txt2img with that seed).
+    - `upscale`: `init_image` made `upscale_factor` (2 or 4) times larger by the worker's super-resolution model
+      (`upscalers.py`, the request's `upscaler` or the card's first for the factor) or, without one, with Lanczos;
+      then an img2img refine pass adds detail at the new size, at `strength` but never above STRENGTH_UPSCALE
+      (0.3), so the picture is kept (strength 0: no refine pass, and sides up to MAX_UPSCALE_SIDE); the size comes
+      from the source, `width`/`height` are not used.
+    - `inpaint` (Vary (Region)): the `region` of the source (at the request's size) redrawn by diffusers' inpainting
+      pipeline over the same components (masked-latent blending with the model's 4-channel UNet, or the dedicated
+      9-channel inpainting UNet `imaginebot.json` names); the mask the pipeline redraws covers the region and its
+      `feather`, and after decoding the result is pasted over the source with a soft mask, so every pixel farther
+      than `feather` from the region keeps the source's exact value.
+    - `outpaint` (Zoom Out, Pan, Make square): the canvas grows (`generation.protocol.regions.outpaint_layout`, within
+      the card's sides), the new area is drawn by the same inpainting path and the source's pixels are kept.
+    - `describe`: no images; the captioner's prompt suggestions (`captioners.py`).
     The img2img pipeline is built with `from_pipe`, so all modes share one copy of the weights; a family diffusers
     has no image-to-image pipeline for draws from text only (the card says `img2img: false`).
 
@@ -177,7 +220,8 @@ class Engine:
 
     def __init__(self, pipe, name: str, device: str, dtype: torch.dtype, info: dict[str, Any] | None = None,
                  path: Path | None = None, *, source: str = "", lora_dir: str | Path | None = None,
-                 embedding_dir: str | Path | None = None):
+                 embedding_dir: str | Path | None = None, upscalers: Sequence[Upscaler] = (),
+                 captioner: Captioner | None = None, inpaint_unet=None):
         self.pipe = pipe
         self.device = device
         self.dtype = dtype
@@ -189,6 +233,11 @@ class Engine:
         #: Whether it runs on the SD path (engine-built embeddings, timeline, previews, guidance interval).
         self.sd_path = runs_sd_path(pipe)
         self._img2img = None
+        self._inpaint = None
+        #: A dedicated inpainting UNet (9 input channels) sharing the model's other components, when it has one.
+        self.inpaint_unet = inpaint_unet
+        #: Super-resolution models for upscale jobs (`upscalers.py`), shared by every model of the worker.
+        self.upscalers: list[Upscaler] = list(upscalers)
         self._lock = threading.Lock()
         # LoRAs and embeddings from the worker's folders (loras.py): those that fit the model, by name in any case.
         architecture = architecture_of(pipe, self.info)
@@ -196,9 +245,17 @@ class Engine:
         self.embeddings: dict[str, Embedding] = (load_embeddings(embedding_dir, name, pipe, architecture)
                                                  if embedding_dir else {})
         self._adapters = Adapters(pipe, architecture)
+        # /describe: the worker's captioning model, else a shapes model's own attribute classifier.
+        if captioner is None and architecture == "shapes":
+            captioner = shapes_captioner_for(path)
+        self.captioner = captioner
         self.card: ModelCard = build_card(pipe, self.info, name, img2img=self._make_img2img() is not None,
                                           loras=[lora.info(architecture) for lora in self.loras.values()],
-                                          embeddings=[e.name for e in self.embeddings.values()])
+                                          embeddings=[e.name for e in self.embeddings.values()],
+                                          inpainting=self._make_inpaint() is not None,
+                                          dedicated_inpainting=inpaint_unet is not None,
+                                          upscalers=[u.info for u in self.upscalers],
+                                          captioner=captioner.label if captioner is not None else "")
         self._base_scheduler_config = pipe.scheduler.config
         self._own_scheduler = type(pipe.scheduler)
         self._swap_scheduler = scheduler_choices(pipe, self.sd_path)[1]
@@ -226,7 +283,8 @@ class Engine:
     def load(cls, source: str | Path, device: str | None = None, dtype: torch.dtype | str | None = None,
              name: str | None = None, *, config: str | Path | None = None, variant: str | None = None,
              threads: int | None = None, channels_last: bool = False, compile: bool = False,
-             lora_dir: str | Path | None = None, embedding_dir: str | Path | None = None) -> Engine:
+             lora_dir: str | Path | None = None, embedding_dir: str | Path | None = None,
+             upscalers: Sequence[Upscaler] = (), captioner: Captioner | None = None) -> Engine:
         """Load a model onto `device` (auto: CUDA, else CPU): a diffusers folder, a single .safetensors/.ckpt file or
         a Hugging Face Hub id `org/name[@revision]` (see `generation.engine.loading`).
 
@@ -237,7 +295,10 @@ class Engine:
         count for this process: on a machine whose cores are busy with other work, 1 thread is far faster than
         threads spinning against each other. `channels_last` and `compile` are GPU speed-ups, off by default (see
         `optimize`). `lora_dir` and `embedding_dir` are the worker's LoRA and embedding folders (see `loras.py`):
-        the LoRAs that fit the model go on its card, the embeddings that fit are loaded into it.
+        the LoRAs that fit the model go on its card, the embeddings that fit are loaded into it. `upscalers` (loaded
+        super-resolution models, `upscalers.py`) and `captioner` (`captioners.py`) are the worker's, shared by its
+        models; a shapes model without a captioner describes images with its own attribute classifier. A dedicated
+        inpainting UNet named by `imaginebot.json` (`inpainting_unet`) is loaded beside the model.
         """
         where = resolve_source(source)
         if threads is not None:
@@ -248,8 +309,10 @@ class Engine:
         info = read_info(where)  # before the weights: a mistake in it is reported without waiting for them
         pipe = load_pipeline(where, device, dtype, config=config, variant=variant)
         name = name or str(info.get("name") or "") or card_name(where.default_name())
+        inpaint_unet = load_inpainting_unet(info, where.path, pipe, device, dtype)
         engine = cls(pipe, name=name, device=device, dtype=dtype, info=info, path=where.path, source=where.text,
-                     lora_dir=lora_dir, embedding_dir=embedding_dir)
+                     lora_dir=lora_dir, embedding_dir=embedding_dir, upscalers=upscalers, captioner=captioner,
+                     inpaint_unet=inpaint_unet)
         engine.optimize(channels_last=channels_last, compile=compile)
         card = engine.card
         log.info("loaded model %s (%s, %s; guidance %s, img2img %s) from %s on %s (%s) in %.2fs", card.name,
@@ -278,7 +341,7 @@ class Engine:
             setattr(pipe, net, torch.compile(getattr(pipe, net), mode=compile_mode, dynamic=False))
             pipe.vae.decode = torch.compile(pipe.vae.decode, mode=compile_mode, dynamic=False)
         if channels_last or compile:
-            self._img2img = None  # rebuilt over the optimized components
+            self._img2img = self._inpaint = None  # rebuilt over the optimized components
             log.info("model %s: channels_last=%s, compile=%s", self.name, channels_last, compile)
 
     @property
@@ -314,6 +377,31 @@ class Engine:
                 return None
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
+
+    @property
+    def inpaint(self):
+        """The inpainting pipeline over the same components (with the dedicated inpainting UNet when there is one)."""
+        if self._make_inpaint() is None:
+            raise RequestError("mode", "inpaint", f"{self.name} cannot redraw part of an image")
+        return self._inpaint
+
+    def _make_inpaint(self):
+        """Build the inpainting pipeline when there is none yet; None when diffusers has none for this family.
+
+        With the model's own 4-channel UNet, diffusers' inpaint pipeline blends latents: after every step the latents
+        outside the mask are replaced by the source's, noised to that step. A dedicated 9-channel UNet is given the
+        mask and the masked image as inputs instead."""
+        if self._inpaint is None:
+            from diffusers import AutoPipelineForInpainting
+
+            extra = {"unet": self.inpaint_unet} if self.inpaint_unet is not None else {}
+            try:
+                self._inpaint = AutoPipelineForInpainting.from_pipe(self.pipe, **extra)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.info("%s has no inpainting pipeline: %s", type(self.pipe).__name__, exc)
+                return None
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
 
     @property
     def has_safety_checker(self) -> bool:
@@ -400,6 +488,9 @@ class Engine:
             self.check(r)
         if any(lora_key(r) != lora_key(first) for r in reqs):
             raise ValueError("the requests of one run have to use the same LoRAs at the same weights")
+        if first.mode == "describe":
+            with self._lock, torch.inference_mode():
+                return [self._describe(r) for r in reqs]
         loras = self._loras_of(first)
         with self._lock:
             # The run's LoRAs become the active adapters (none: LoRA layers off), outside inference mode: loading
@@ -409,6 +500,8 @@ class Engine:
             except LoraError as exc:
                 raise PromptRefused("prompt", first.prompt, f"{exc}.") from None
             with torch.inference_mode():
+                if keeps_source(first):
+                    return self._keep_source(reqs, first, should_cancel)
                 if not self.sd_path:
                     return self._run_pipeline(reqs, first, on_progress, should_cancel)
                 return self._run_locked(reqs, first, on_progress, should_cancel)
@@ -435,7 +528,7 @@ class Engine:
         pipe_guidance = guidance
         min_t = self.guidance_min_timestep
         interval = {"CFG min timestep": min_t} if cfg and min_t > 0 else {}  # recorded in every PNG of the run
-        if cfg and first.mode != "txt2img" and effective_strength(first) * self._num_train_timesteps < min_t:
+        if cfg and not draws_from_text(first) and effective_strength(first) * self._num_train_timesteps < min_t:
             cfg, pipe_guidance = False, 1.0  # starts below the guidance interval: no step would be guided
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(0, first.steps)
@@ -445,10 +538,15 @@ class Engine:
         embeds = self._encode_prompts([_encoder_text(r, list(self.embeddings.values())) for r in reqs], cfg)
         timings["text_encode"] = time.perf_counter() - t
 
-        # 3. source image for variation/upscale, encoded once into a latent
+        # 3. source image for variation/img2img/upscale, encoded once into a latent; for inpaint/outpaint the source
+        #    (or its grown canvas) and the masks, which the inpainting pipeline encodes itself
         t = time.perf_counter()
-        init_latents, size = None, (first.width, first.height)
-        if first.mode != "txt2img":
+        init_latents, edit, size = None, None, (first.width, first.height)
+        if first.mode in ("inpaint", "outpaint"):
+            edit = self._prepare_edit(first)
+            size = edit.size
+            timings["image_encode"] = time.perf_counter() - t
+        elif not draws_from_text(first):
             init_latents, size = self._encode_init_image(first, n)
             timings["image_encode"] = time.perf_counter() - t
 
@@ -460,7 +558,8 @@ class Engine:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         tracker = timeline_cb = None
         if on_progress is not None or first.timeline:
-            tracker = X0Tracker(pipe.unet, self._alphas_cumprod, self._prediction_type)
+            unet = self.inpaint.unet if edit is not None else pipe.unet
+            tracker = X0Tracker(unet, self._alphas_cumprod, self._prediction_type)
             timeline_cb = TimelineCallback(tracker, keep_frames=first.timeline,
                                            render_preview=self._preview if on_progress is not None else None,
                                            preview_interval=self.preview_interval)
@@ -478,7 +577,14 @@ class Engine:
         }
         t = time.perf_counter()
         try:
-            if init_latents is None:
+            if edit is not None:
+                inpaint = self.inpaint
+                inpaint.scheduler = scheduler
+                strength = float(first.strength)
+                steps = max(first.steps, math.ceil(1 / strength))
+                latents = inpaint(image=edit.image, mask_image=edit.mask, strength=strength, num_inference_steps=steps,
+                                  height=size[1], width=size[0], **common)[0]
+            elif init_latents is None:
                 pipe.scheduler = scheduler
                 latents = pipe(num_inference_steps=first.steps, height=first.height, width=first.width, **common)[0]
             else:
@@ -503,6 +609,8 @@ class Engine:
             flags = [bool(f) for f in (nsfw or flags)]
         pil = pipe.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True] * n)
         pil = [Image.new("RGB", im.size) if flag else im for im, flag in zip(pil, flags, strict=True)]
+        if edit is not None:  # the kept pixels exactly as they were, the redrawn ones blended in over the soft edge
+            pil = [im if flag else paste_back(im, edit.image, edit.soft) for im, flag in zip(pil, flags, strict=True)]
         timings["decode"] = time.perf_counter() - t
 
         # 6. PNGs with parameters, 7. the timeline of x0 estimates
@@ -520,9 +628,17 @@ class Engine:
             raise GenerationCancelled(0, first.steps)
         size = (first.width, first.height)
         inputs: dict[str, Any] = {}
-        if first.mode == "txt2img":
+        edit = None
+        if draws_from_text(first):
             pipe = self.pipe
             inputs.update(height=first.height, width=first.width, num_inference_steps=first.steps)
+        elif first.mode in ("inpaint", "outpaint"):
+            pipe = self.inpaint
+            edit = self._prepare_edit(first)
+            size = edit.size
+            strength = float(first.strength)
+            inputs.update(image=edit.image, mask_image=edit.mask, strength=strength, height=size[1], width=size[0],
+                          num_inference_steps=max(first.steps, math.ceil(1 / strength)))
         else:
             pipe = self.img2img
             image, size = self._open_init_image(first)
@@ -554,6 +670,9 @@ class Engine:
         nsfw = out[1] if len(out) > 1 and isinstance(out[1], list) else None
         flags = [bool(f) for f in nsfw] if nsfw is not None and len(nsfw) == len(pil) else [False] * len(pil)
         pil = [Image.new("RGB", im.size) if flag else im for im, flag in zip(pil, flags, strict=True)]
+        if edit is not None:
+            pil = [im if flag else paste_back(im.resize(edit.size), edit.image, edit.soft)
+                   for im, flag in zip(pil, flags, strict=True)]
         return self._results(reqs, pil, flags, timings, t_start, size, {}, None)
 
     def _scheduler(self, name: str, steps: int = 0):
@@ -609,8 +728,19 @@ class Engine:
         elif self.card.guidance == "distilled" and not self.sd_path:  # an LCM's scale is written as CFG scale
             extra = {"Distilled CFG Scale": f"{float(r.guidance):g}", **extra}
             shown = shown.with_(guidance=1.0)
-        extra = {**extra, **self._network_hashes(r)}
+        extra = {**extra, **self._edit_fields(r), **self._network_hashes(r)}
         return format_parameters(shown, seed, im.width, im.height, self.name, strength=effective_strength(r), **extra)
+
+    def _edit_fields(self, r: GenerationRequest) -> dict[str, Any]:
+        """The PNG fields of an edit, as A1111 names what it has (`Mask blur`, `Upscaler`)."""
+        if r.mode == "upscale":
+            upscaler = self._upscaler_for(r)
+            return {"Upscaler": upscaler.name if upscaler is not None else "Lanczos"}
+        if r.mode == "inpaint":
+            return {"Inpaint region": r.region, "Mask blur": r.feather}
+        if r.mode == "outpaint":
+            return {"Outpaint": r.outpaint, "Mask blur": r.feather}
+        return {}
 
     def _network_hashes(self, r: GenerationRequest) -> dict[str, str]:
         """`Lora hashes` and `TI hashes` of the LoRAs and embeddings `r` uses, as AUTOMATIC1111 writes them."""
@@ -659,31 +789,89 @@ class Engine:
                 embeds[key] = values[0] if len(values) == 1 else torch.cat(values)
         return embeds
 
-    def _open_init_image(self, req: GenerationRequest) -> tuple[Image.Image, tuple[int, int]]:
-        """Open the source image and resize it to the size the run makes: the request's for a variation, twice the
-        source's for an upscale (within the card's sides, on its grid)."""
+    @staticmethod
+    def _open_source(req: GenerationRequest) -> Image.Image:
+        """The request's source image, decoded as RGB: its EXIF orientation applied, the first frame of an animation.
+        RequestError naming `init_image` for bytes that are no image (or one past Pillow's pixel limit)."""
         try:
             image = Image.open(io.BytesIO(req.init_image or b""))
             image.load()
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            image = ImageOps.exif_transpose(image)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise RequestError("init_image", f"<{len(req.init_image or b'')} bytes>",
                                "it has to be a PNG, JPEG or WebP image") from exc
-        image = image.convert("RGB")
+        return image.convert("RGB")
+
+    def _open_init_image(self, req: GenerationRequest) -> tuple[Image.Image, tuple[int, int]]:
+        """Open the source image and bring it to the size the run starts from: the request's for a variation, an
+        img2img, an inpaint and an outpaint (whose canvas then grows), `upscale_factor` times the source's for an
+        upscale (within the card's limits, on its grid), made with the upscaler the request runs, else Lanczos."""
+        image = self._open_source(req)
         card = self.card
         if req.mode == "upscale":
-            cap = min(MAX_SIDE, 2 * card.max_side)
-            size = (_snap(image.width * 2, card.multiple), _snap(image.height * 2, card.multiple))
+            factor = req.upscale_factor
+            refine = float(req.strength) > 0
+            cap = card.upscale_limit() if refine else MAX_UPSCALE_SIDE
+            size = (_snap(image.width * factor, card.multiple), _snap(image.height * factor, card.multiple))
+            grows = "doubles it" if factor == 2 else f"makes it {factor} times larger"
             if max(size) > cap:
                 raise RequestError("init_image", f"{image.width}x{image.height} image",
-                                   f"upscaling doubles it and this model refines at most {cap} px a side")
-            if min(size) < card.min_side:
+                                   f"upscaling {grows} and this model refines at most {cap} px a side" if refine
+                                   else f"upscaling {grows} and an upscale makes at most {cap} px a side")
+            if refine and min(size) < card.min_side:
                 raise RequestError("init_image", f"{image.width}x{image.height} image",
-                                   f"doubled, it has to be at least {card.min_side} px a side")
+                                   f"upscaled, it has to be at least {card.min_side} px a side")
+            upscaler = self._upscaler_for(req)
+            if upscaler is not None:
+                return upscaler.to_size(image, size), size
         else:
             size = (req.width, req.height)
         if image.size != size:
             image = image.resize(size, Image.Resampling.LANCZOS)
         return image, size
+
+    def _upscaler_for(self, req: GenerationRequest) -> Upscaler | None:
+        """The loaded upscaler an upscale request runs (`ModelCard.upscaler_for`), None for a Lanczos resize."""
+        info = self.card.upscaler_for(req) if req.mode == "upscale" else None
+        return next((u for u in self.upscalers if u.name == info.name), None) if info is not None else None
+
+    def _prepare_edit(self, req: GenerationRequest) -> Edit:
+        """The start of an inpaint (the source and its region) or an outpaint (the grown canvas and its new area):
+        the image, the mask the pipeline redraws (grown by one latent token) and the soft mask of the paste-back."""
+        image, size = self._open_init_image(req)
+        if req.mode == "inpaint":
+            boxes = region_boxes(req.region, *size)
+        else:
+            layout = self.card.outpaint_layout(req)
+            image = outpaint_canvas(image, layout)
+            boxes = layout.new_area
+        return Edit(image, hard_mask(boxes, image.size, req.feather, self.card.multiple),
+                    soft_mask(boxes, image.size, req.feather), {})
+
+    def _keep_source(self, reqs: list[GenerationRequest], first: GenerationRequest,
+                     should_cancel: CancelFn | None) -> list[GenerationResult]:
+        """img2img at strength 0 and an upscale at strength 0: the prepared source itself (at the request's size, or
+        enlarged), no denoising; each image of the request is that one."""
+        t_start = time.perf_counter()
+        if should_cancel is not None and should_cancel():
+            raise GenerationCancelled(0, 0)
+        image, size = self._open_init_image(first)
+        timings = {"image_encode": time.perf_counter() - t_start}
+        n = sum(r.num_images for r in reqs)
+        return self._results(reqs, [image] * n, [False] * n, timings, t_start, size, {}, None)
+
+    def _describe(self, req: GenerationRequest) -> GenerationResult:
+        """A `describe` job: the captioner's prompt suggestions for the source image, no images."""
+        t_start = time.perf_counter()
+        if self.captioner is None:  # the card says so, and `check` refused it already
+            raise RequestError("mode", req.mode, f"no captioner describes images for {self.name} on this server")
+        suggestions = tuple(self.captioner.suggest(self._open_source(req), DESCRIBE_SUGGESTIONS))
+        timings = {"describe": time.perf_counter() - t_start}
+        timings["total"] = timings["describe"]
+        log.info("described an image with %s in %.3fs: %d suggestion(s)", self.captioner.label, timings["total"],
+                 len(suggestions))
+        return GenerationResult(request=req, images=(), timings=timings, model=self.name, device=self.device,
+                                suggestions=suggestions)
 
     def _encode_init_image(self, req: GenerationRequest, n: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """Open, resize and VAE-encode the source image; return `n` copies of its scaled latent and the size."""

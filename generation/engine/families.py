@@ -37,7 +37,7 @@ from typing import Any, get_args
 
 from generation.engine.loading import INFO_FILE, ModelLoadError, snap_side
 from generation.engine.schedulers import LCM_SAMPLER, SCHEDULER_TABLE, sampler_of_class
-from generation.protocol.cards import Architecture, GuidanceKind, LoraInfo, ModelCard
+from generation.protocol.cards import Architecture, GuidanceKind, LoraInfo, ModelCard, UpscalerInfo
 from generation.protocol.contract import (
     DEFAULT_SCHEDULER,
     MAX_GUIDANCE,
@@ -279,12 +279,15 @@ def _within(value: int, lo: int, hi: int, multiple: int) -> int:
 
 
 def build_card(pipe, info: dict[str, Any], name: str, *, img2img: bool, loras: Sequence[LoraInfo] = (),
-               embeddings: Sequence[str] = ()) -> ModelCard:
+               embeddings: Sequence[str] = (), inpainting: bool = False, dedicated_inpainting: bool = False,
+               upscalers: Sequence[UpscalerInfo] = (), captioner: str = "") -> ModelCard:
     """The card of a loaded pipeline: what it is, takes, defaults to, can do and knows (see the module docstring).
 
     `name` is the card's name as given (by the worker, `imaginebot.json` or the source); `img2img` whether an
     image-to-image pipeline could be made over it. Numbers `imaginebot.json` leaves out come from the pipeline.
-    `loras` and `embeddings` are those the worker serves for it (`generation.engine.loras`).
+    `loras` and `embeddings` are those the worker serves for it (`generation.engine.loras`). `inpainting`: whether
+    an inpainting pipeline could be made over it (`dedicated_inpainting`: with a 9-channel inpainting UNet);
+    `upscalers` and `captioner` are the worker's super-resolution models and what answers `/describe`.
     """
     sd_path = runs_sd_path(pipe)
     architecture = architecture_of(pipe, info)
@@ -355,8 +358,10 @@ def build_card(pipe, info: dict[str, Any], name: str, *, img2img: bool, loras: S
         "negative_prompt": guidance == "cfg" and "negative_prompt" in params,
         "img2img": img2img,
         "timeline": sd_path,
-        # The engine has no inpainting mode (a request carries no mask), whatever diffusers offers the family.
-        "inpainting": False,
+        "inpainting": inpainting,
+        "dedicated_inpainting": dedicated_inpainting and inpainting,
+        "upscalers": tuple(upscalers),
+        "captioner": captioner,
         "knows": _knows(info),
         "example_prompts": _strings(info, "example_prompts"),
         "settings": dict(info),

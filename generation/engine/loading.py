@@ -481,3 +481,41 @@ def guidance_min_timestep(info: dict[str, Any], num_train_timesteps: int) -> int
         raise ModelLoadError(f"`guidance_min_timestep` in {INFO_FILE} is {value!r}; it has to be a whole number from 0 "
                              f"(guide every step) to {num_train_timesteps - 1}.")
     return int(value)
+
+
+#: `imaginebot.json`'s key naming a dedicated inpainting UNet folder (relative to the model's folder, or absolute).
+INPAINTING_UNET = "inpainting_unet"
+
+
+def load_inpainting_unet(info: dict[str, Any], model_path: Path | None, pipe, device: str, dtype: torch.dtype):
+    """The dedicated inpainting UNet `imaginebot.json` names (`"inpainting_unet": "inpaint_unet"`): a diffusers
+    `UNet2DConditionModel` folder with 9 input channels (the noisy latents, the mask and the masked image's latents,
+    like SD 1.5 Inpainting's) made for the same text encoder and VAE as the model. None when the file names none.
+    The engine then redraws regions with it instead of blending latents with the model's own UNet."""
+    value = info.get(INPAINTING_UNET)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ModelLoadError(f"`{INPAINTING_UNET}` in {INFO_FILE} is {value!r}; it has to name a UNet folder.")
+    folder = Path(value).expanduser()
+    if not folder.is_absolute() and model_path is not None:
+        folder = (model_path if model_path.is_dir() else model_path.parent) / folder
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"`{INPAINTING_UNET}` in {INFO_FILE} names {str(folder)!r}, which is no UNet folder "
+                             "(a diffusers UNet2DConditionModel folder with config.json and its weights).")
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(folder, **_dtype_kwarg(dtype)).to(device)
+    base = getattr(pipe, "unet", None)
+    problems = []
+    if unet.config.in_channels != 9:
+        problems.append(f"it has {unet.config.in_channels} input channels, not 9 (latents, mask, masked image)")
+    if base is None:
+        problems.append(f"a {type(pipe).__name__} has no UNet to stand beside")
+    elif unet.config.cross_attention_dim != base.config.cross_attention_dim \
+            or unet.config.out_channels != base.config.out_channels:
+        problems.append("it was not made for this model's text encoder and VAE (cross-attention or latent channels "
+                        "differ)")
+    if problems:
+        raise ModelLoadError(f"the inpainting UNet {str(folder)!r}: {'; '.join(problems)}.")
+    return unet.eval()

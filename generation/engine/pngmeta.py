@@ -52,7 +52,7 @@ def format_parameters(
         used = req.strength if strength is None else strength
         fields.append(("Denoising strength", f"{float(used):g}"))
     if req.mode == "upscale":
-        fields.append(("Upscale", "2"))
+        fields.append(("Upscale", str(req.upscale_factor)))
     fields.extend(extra.items())
     lines.append(", ".join(f"{k}: {_clean(v)}" for k, v in fields))
     return "\n".join(lines)

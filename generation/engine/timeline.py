@@ -70,7 +70,8 @@ class X0Tracker:
             pred = uncond + guidance_scale * (cond - uncond)
             sample = sample.chunk(2)[1]
         a = self.abar(t)
-        sample, pred = sample.float(), pred.float()
+        # A dedicated inpainting UNet reads the mask and the masked image too (9 channels); x0 is of the latents.
+        sample, pred = sample[:, : pred.shape[1]].float(), pred.float()
         if self.prediction_type == "v_prediction":
             return math.sqrt(a) * sample - math.sqrt(1 - a) * pred
         if self.prediction_type == "sample":

@@ -38,11 +38,13 @@ from generation.protocol.contract import (
     SCHEDULERS,
     SIDE_MULTIPLE,
     TIMESTEP_SPACINGS,
+    UPSCALER_NAME,
     GenerationRequest,
     RequestError,
     sampler_label,
 )
 from generation.protocol.prompt import MAX_LORA_WEIGHT, MIN_LORA_WEIGHT, PromptSyntaxError, split_loras
+from generation.protocol.regions import OutpaintLayout, RegionError, outpaint_layout
 from generation.protocol.strict import STRICT, Message
 
 #: The model families the engine knows by name; any other diffusers text-to-image pipeline is announced as `other`.
@@ -111,6 +113,32 @@ class LoraInfo(Message):
         return f"<lora:{self.name}>"
 
 
+#: Most upscalers one card lists.
+MAX_CARD_UPSCALERS = 20
+
+
+@dataclass(frozen=True, config=STRICT)
+class UpscalerInfo(Message):
+    """A super-resolution model its worker runs for upscale jobs (`--upscaler`), before the optional refine pass."""
+
+    #: The name an upscale request gives in `upscaler`: the model file's name without its extension.
+    name: str
+    #: How many times larger it makes an image (1-8).
+    scale: int
+    #: The network it is, as spandrel names it (`ESRGAN`, `SwinIR`, ...), for `/help`.
+    architecture: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpscalerInfo:
+        if not UPSCALER_NAME.match(self.name):
+            raise ValueError(f"upscaler name {self.name!r} has to be 1-80 letters, digits, spaces, '.', '_', '+' or '-'")
+        if not 1 <= self.scale <= 8:
+            raise ValueError(f"upscaler {self.name!r}: scale {self.scale} has to be from 1 to 8")
+        if len(self.architecture) > 80:
+            raise ValueError(f"upscaler {self.name!r}: architecture has at most 80 characters")
+        return self
+
+
 @dataclass(frozen=True, config=STRICT)
 class ModelCard(Message):
     """One model as a worker serves it. Every field but `name` and `architecture` has a default, so a card from an
@@ -146,7 +174,11 @@ class ModelCard(Message):
     guidance: GuidanceKind = "cfg"
     negative_prompt: bool = True
     img2img: bool = True
+    #: Whether it runs `inpaint` and `outpaint` jobs (Vary (Region), Zoom Out, Pan, Make square).
     inpainting: bool = False
+    #: How: True with a dedicated inpainting UNet (9 input channels: noise, mask, masked image), False by
+    #: masked-latent blending with its ordinary UNet (diffusers' inpaint pipeline on a 4-channel UNet).
+    dedicated_inpainting: bool = False
     #: Whether the denoising timeline (and step previews) can be shown: the engine follows the x0 estimate only on
     #: the Stable Diffusion path (SD 1.x/2.x, SDXL).
     timeline: bool = True
@@ -163,6 +195,11 @@ class ModelCard(Message):
     loras: tuple[LoraInfo, ...] = ()
     #: The textual-inversion embeddings loaded into it: each name is a word a prompt or negative prompt may use.
     embeddings: tuple[str, ...] = ()
+    #: The super-resolution models its worker runs for upscale jobs; none: upscales resize with Lanczos.
+    upscalers: tuple[UpscalerInfo, ...] = ()
+    #: What writes `describe` jobs' prompt suggestions (the shapes attribute classifier, or the captioning model the
+    #: worker was given); "": `/describe` is not available for this model.
+    captioner: str = ""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -196,6 +233,13 @@ class ModelCard(Message):
                 or len(self.embeddings) > MAX_CARD_EMBEDDINGS:
             problems.append(f"embeddings: at most {MAX_CARD_EMBEDDINGS} names of letters, digits, '.', '_' or '-' "
                             f"(no spaces), each once{f' (not {bad[0]!r})' if bad else ''}")
+        upscaler_names = [u.name.casefold() for u in self.upscalers]
+        if len(set(upscaler_names)) != len(upscaler_names) or len(upscaler_names) > MAX_CARD_UPSCALERS:
+            problems.append(f"upscalers: at most {MAX_CARD_UPSCALERS}, each name once (any case)")
+        if self.dedicated_inpainting and not self.inpainting:
+            problems.append("dedicated_inpainting needs inpainting")
+        if len(self.captioner) > 120:
+            problems.append("captioner: at most 120 characters")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -213,13 +257,24 @@ class ModelCard(Message):
 
     def check(self, req: GenerationRequest) -> None:
         """Raise `RequestError` (naming the field, the value and this model's rule) when the model cannot run
-        `req` as asked."""
-        for name in ("width", "height"):
-            v = getattr(req, name)
-            if v % self.multiple:
-                raise RequestError(name, v, f"{self.name} takes sides that are multiples of {self.multiple}")
-            if not self.min_side <= v <= self.max_side:
-                raise RequestError(name, v, f"{self.name} takes sides from {self.min_side} to {self.max_side} px")
+        `req` as asked.
+
+        The size of an upscale comes from its source image and a `describe` job makes no image, so their `width` and
+        `height` are not held against the model's sides (the engine checks an upscale's size when it opens the
+        source); an `outpaint` request's `width` x `height` is its source's size, and its grown canvas
+        (`outpaint_layout`) always fits the model."""
+        if req.mode == "describe":
+            if not self.captioner:
+                raise RequestError("mode", req.mode, f"no captioner describes images for {self.name} on this server "
+                                   "(/describe is not available)")
+            return
+        if req.mode != "upscale":
+            for name in ("width", "height"):
+                v = getattr(req, name)
+                if v % self.multiple:
+                    raise RequestError(name, v, f"{self.name} takes sides that are multiples of {self.multiple}")
+                if not self.min_side <= v <= self.max_side:
+                    raise RequestError(name, v, f"{self.name} takes sides from {self.min_side} to {self.max_side} px")
         if req.steps > self.max_steps:
             raise RequestError("steps", req.steps, f"{self.name} takes at most {self.max_steps} steps")
         if req.scheduler not in self.schedulers:
@@ -227,9 +282,48 @@ class ModelCard(Message):
                                f"{self.name} runs with {', '.join(sampler_label(s) for s in self.schedulers)}")
         if req.timeline and not self.timeline:
             raise RequestError("timeline", req.timeline, f"{self.name} cannot show a denoising timeline")
-        if req.mode != "txt2img" and not self.img2img:
+        refines = req.mode != "upscale" or float(req.strength) > 0
+        if req.mode in ("variation", "img2img", "upscale") and refines and not self.img2img:
             raise RequestError("mode", req.mode, f"{self.name} draws from text only (no variations or upscales)")
+        if req.mode in ("inpaint", "outpaint") and not self.inpainting:
+            raise RequestError("mode", req.mode, f"{self.name} cannot redraw part of an image (no Vary (Region), Zoom "
+                               "Out or Pan)")
+        if req.mode == "outpaint":
+            self.outpaint_layout(req)
+        if req.mode == "upscale":
+            self.upscaler_for(req)
         self.check_loras(req)
+
+    def outpaint_layout(self, req: GenerationRequest) -> OutpaintLayout:
+        """The grown canvas of an `outpaint` request (its source is `req.width` x `req.height`) on this model: its
+        size is the result's. RequestError naming `outpaint` when it cannot grow (`square` of a square image)."""
+        try:
+            return outpaint_layout(req.outpaint, req.width, req.height, max_side=self.max_side,
+                                   multiple=self.multiple)
+        except RegionError as exc:
+            raise RequestError("outpaint", req.outpaint, str(exc)) from None
+
+    def upscaler_for(self, req: GenerationRequest) -> UpscalerInfo | None:
+        """The upscaler an `upscale` request runs: the one it names (any case), else the card's first whose scale is
+        the request's factor, else its first of a larger scale, else its first; None when the card lists none (a
+        Lanczos resize). RequestError naming `upscaler` for a name the card does not list."""
+        if req.upscaler:
+            key = req.upscaler.casefold()
+            found = next((u for u in self.upscalers if u.name.casefold() == key), None)
+            if found is None:
+                names = ", ".join(f"`{u.name}`" for u in self.upscalers) or "none"
+                raise RequestError("upscaler", req.upscaler, f"{self.name}'s worker has no upscaler of that name "
+                                   f"(it has {names})")
+            return found
+        if not self.upscalers:
+            return None
+        return (next((u for u in self.upscalers if u.scale == req.upscale_factor), None)
+                or next((u for u in self.upscalers if u.scale > req.upscale_factor), None) or self.upscalers[0])
+
+    def upscale_limit(self) -> int:
+        """The largest side an upscale refines (twice the model's largest, within the contract's); without a refine
+        pass (strength 0) an upscale may make sides up to `MAX_UPSCALE_SIDE`."""
+        return min(MAX_SIDE, 2 * self.max_side)
 
     def lora(self, name: str) -> LoraInfo | None:
         """The LoRA of this card called `name` (any case), or None."""

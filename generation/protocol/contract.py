@@ -16,12 +16,22 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-Mode = Literal["txt2img", "variation", "upscale"]
+from generation.protocol.regions import OUTPAINTS, RegionError, canonical_region
 
-MODES: tuple[str, ...] = ("txt2img", "variation", "upscale")
+Mode = Literal["txt2img", "variation", "upscale", "img2img", "inpaint", "outpaint", "describe"]
+
+#: What a request makes. `txt2img` draws from text; every other mode starts from `init_image`: `variation` (the V
+#: buttons) and `img2img` (a member's own image) move from it by `strength`; `upscale` enlarges it
+#: (`upscale_factor`, with a super-resolution model of the worker's when it has one, `upscaler`) and refines it by
+#: `strength`; `inpaint` redraws the `region` of it (Vary (Region)); `outpaint` grows its canvas (`outpaint`: Zoom
+#: Out, Pan, Make square) and draws the new area; `describe` makes prompt suggestions for it instead of images.
+MODES: tuple[str, ...] = ("txt2img", "variation", "upscale", "img2img", "inpaint", "outpaint", "describe")
+#: Modes whose strength may be 0: img2img then returns the source as it is, an upscale skips its refine pass.
+ZERO_STRENGTH_MODES: tuple[str, ...] = ("img2img", "upscale")
 #: The samplers a request may ask for: the id a request stores (never renamed, so stored jobs keep reading) and the
 #: label members know from A1111-style tools, which `/imagine`, the job embeds and the PNG `Sampler:` field show.
 #: The engine maps each id to a diffusers scheduler (`generation.engine.schedulers`). `pndm` (PLMS) is kept for the
@@ -62,6 +72,24 @@ STRENGTH_SUBTLE = 0.35
 STRENGTH_STRONG = 0.7
 #: Highest strength of an upscale's refine pass: it adds detail at the new size but must keep the picture.
 STRENGTH_UPSCALE = 0.3
+#: Strengths the bot's edit buttons use: Vary (Region) and Zoom Out / Pan redraw their area from noise.
+STRENGTH_INPAINT = 1.0
+STRENGTH_OUTPAINT = 1.0
+#: The soft edge of an inpainted region or outpainted seam, in pixels of the result (A1111's "mask blur").
+DEFAULT_FEATHER = 8
+MAX_FEATHER = 128
+#: How much an upscale enlarges; and the largest side it may make (a refine pass runs only up to the model's limit).
+UPSCALE_FACTORS: tuple[int, ...] = (2, 4)
+MAX_UPSCALE_SIDE = 4096
+#: How many prompt suggestions a `describe` job returns, and the longest one.
+DESCRIBE_SUGGESTIONS = 4
+MAX_SUGGESTION_CHARS = 300
+#: The name of an upscaler (`upscaler`): the file name of its model, as the card lists it.
+UPSCALER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ +-]{0,79}$")
+#: `field(metadata=...)` of the fields added after the first release: `to_dict` leaves them out while they hold their
+#: default, so a request that does not use them has the JSON (and request digest) it always had, and a worker that
+#: predates them still reads it.
+LATER = {"omit_at_default": True}
 
 
 class RequestError(ValueError):
@@ -156,6 +184,19 @@ class GenerationRequest:
     timeline: bool = False
     #: Name of the model the request targets; "" means the worker's default.
     model: str = ""
+    #: `inpaint`: the region to redraw (`generation.protocol.regions`: `left`, `centre`, `cells:0,1,4`, ...; stored
+    #: in its canonical spelling). Empty for every other mode.
+    region: str = field(default="", metadata=LATER)
+    #: `outpaint`: how the canvas grows (`zoom_1.5`, `zoom_2`, `pan_left`, `pan_right`, `pan_up`, `pan_down`,
+    #: `square`). Empty for every other mode.
+    outpaint: str = field(default="", metadata=LATER)
+    #: `inpaint`/`outpaint`: the width in pixels of the soft edge between the redrawn and the kept pixels.
+    feather: int = field(default=DEFAULT_FEATHER, metadata=LATER)
+    #: `upscale`: how many times larger (2 or 4).
+    upscale_factor: int = field(default=2, metadata=LATER)
+    #: `upscale`: the super-resolution model to use, by the name the card lists; "" takes the card's first one for
+    #: the factor (none on the card: a plain Lanczos resize).
+    upscaler: str = field(default="", metadata=LATER)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -194,10 +235,46 @@ class GenerationRequest:
             raise RequestError("init_image", None, f"mode `{self.mode}` needs a source image")
         if self.init_image is not None and not isinstance(self.init_image, bytes | bytearray):
             raise RequestError("init_image", type(self.init_image).__name__, "it has to be image bytes")
-        if isinstance(self.strength, bool) or not isinstance(self.strength, int | float) or not 0.0 < float(self.strength) <= 1.0:
+        if isinstance(self.strength, bool) or not isinstance(self.strength, int | float):
+            raise RequestError("strength", self.strength, "it has to be a number from 0 to 1")
+        if self.mode in ZERO_STRENGTH_MODES:
+            if not 0.0 <= float(self.strength) <= 1.0:
+                raise RequestError("strength", self.strength, "it has to be a number from 0 to 1")
+        elif not 0.0 < float(self.strength) <= 1.0:
             raise RequestError("strength", self.strength, "it has to be a number above 0 and at most 1")
         if not isinstance(self.timeline, bool):
             raise RequestError("timeline", self.timeline, "it has to be true or false")
+        self._validate_edits()
+
+    def _validate_edits(self) -> None:
+        """The fields of the image-editing modes: each set for its own mode only, each within its rule."""
+        if not isinstance(self.region, str):
+            raise RequestError("region", self.region, "it has to be text")
+        if self.mode == "inpaint":
+            try:
+                object.__setattr__(self, "region", canonical_region(self.region))
+            except RegionError as exc:
+                raise RequestError("region", self.region, str(exc)) from None
+        elif self.region:
+            raise RequestError("region", self.region, "it applies to mode `inpaint` only; leave it empty")
+        if self.mode == "outpaint":
+            if self.outpaint not in OUTPAINTS:
+                raise RequestError("outpaint", self.outpaint, f"it has to be one of {', '.join(OUTPAINTS)}")
+        elif self.outpaint != "":
+            raise RequestError("outpaint", self.outpaint, "it applies to mode `outpaint` only; leave it empty")
+        _int_in("feather", self.feather, 0, MAX_FEATHER)
+        if isinstance(self.upscale_factor, bool) or self.upscale_factor not in UPSCALE_FACTORS:
+            raise RequestError("upscale_factor", self.upscale_factor,
+                               f"it has to be one of {', '.join(map(str, UPSCALE_FACTORS))}")
+        if self.mode != "upscale" and self.upscale_factor != 2:
+            raise RequestError("upscale_factor", self.upscale_factor, "it applies to mode `upscale` only; leave it 2")
+        if not isinstance(self.upscaler, str) or (self.upscaler and not UPSCALER_NAME.match(self.upscaler)):
+            raise RequestError("upscaler", self.upscaler, "it has to be an upscaler's name: 1-80 letters, digits, "
+                               "spaces, '.', '_', '+' or '-'")
+        if self.upscaler and self.mode != "upscale":
+            raise RequestError("upscaler", self.upscaler, "it applies to mode `upscale` only; leave it empty")
+        if self.mode == "describe" and self.timeline:
+            raise RequestError("timeline", self.timeline, "a `describe` job makes no images, so no timeline")
 
     # --- helpers ------------------------------------------------------------------------------------------
     @property
@@ -209,9 +286,13 @@ class GenerationRequest:
         return replace(self, **changes)
 
     def to_dict(self, *, with_image: bool = True) -> dict[str, Any]:
-        """Every field by name; `init_image` as base64, or None with `with_image=False` (the stored form)."""
+        """Every field by name; `init_image` as base64, or None with `with_image=False` (the stored form). A field
+        added later (`LATER`) is left out while it holds its default (`from_dict` gives it back)."""
         d = asdict(self)
         d["init_image"] = _b64(self.init_image) if with_image else None
+        for f in fields(self):
+            if f.metadata.get("omit_at_default") and d[f.name] == f.default:
+                del d[f.name]
         return d
 
     @classmethod
@@ -291,6 +372,8 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
     device: str = ""
+    #: A `describe` job's prompt suggestions (it makes no images).
+    suggestions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -300,6 +383,7 @@ class GenerationResult:
             "timings": dict(self.timings),
             "model": self.model,
             "device": self.device,
+            "suggestions": list(self.suggestions),
         }
 
     @classmethod
@@ -311,6 +395,7 @@ class GenerationResult:
             timings=dict(d.get("timings") or {}),
             model=d.get("model", ""),
             device=d.get("device", ""),
+            suggestions=tuple(d.get("suggestions") or ()),
         )
 
     def to_json(self) -> str:

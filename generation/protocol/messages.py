@@ -22,11 +22,14 @@ from pydantic import ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from generation.protocol.cards import ModelCard
+from generation.protocol.contract import MAX_SUGGESTION_CHARS
 from generation.protocol.strict import STRICT, Base64Bytes, Message, MessageError, adapter, message_error, short
 
 #: The model token of jobs that name no model (served by every worker unless it was started with `--no-default`).
 DEFAULT_TOKEN = "_default"
 
+#: Most prompt suggestions one outcome carries (a `describe` job's).
+MAX_SUGGESTIONS = 8
 #: The length of a job's secret (`JobMessage.secret`).
 JOB_SECRET_BYTES = 32
 _HEX_MAC = re.compile(r"[0-9a-f]{64}")
@@ -71,12 +74,21 @@ class Outcome(Message):
     #: HMAC-SHA256 (64 lowercase hex digits) of the outcome with its job's secret (`generation.protocol.signing`);
     #: "" when unsigned, which the bot refuses.
     mac: str = ""
+    #: A `describe` job's prompt suggestions (it has no images); signed with the rest.
+    suggestions: tuple[str, ...] = ()
 
     @field_validator("mac")
     @classmethod
     def _mac_is_hex(cls, value: str) -> str:
         if value and not _HEX_MAC.fullmatch(value):
             raise ValueError("should be 64 lowercase hex digits")
+        return value
+
+    @field_validator("suggestions")
+    @classmethod
+    def _few_short_suggestions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_SUGGESTIONS or any(len(text) > MAX_SUGGESTION_CHARS for text in value):
+            raise ValueError(f"should be at most {MAX_SUGGESTIONS} texts of at most {MAX_SUGGESTION_CHARS} characters")
         return value
 
 
@@ -102,6 +114,13 @@ class ProgressEvent(Message):
     def _mac_is_hex(cls, value: str) -> str:
         if value and not _HEX_MAC.fullmatch(value):
             raise ValueError("should be 64 lowercase hex digits")
+        return value
+
+    @field_validator("suggestions")
+    @classmethod
+    def _few_short_suggestions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_SUGGESTIONS or any(len(text) > MAX_SUGGESTION_CHARS for text in value):
+            raise ValueError(f"should be at most {MAX_SUGGESTIONS} texts of at most {MAX_SUGGESTION_CHARS} characters")
         return value
 
 

@@ -8,8 +8,9 @@ planted before its job existed) changes nothing.
 
 The signature covers the outcome in a canonical form (`canonical_outcome`): a fixed label, the job id, the attempt,
 the status, the request digest, every image's index, seed, object, size, sha256 and nsfw flag (in the outcome's
-order), the timeline object and the error text — everything the bot acts on. The worker's name, model, device and
-timings are only shown and logged, and are not covered.
+order), the timeline object and the error text — everything the bot acts on — and a describe job's prompt
+suggestions (appended only when there are some, so every other outcome signs as it always did). The worker's name,
+model, device and timings are only shown and logged, and are not covered.
 
 Progress events are signed the same way (`progress_mac`, label `imaginebot-progress-v1`) over the job id, attempt,
 kind, step, total, worker name and the preview's sha256: the bot marks a job started, counts its attempts, shows its
@@ -53,6 +54,8 @@ def canonical_outcome(outcome: Outcome) -> bytes:
         outcome.timeline_object,
         outcome.error,
     ]
+    if outcome.suggestions:  # a describe job's; left out when none, so every other outcome signs as it always did
+        content.append(list(outcome.suggestions))
     return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 

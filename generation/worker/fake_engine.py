@@ -16,6 +16,17 @@ file the card is `default_card(name)`: sides 64-2048, 512x512 by default, 25 ste
 
 When the environment variable `IMAGINE_FAKE_JOURNAL` names a file, every finished run appends one line
 `<prompt>\\t<pid>` to it, so tests can count how often a job really ran.
+
+The image-editing modes do something plausible and cheap with the source image (Pillow, no model), so tests of the
+bot can check what came back: `img2img` blends the source, resized to the request's size, with the job's flat
+colour by `strength` (0 returns the source, 1 the flat colour); `inpaint` fills the region's boxes with the flat
+colour and keeps every other pixel; `outpaint` puts the source on the grown canvas of the card's `outpaint_layout`
+and fills the new area with the flat colour; `upscale` resizes the source `upscale_factor` times (Lanczos; a source
+that is no image, as queue tests send, gets the flat image of the request's size as before); `describe` returns
+`DESCRIBE_SUGGESTIONS` prompt suggestions naming the source's size and main colour. A `variation` stays a flat image
+of the request's size, as it always was.
+The default fake card can inpaint and describe (`captioner`: `fake captioner`) and lists no upscalers; a model's
+`imaginebot.json`, or the worker's `--upscaler` / `--captioner` flags, change that.
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from generation.protocol.cards import ModelCard
+from generation.protocol.cards import ModelCard, UpscalerInfo
 from generation.protocol.contract import (
+    DESCRIBE_SUGGESTIONS,
     MAX_SIDE,
     MIN_SIDE,
     GeneratedImage,
@@ -38,7 +50,9 @@ from generation.protocol.contract import (
     GenerationRequest,
     GenerationResult,
     Progress,
+    RequestError,
 )
+from generation.protocol.regions import region_boxes
 from generation.protocol.strict import MessageError
 
 ProgressFn = Callable[[Progress], None]
@@ -59,12 +73,45 @@ def png_rgb(width: int, height: int, pixels: bytes) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b"")
 
 
-def _image(req: GenerationRequest, seed: int, noise: bool) -> bytes:
+def _image(req: GenerationRequest, seed: int, noise: bool, card: ModelCard | None = None) -> bytes:
+    if req.mode in ("img2img", "inpaint", "outpaint") or (req.mode == "upscale" and _decodes(req)):
+        return _edited(req, seed, card or default_card())
     w, h = req.width, req.height
     if noise:
         return png_rgb(w, h, os.urandom(w * h * 3))
     color = bytes(((seed * 67) % 256, (seed * 131) % 256, (seed * 29) % 256))
     return png_rgb(w, h, color * (w * h))
+
+
+def _decodes(req: GenerationRequest) -> bool:
+    try:
+        _source(req)
+    except RequestError:
+        return False
+    return True
+
+
+def _edited(req: GenerationRequest, seed: int, card: ModelCard) -> bytes:
+    """The fake result of an image-editing mode (see the module docstring)."""
+    from PIL import Image
+
+    src = _source(req)
+    colour = _colour(seed)
+    if req.mode == "upscale":
+        return _png(src.resize((src.width * req.upscale_factor, src.height * req.upscale_factor),
+                               Image.Resampling.LANCZOS))
+    src = src.resize((req.width, req.height), Image.Resampling.LANCZOS) if src.size != (req.width, req.height) else src
+    if req.mode == "img2img":
+        return _png(Image.blend(src, Image.new("RGB", src.size, colour), float(req.strength)))
+    if req.mode == "inpaint":
+        for box in region_boxes(req.region, *src.size):
+            src.paste(colour, box)
+        return _png(src)
+    layout = card.outpaint_layout(req)
+    canvas = Image.new("RGB", layout.size, colour)
+    x0, y0, x1, y1 = layout.source
+    canvas.paste(src.resize((x1 - x0, y1 - y0)) if src.size != (x1 - x0, y1 - y0) else src, (x0, y0))
+    return _png(canvas)
 
 
 #: The model's own settings file, as the real engine reads it (`generation.engine.loading.INFO_FILE`).
@@ -78,7 +125,58 @@ def default_card(name: str = "fake") -> ModelCard:
     return ModelCard(name=name, architecture="other", pipeline="FakeEngine",
                      description="The fake engine: flat-colour images, for tests and benchmarks.",
                      min_side=MIN_SIDE, max_side=MAX_SIDE, default_width=512, default_height=512, default_steps=25,
-                     default_guidance=7.5)
+                     default_guidance=7.5, inpainting=True, captioner="fake captioner")
+
+
+def fake_upscaler(path: str | Path) -> UpscalerInfo:
+    """What a fake worker announces for an `--upscaler` file, without loading it: the file's name, and scale 4 when
+    the name says so (`4x-...`, `..._x4`), else 2."""
+    stem = Path(path).name.rsplit(".", 1)[0] or "upscaler"
+    low = stem.lower()
+    return UpscalerInfo(name=stem, scale=4 if "4x" in low or "x4" in low else 2, architecture="fake")
+
+
+def _colour(seed: int) -> tuple[int, int, int]:
+    return (seed * 67) % 256, (seed * 131) % 256, (seed * 29) % 256
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _source(req: GenerationRequest):
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(req.init_image or b""))
+        image.load()
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RequestError("init_image", f"<{len(req.init_image or b'')} bytes>",
+                           "it has to be a PNG, JPEG or WebP image") from exc
+
+
+_COLOUR_NAMES = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
+                 "white": (240, 240, 240), "black": (20, 20, 20), "gray": (128, 128, 128), "purple": (140, 50, 190),
+                 "orange": (250, 140, 20), "pink": (250, 120, 190)}
+
+
+def fake_suggestions(image) -> tuple[str, ...]:
+    """Prompt suggestions naming the image's size and the named colour nearest its mean colour."""
+    small = image.convert("RGB").resize((1, 1))
+    mean = small.getpixel((0, 0))
+    name = min(_COLOUR_NAMES, key=lambda n: sum((a - b) ** 2 for a, b in zip(_COLOUR_NAMES[n], mean, strict=True)))
+    w, h = image.size
+    shape = "square" if w == h else ("wide" if w > h else "tall")
+    return tuple(text for text in (f"a {name} picture", f"a {shape} {name} image, {w}x{h}",
+                                   f"something mostly {name}", f"a {name} scene, plain background")
+                 )[:DESCRIBE_SUGGESTIONS]
 
 
 def read_info(source: str | Path) -> dict | None:
@@ -169,7 +267,12 @@ class FakeEngine:
         results = []
         for r in reqs:
             t1 = time.perf_counter()
-            images = tuple(GeneratedImage(i, seed, _image(r, seed, self.noise)) for i, seed in enumerate(r.seeds))
+            if r.mode == "describe":
+                images, suggestions = (), fake_suggestions(_source(r))
+            else:
+                images = tuple(GeneratedImage(i, seed, _image(r, seed, self.noise, self.card))
+                               for i, seed in enumerate(r.seeds))
+                suggestions = ()
             results.append(
                 GenerationResult(
                     request=r,
@@ -177,6 +280,7 @@ class FakeEngine:
                     timings={"denoise": denoise, "png": time.perf_counter() - t1, "total": time.perf_counter() - t0},
                     model=self.name,
                     device=self.device,
+                    suggestions=suggestions,
                 )
             )
         self.runs += len(reqs)

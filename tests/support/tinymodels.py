@@ -524,3 +524,77 @@ def build_tiny_sdxl_pipeline(folder: str | Path | None = None, seed: int = 0, sa
         tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
     )
     return _save(pipe, folder)
+
+
+def build_tiny_inpainting_unet(folder: str | Path, seed: int = 0, sample_size: int = 16, in_channels: int = 9):
+    """A tiny dedicated inpainting UNet for `build_tiny_pipeline`'s model (same cross-attention width and latent
+    channels), with 9 input channels like SD 1.5 Inpainting's (noisy latents, mask, masked image latents); saved as
+    a diffusers UNet folder at `folder` (`in_channels` lets a test make a wrong one)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    unet.save_pretrained(Path(folder), safe_serialization=True)
+    return unet
+
+
+def build_tiny_esrgan(path: str | Path, scale: int = 2, seed: int = 0, num_filters: int = 8, num_blocks: int = 1):
+    """A tiny ESRGAN (RRDBNet) super-resolution model built with spandrel's own architecture class and saved as an
+    upscaler file (`.safetensors`, or a `.pth` state dict), the way community upscalers are distributed."""
+    import torch
+
+    from generation.engine.spandrel_import import import_spandrel
+
+    import_spandrel()
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(seed)
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=num_filters, num_blocks=num_blocks, scale=scale)
+    path = Path(path)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def build_tiny_captioner(folder: str | Path, seed: int = 0):
+    """A tiny image-to-text model (a vision-encoder-decoder: a ViT encoder, a GPT-2 decoder with cross-attention)
+    with random weights, saved with its image processor and the tiny tokenizer: what `--captioner` loads, a few
+    hundred kB. Its captions are random words of `TINY_VOCAB`."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
+
+    torch.manual_seed(seed)
+    tok = build_tiny_tokenizer(max_length=32)
+    encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=64))
+    decoder = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                                         add_cross_attention=True, bos_token_id=tok.bos_token_id,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tok.bos_token_id
+        config.pad_token_id = tok.pad_token_id
+        config.eos_token_id = tok.eos_token_id
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

@@ -58,6 +58,28 @@ def test_cli_variation_and_upscale_from_a_file(run_cli, tmp_path):
     assert Image.open(up).size == (128, 128)
 
 
+def test_cli_edits_an_image_and_describes_without_a_captioner(run_cli, tmp_path):
+    """--mode inpaint / outpaint / upscale with --upscaler write the edited image; --mode describe on a model
+    without a captioner exits 2 saying /describe is not available."""
+    from tests.support.tinymodels import build_tiny_esrgan
+
+    src = tmp_path / "src.png"
+    assert run_cli("a cat", "--seed", "1", "--steps", "2", "--out", str(src))[0] == 0
+    region, wide, big = tmp_path / "region.png", tmp_path / "wide.png", tmp_path / "big.png"
+    assert run_cli("a cat", "--mode", "inpaint", "--init", str(src), "--region", "left", "--feather", "0",
+                   "--strength", "1", "--steps", "2", "--out", str(region))[0] == 0
+    assert Image.open(region).crop((32, 0, 64, 64)).tobytes() == Image.open(src).crop((32, 0, 64, 64)).tobytes()
+    assert run_cli("", "--mode", "outpaint", "--init", str(src), "--outpaint", "pan_left", "--strength", "1",
+                   "--steps", "2", "--out", str(wide))[0] == 0
+    assert Image.open(wide).size == (96, 64)
+    esrgan = build_tiny_esrgan(tmp_path / "x2.safetensors")
+    assert run_cli("", "--mode", "upscale", "--init", str(src), "--upscaler", str(esrgan), "--strength", "0",
+                   "--upscale-factor", "4", "--out", str(big))[0] == 0
+    assert Image.open(big).size == (256, 256) and "Upscaler: x2" in Image.open(big).info["parameters"]
+    code, _, err = run_cli("", "--mode", "describe", "--init", str(src))
+    assert code == 2 and "/describe is not available" in err
+
+
 def test_cli_guidance_grid(run_cli, tmp_path):
     """--guidance-grid writes one image per scale side by side."""
     out = tmp_path / "cfg.png"

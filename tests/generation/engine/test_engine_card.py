@@ -33,7 +33,8 @@ def test_card_of_a_plain_sd1_folder(engine):
     assert card.defaults() == engine.defaults == {"width": 64, "height": 64, "steps": 25, "guidance": 7.5,
                                                   "scheduler": "dpmpp_2m"}
     assert card.schedulers == tuple(s for s in SCHEDULERS if s != "lcm")  # LCM suits LCM-distilled weights only
-    assert (card.guidance, card.negative_prompt, card.img2img, card.inpainting) == ("cfg", True, True, False)
+    assert (card.guidance, card.negative_prompt, card.img2img, card.inpainting) == ("cfg", True, True, True)
+    assert (card.dedicated_inpainting, card.upscalers, card.captioner) == (False, (), "")
     assert (card.knows, card.example_prompts, card.settings) == ({}, (), {})
 
 

@@ -50,7 +50,7 @@ def test_request_is_frozen():
         ({"guidance": -1}, "guidance"),
         ({"scheduler": "dpm_adaptive"}, "scheduler"),
         ({"num_images": 9}, "num_images"),
-        ({"mode": "inpaint"}, "mode"),
+        ({"mode": "controlnet"}, "mode"),
         ({"mode": "variation"}, "init_image"),
         ({"strength": 0}, "strength"),
         ({"seed": -1}, "seed"),
