@@ -5,17 +5,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
+# Without its dependencies: PyPI's torchvision, which it asks for, breaks beside the CPU torch (pyproject.toml).
+SPANDREL ?= spandrel==0.4.2
 
-.PHONY: install run test lint migrate soak bench clean worker train evaluate
+.PHONY: install browser run test lint migrate soak bench bench-scale clean worker train evaluate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "$(SPANDREL)"
 	touch $(STAMP)
 
-install: $(STAMP)
+# Debian's Chromium and its driver, for the browser test of the web gallery (tests/bot/gallery/test_browser.py);
+# installed when missing (the machines run as root).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+
+install: $(STAMP) browser
 
 migrate: $(STAMP)
 	$(PY) -m bot.db.migrate
@@ -27,22 +35,32 @@ worker: $(STAMP)
 	$(PY) -m generation.worker
 
 # The linter first (seconds), then the whole suite; the tests never download a model.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m ruff check bot generation tests bench migrations
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # The hardening suite in its long form (SOAK=1: more runs per fault); every test's figures go to SOAK_RECORDS and
-# then into the table of docs/reliability.md. Pick a part with e.g. `make soak SOAK_ARGS="-k faults"`.
+# then into the table of docs/reliability.md. Pick a part with e.g. `make soak SOAK_ARGS="-k faults"` (a partial run
+# replaces only its own rows of the table).
 SOAK_RECORDS ?= $(or $(TMPDIR),/tmp)/imaginebot-soak/records.jsonl
 SOAK_ARGS ?=
 
 soak: $(STAMP)
 	mkdir -p $(dir $(SOAK_RECORDS)) && rm -f $(SOAK_RECORDS)
 	HF_HUB_OFFLINE=1 SOAK=1 RELIABILITY_OUT=$(SOAK_RECORDS) $(PY) -m pytest tests/hardening -q $(SOAK_ARGS); \
-	status=$$?; $(PY) -m tests.hardening.report $(SOAK_RECORDS) && exit $$status
+	status=$$?; $(PY) -m tests.hardening.report $(SOAK_RECORDS) \
+	  $(if $(SOAK_ARGS),--keep-other-rows --command "make soak SOAK_ARGS='$(SOAK_ARGS)'") && exit $$status
 
 lint: $(STAMP)
 	$(PY) -m ruff check bot generation tests bench migrations
+
+# The bot's cost per job as the backlog and the history grow (docs/benchmarks.md, "Bot scale"): the hot queries on
+# 1,000,000 finished jobs, the real bot at backlogs of 100, 1,000 and 10,000, and a burst of 2,000 /imagine. Long
+# (the history database is built once, then kept in $TMPDIR/imaginebot-bench); pick parts with
+# BENCH_SCALE_ARGS="--parts queries".
+BENCH_SCALE_ARGS ?=
+bench-scale: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/bot_scale.py $(BENCH_SCALE_ARGS)
 
 # The shipped default model in its two stages (docs/model.md, "Training"). Every command resumes from what is
 # already in its run folder, so an interrupted `make train` is continued by running it again.

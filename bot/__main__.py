@@ -1,7 +1,11 @@
 """Run the bot: `python -m bot`, or sync its slash commands on purpose: `python -m bot sync [--guild ID | --global]`.
 
-Data: `python -m bot backup [--to PATH]` (a consistent archive of the database and images, also while the bot
-runs) and `python -m bot restore PATH [--force]` (with the bot stopped); see bot/backup.py.
+Data: `python -m bot backup [--to PATH] [--keep N]` (a consistent archive of the database and images, also while
+the bot runs; `--keep` deletes all but the newest N archives it made) and `python -m bot restore PATH [--force]`
+(with the bot stopped); see bot/backup.py.
+
+Everything the bot writes is private to its user: `main` sets the umask to 077 before anything else, and
+`secure_data_dir` makes the data folder 0700 and the database 0600, also when an older version made them readable.
 
 Start-up: Pillow's decoding limit (`bot.ui.images.limit_pillow`), logging, settings, database migrations (`alembic upgrade head`, inside `open_services`), the queue
 dispatcher (with NATS_URL unset: an embedded nats-server and a local worker, started by bot.dispatch), then the bot.
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -34,6 +39,8 @@ log = logging.getLogger("bot")
 
 #: Middle-generation collections between two full ones (Python's default is 10); see freeze_startup_heap.
 FULL_GC_EVERY = 100
+#: The bot's files (database, images, backups, the embedded queue's store, logs it writes) are its user's alone.
+UMASK = 0o077
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,10 +54,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     b = sub.add_parser("backup", help="write a backup archive of the database and images (safe while the bot runs)")
     b.add_argument("--to", type=Path, default=None,
                    help="archive file (….tar.gz) or folder for it (default: backups/ next to the data folder)")
+    b.add_argument("--keep", type=_keep_count, default=None, metavar="N",
+                   help="then delete all but the newest N archives this command made in that folder")
     r = sub.add_parser("restore", help="replace the database and images with a backup's (bot stopped)")
     r.add_argument("path", type=Path, help="a backup archive (or an unpacked backup folder)")
     r.add_argument("--force", action="store_true", help="restore even though the bot seems to be running")
     return p.parse_args(argv)
+
+
+def _keep_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--keep takes a whole number of archives, 1 or more, not {text!r}")
+    return value
+
+
+def secure_data_dir(settings: Settings) -> None:
+    """Create the data folder 0700 (or make an existing one 0700) and make the SQLite database files 0600: they hold
+    every prompt, image and per-job secret. Called at start, after the umask is set."""
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    from bot.backup import BackupError, database_path
+
+    try:
+        db = database_path(settings.database_url)
+    except BackupError:  # not a SQLite file: nothing of ours to protect here
+        return
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.exists():
+            os.chmod(path, 0o600)
 
 
 def setup_logging(level: str) -> None:
@@ -76,6 +112,7 @@ async def open_dispatch(settings: Settings, services: Services) -> AsyncIterator
 async def run_bot(settings: Settings) -> None:
     from bot.backup import running_lock
 
+    secure_data_dir(settings)
     # The shared lock tells `python -m bot restore` that the data folder is in use.
     with running_lock(settings.data_dir):
         await _run_bot(settings)
@@ -93,7 +130,7 @@ async def _run_bot(settings: Settings) -> None:
         open_services(settings) as services,
         open_dispatch(settings, services) as dispatcher,
     ):
-        bot = ImagineBot(Deps(settings, services, dispatcher))
+        bot = ImagineBot(Deps(settings, services, dispatcher), keep_storage=True)
         async with bot:
             await bot.login(token)  # runs setup_hook: extensions are loaded, the presenter exists
             # Follow the queue only now: results found at start-up are posted through the presenter.
@@ -149,9 +186,12 @@ def run_data_command(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         if args.command == "backup":
-            done = backup(settings.data_dir, settings.database_url, args.to)
+            done = backup(settings.data_dir, settings.database_url, args.to, keep=args.keep)
             print(f"backup written to {done.path}: {done.jobs} job(s), {done.images} image(s) in the database, "
                   f"{done.files} file(s), {done.seconds:.1f} s")
+            if done.rotated:
+                print(f"deleted {len(done.rotated)} older backup(s) (--keep {args.keep}): "
+                      + ", ".join(p.name for p in done.rotated))
             if done.missing:
                 print(f"warning: {len(done.missing)} image file(s) named by the database were missing", file=sys.stderr)
             return 0
@@ -161,11 +201,14 @@ def run_data_command(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"restored {done.jobs} job(s) and {done.images} image(s) from {args.path}"
           + (f"; the previous data is in {done.previous}" if done.previous else "")
+          + (f"; new jobs get ids from {done.next_job_id} on" if done.next_job_id else "")
           + ". Start the bot: it migrates the database if needed and re-queues unfinished jobs.")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything is written: the data folder, database, images, backups and the queue's store stay private.
+    os.umask(UMASK)
     args = parse_args(argv)
     from bot.app import point_at_discord
     from bot.config import get_settings
@@ -184,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     point_at_discord(settings.discord_api_base, settings.discord_gateway_url)
     import discord
 
+    from generation.protocol.queue import ConnectRefused
+
     try:
         if args.command == "sync":
             guild = None if args.global_ else (args.guild or settings.dev_guild_id)
@@ -194,6 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Never echo the token itself: say which setting is wrong and where to get a new one.
         log.error("Discord refused DISCORD_TOKEN (401 Unauthorized); copy a new one from the developer portal "
                   "(Bot → Reset Token) into the environment or .env")
+        return 2
+    except ConnectRefused as exc:
+        # The queue's server refused the login or the TLS handshake: the message names the URL (no password) and
+        # the settings to check. Retrying cannot help.
+        log.error("%s", exc)
         return 2
     return 0
 

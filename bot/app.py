@@ -7,6 +7,13 @@ commands from such a guild (`ImagineTree.interaction_check`; the job buttons che
 Resources (database, services, queue dispatcher) are opened by the caller (`bot/__main__.py`, or a test) and handed
 in as `deps`; the bot only uses them. `setup_hook` registers the dynamic job buttons and loads the extensions; it
 never syncs commands, so a reconnect costs no API calls. Syncing is its own command: `python -m bot sync`.
+
+With `keep_storage` (what `python -m bot` passes), `setup_hook` also starts the storage keeper
+(`bot.services.retention.StorageKeeper`: image files removed after IMAGE_RETENTION_DAYS, a warning when the data
+disk is nearly full); `close` stops it. Tests that move a simulated clock by weeks leave it off and run a sweep
+themselves.
+
+With GALLERY_PORT set, `setup_hook` also starts the web gallery (bot.gallery) in this event loop; `close` stops it.
 """
 
 from __future__ import annotations
@@ -65,7 +72,8 @@ class ImagineTree(discord.app_commands.CommandTree):
 class ImagineBot(commands.Bot):
     """The bot. `deps` carries the settings, services and queue the extensions use (bot/deps.py)."""
 
-    def __init__(self, deps: Deps, *, extensions: tuple[str, ...] = EXTENSIONS, **options: Any):
+    def __init__(self, deps: Deps, *, extensions: tuple[str, ...] = EXTENSIONS, keep_storage: bool = False,
+                 **options: Any):
         options.setdefault("intents", make_intents())
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         options.setdefault("help_command", None)
@@ -80,6 +88,11 @@ class ImagineBot(commands.Bot):
         self.job_actions: Any = None
         #: Set by the imagine extension: the object that shows a job's progress and posts its result.
         self.presenter: Any = None
+        #: The retention sweeper and disk watch (bot.services.retention), running while the bot does.
+        self.storage: Any = None
+        self.keep_storage = keep_storage
+        #: The web gallery (bot.gallery.server.GalleryServer) while GALLERY_PORT is set; None otherwise.
+        self.gallery: Any = None
 
     # discord.py reads gateway events in a loop that waits only when none is buffered, so a burst of interactions
     # that arrive together is parsed in one step of the event loop (a quarter of a second for 200 on a loaded
@@ -101,7 +114,25 @@ class ImagineBot(commands.Bot):
             await self.load_extension(name)
         # Every option is checked against its declared bounds here too, not only by Discord's client.
         add_option_checks(self.tree)
+        if self.keep_storage and self.deps.services is not None and self.storage is None:
+            from bot.services.retention import StorageKeeper
+
+            self.storage = StorageKeeper(self.deps.settings, self.deps.services)
+            self.storage.start()
+        if self.deps.settings.gallery_port is not None and self.deps.services is not None and self.gallery is None:
+            # The web gallery (GALLERY_PORT), served by this event loop over the same database and image store.
+            from bot.gallery.server import start_gallery
+
+            self.gallery = await start_gallery(self)
         log.info("loaded %d extensions; commands are synced only by `python -m bot sync`", len(self.extensions_to_load))
+
+    async def close(self) -> None:
+        if self.gallery is not None:
+            await self.gallery.stop()
+            self.gallery = None
+        if self.storage is not None:
+            await self.storage.stop()
+        await super().close()
 
     async def on_ready(self) -> None:
         log.info("connected as %s (%s) to %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))

@@ -1,6 +1,6 @@
 """Backup and restore of the bot's data: the SQLite database and the image files.
 
-    python -m bot backup [--to PATH]        # safe while the bot runs
+    python -m bot backup [--to PATH] [--keep N]   # safe while the bot runs
     python -m bot restore PATH [--force]    # with the bot stopped
 
 Backup
@@ -16,7 +16,11 @@ Backup
    counts, the database's sha256), written under a temporary name and renamed when complete.
 
 `--to` names the archive (`…/x.tar.gz`) or a folder for it; the default folder is `backups/` next to the data
-folder.
+folder. Archives are private (0600, the default folder 0700): they hold every prompt and image.
+
+`--keep N` rotates: after the new archive is written, only the newest N archives this tool made in its folder stay
+(named `imaginebot-backup-<UTC time>.tar.gz` and opening with this tool's manifest); older ones are deleted. Files it
+did not make are never touched.
 
 Restore
 -------
@@ -27,6 +31,12 @@ image the database names present with its recorded sha256. Then the current data
 the images folder and the embedded queue's store (`<data_dir>/nats`, rebuilt from the database at the next start)
 are moved into `<data_dir>/before-restore-<time>/`, and the backup's database and images are moved in. Start the
 bot afterwards: it migrates an older database and re-queues the jobs that were unfinished when the backup was made.
+
+Job ids never repeat, also across a restore: the job table has AUTOINCREMENT (migration 0006), whose high-water
+mark (`sqlite_sequence`) would come back with the older backup. So before anything is moved, restore reads the
+largest job id the current database ever gave, and after restoring sets the restored database's mark to at least
+that plus `JOB_ID_MARGIN` (a database from before 0006 is migrated first, so that the mark exists). Old messages and
+buttons that name a job the backup does not have then never act on a new job.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import tarfile
@@ -58,7 +69,11 @@ DB_NAME = "bot.db"
 IMAGES = "images"
 LOCK_NAME = "bot.lock"
 ARCHIVE_PREFIX = "imaginebot-backup-"
+#: The names `backup` gives its archives (what `--keep` may delete).
+ARCHIVE_NAME = re.compile(re.escape(ARCHIVE_PREFIX) + r"(?P<stamp>\d{8}-\d{6})\.tar\.gz")
 BUSY_TIMEOUT_MS = 15_000
+#: How far above the current database's largest job id a restored database's next id starts.
+JOB_ID_MARGIN = 1000
 
 
 class BackupError(Exception):
@@ -73,6 +88,8 @@ class BackupResult:
     files: int
     missing: tuple[str, ...]
     seconds: float
+    #: Older archives `--keep` deleted.
+    rotated: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,8 @@ class RestoreResult:
     images: int
     previous: Path | None
     revision: str | None
+    #: The smallest id a new job gets in the restored database (None when there was nothing to carry over).
+    next_job_id: int | None = None
 
 
 # --- where things are ----------------------------------------------------------------------------------------
@@ -115,7 +134,7 @@ def running_lock(data_dir: Path) -> Iterator[None]:
     import fcntl
 
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a restore holds it exclusively
         with contextlib.suppress(OSError):
@@ -132,7 +151,7 @@ def exclusive_lock(data_dir: Path, *, force: bool = False) -> Iterator[None]:
 
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     path = Path(data_dir) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -188,7 +207,8 @@ def _facts(db: Path) -> dict[str, Any]:
                 return None
             return None if row is None else row[0]
 
-        images = con.execute("SELECT path, sha256 FROM image").fetchall() if one(
+        # An image whose file the retention sweeper removed keeps its row with an empty path: no file to carry.
+        images = con.execute("SELECT path, sha256 FROM image WHERE path != ''").fetchall() if one(
             "SELECT name FROM sqlite_master WHERE type='table' AND name='image'") else []
         return {
             "revision": one("SELECT version_num FROM alembic_version"),
@@ -212,13 +232,18 @@ def _is_temp(name: str) -> bool:
 
 
 # --- backup ------------------------------------------------------------------------------------------------------
-def backup(data_dir: Path, database_url: str, to: Path | None = None) -> BackupResult:
-    """Write a backup archive of the database and the images (see the module docstring); returns what it holds."""
+def backup(data_dir: Path, database_url: str, to: Path | None = None, *, keep: int | None = None) -> BackupResult:
+    """Write a backup archive of the database and the images (see the module docstring); returns what it holds.
+    With `keep`, only the newest `keep` archives this tool made in the archive's folder stay (`rotate`)."""
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise BackupError(f"--keep must be a whole number of archives, 1 or more, not {keep!r}")
     t0 = time.monotonic()
     data_dir = Path(data_dir)
     db = database_path(database_url)
     target = _archive_path(to, data_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if to is None:  # the default folder is the bot's own: private
+        os.chmod(target.parent, 0o700)
     with tempfile.TemporaryDirectory(prefix=".backup-", dir=target.parent) as tmp:
         copy = Path(tmp) / DB_NAME
         _snapshot(db, copy)
@@ -246,6 +271,9 @@ def backup(data_dir: Path, database_url: str, to: Path | None = None) -> BackupR
             "database_sha256": _sha256(copy),
         }
         partial = target.with_name(target.name + ".partial")
+        # Private from the first byte: the archive holds every prompt and image.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.chmod(partial, 0o600)
         with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
             data = json.dumps(manifest, indent=2).encode()
             info = tarfile.TarInfo(MANIFEST)
@@ -261,7 +289,51 @@ def backup(data_dir: Path, database_url: str, to: Path | None = None) -> BackupR
     if missing:
         log.warning("backup %s: %d image file(s) named by the database were missing: %s", target, len(missing),
                     ", ".join(missing[:5]))
-    return BackupResult(target, facts["jobs"], len(named), len(files), missing, round(time.monotonic() - t0, 2))
+    rotated = tuple(rotate(target.parent, keep, made=target)) if keep is not None else ()
+    return BackupResult(target, facts["jobs"], len(named), len(files), missing, round(time.monotonic() - t0, 2),
+                        rotated)
+
+
+def made_by_backup(path: Path) -> bool:
+    """Whether `path` is an archive this tool wrote: its name (`imaginebot-backup-<UTC time>.tar.gz`) and a first
+    member `manifest.json` with this tool's format."""
+    if not path.is_file() or path.is_symlink() or ARCHIVE_NAME.fullmatch(path.name) is None:
+        return False
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST or not first.isfile() or first.size > 1 << 20:
+                return False
+            fh = tar.extractfile(first)
+            manifest = json.loads(fh.read()) if fh is not None else None
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT and "database_sha256" in manifest
+
+
+def rotate(folder: Path, keep: int, *, made: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep` archives this tool made in `folder` (newest by the time in their names);
+    `made`, the archive just written, always stays. Returns the deleted archives."""
+    if keep < 1:
+        raise BackupError(f"--keep must be 1 or more archives, not {keep}")
+    ours = sorted((p for p in Path(folder).iterdir() if made_by_backup(p)),
+                  key=lambda p: (ARCHIVE_NAME.fullmatch(p.name)["stamp"], p.name), reverse=True)  # type: ignore[index]
+    kept = ours[:keep]
+    if made is not None and made in ours and made not in kept:
+        kept = [made, *kept[: keep - 1]]
+    deleted = []
+    for old in ours:
+        if old in kept:
+            continue
+        try:
+            old.unlink()
+            deleted.append(old)
+        except OSError as exc:
+            log.warning("backup rotation: could not delete %s (%s)", old, exc)
+    if deleted:
+        log.info("backup rotation: kept %d archive(s), deleted %d: %s", len(kept), len(deleted),
+                 ", ".join(p.name for p in deleted))
+    return deleted
 
 
 # --- restore -----------------------------------------------------------------------------------------------------
@@ -318,18 +390,104 @@ def verify(folder: Path) -> dict[str, Any]:
 
 
 def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutil.move(str(src), str(dst))
+
+
+def job_id_mark(db: Path) -> int:
+    """The largest job id the database at `db` ever gave (its AUTOINCREMENT mark or its largest id); 0 when there is
+    no such database or it cannot be read (a damaged database is often why one restores: logged, not fatal)."""
+    if not db.is_file():
+        return 0
+    try:
+        con = sqlite3.connect(db, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            mark = 0
+            if "job" in tables:
+                mark = con.execute("SELECT coalesce(max(id), 0) FROM job").fetchone()[0]
+            if "sqlite_sequence" in tables:
+                row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'job'").fetchone()
+                mark = max(mark, row[0] if row and row[0] is not None else 0)
+            return int(mark)
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        log.warning("restore: could not read the largest job id of %s (%s); ids continue from the backup's", db, exc)
+        return 0
+
+
+def _has_autoincrement(db: Path) -> bool:
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'job'").fetchone()
+    finally:
+        con.close()
+    return row is not None and "AUTOINCREMENT" in (row[0] or "").upper()
+
+
+def _migrate_in_thread(database_url: str) -> None:
+    """`alembic upgrade head` of the restored database (env.py runs its own event loop, so never on the caller's)."""
+    import concurrent.futures
+
+    from bot.db.migrate import upgrade_sync
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(upgrade_sync, database_url).result()
+
+
+def keep_job_ids_apart(db: Path, database_url: str, mark: int) -> int | None:
+    """Make the restored database at `db` give new jobs ids above `mark` (+ JOB_ID_MARGIN) and above every id it
+    holds; returns the next id, or None when there is no mark to keep. Migrates it first when its job table has no
+    AUTOINCREMENT yet (before 0006), so that SQLite keeps the mark from then on."""
+    if mark <= 0:
+        return None
+    if not _has_autoincrement(db):
+        _migrate_in_thread(database_url)
+    floor = mark + JOB_ID_MARGIN
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            own = con.execute("SELECT coalesce(max(id), 0) FROM job").fetchone()[0]
+            floor = max(floor, own)
+            row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'job'").fetchone()
+            if row is None:
+                con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('job', ?)", (floor,))
+            elif (row[0] or 0) < floor:
+                con.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'job'", (floor,))
+            else:
+                floor = row[0]
+    finally:
+        con.close()
+    return floor + 1
+
+
+def make_private(data_dir: Path, db: Path) -> None:
+    """Folders 0700 and files 0600 for what restore put in place (the database and the images)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.exists():
+            os.chmod(path, 0o600)
+    os.chmod(data_dir, 0o700)
+    images = data_dir / IMAGES
+    if images.is_dir():
+        os.chmod(images, 0o700)
+        for root, dirs, files in os.walk(images):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o700)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o600)
 
 
 def restore(source: Path, data_dir: Path, database_url: str, *, force: bool = False) -> RestoreResult:
     """Put a backup's database and images in place of the current ones (see the module docstring)."""
     data_dir = Path(data_dir)
     db = database_path(database_url)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with exclusive_lock(data_dir, force=force), tempfile.TemporaryDirectory(prefix=".restore-", dir=data_dir) as tmp:
         folder = _unpack(Path(source), Path(tmp))
         facts = verify(folder)
+        # The largest job id given so far, read before the current database goes aside (see the docstring).
+        mark = job_id_mark(db)
         aside = data_dir / f"before-restore-{_stamp()}"
         moved = False
         for item in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), data_dir / IMAGES,
@@ -350,4 +508,9 @@ def restore(source: Path, data_dir: Path, database_url: str, *, force: bool = Fa
         check = integrity(db)
         if check != "ok":  # pragma: no cover - verified above; a failing disk could still do it
             raise BackupError(f"the restored database fails its integrity check ({check}); the previous data is in {aside}")
-    return RestoreResult(facts["jobs"], facts["images"], aside if moved else None, facts["revision"])
+        next_id = keep_job_ids_apart(db, database_url, mark)
+        make_private(data_dir, db)
+        if next_id is not None:
+            log.info("restore: new jobs get ids from %d on (the database before it had given ids up to %d)", next_id,
+                     mark)
+    return RestoreResult(facts["jobs"], facts["images"], aside if moved else None, facts["revision"], next_id)

@@ -17,6 +17,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from generation.protocol.contract import MAX_SIDE, MAX_STEPS
+from generation.protocol.natsauth import NatsAuth
+from generation.protocol.natsconfig import DEFAULT_MAX_STORE, parse_size
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -38,6 +40,29 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     #: Port of the embedded nats-server (0: 4222 when free, else any free port). Ignored when nats_url is set.
     nats_port: int = Field(0, ge=0, le=65535)
+    # How the bot logs in to the NATS server of NATS_URL (generation.protocol.natsauth): one of a credentials file, an
+    # nkey seed file, a user and its password, or a token; and TLS: the CA of the server's certificate, and the bot's
+    # client certificate and key when the server verifies clients. Ignored with the embedded server, which makes its
+    # own credentials at every start. `python -m generation.protocol.natsconfig` writes them for a server of one's own.
+    #: NATS credentials file (a user JWT and its nkey seed).
+    nats_creds: Path | None = None
+    #: File holding an nkey seed.
+    nats_nkey_seed: Path | None = None
+    #: NATS user name (with NATS_PASSWORD).
+    nats_user: str | None = None
+    #: NATS password of NATS_USER.
+    nats_password: SecretStr | None = None
+    #: NATS token.
+    nats_token: SecretStr | None = None
+    #: CA certificate (PEM) that signed the server's certificate; with it the connection is TLS (tls:// URLs).
+    nats_tls_ca: Path | None = None
+    #: The bot's client certificate (PEM), for a server that verifies clients (mutual TLS); with NATS_TLS_KEY.
+    nats_tls_cert: Path | None = None
+    #: The key of NATS_TLS_CERT (PEM).
+    nats_tls_key: Path | None = None
+    #: Most bytes the embedded nats-server's JetStream store may take on disk (a number, or 500MB, 2GiB...); the
+    #: queue's streams are fitted into it. Ignored when nats_url is set (the server's own max_file_store counts).
+    nats_max_store: int = Field(DEFAULT_MAX_STORE, ge=64 * 1024 * 1024)
     #: Start one local worker process beside the bot. Unset: yes when the queue is embedded, no with NATS_URL.
     local_worker: bool | None = None
     #: Extra command-line arguments of the local worker, e.g. "--threads 1 --max-batch 2".
@@ -78,6 +103,25 @@ class Settings(BaseSettings):
     #: Most jobs one guild may have queued or running; a new job beyond it is refused (nothing is charged).
     max_queued_per_guild: int = Field(200, ge=1)
 
+    # Data that stays bounded (see bot.services.retention).
+    #: Days the image files of a finished job are kept; then a sweeper removes them (the job's row and parameters
+    #: stay, so 🔄 and ✏️ still draw it again). 0: keep them forever.
+    image_retention_days: int = Field(0, ge=0, le=36500)
+    #: Free space (MiB) on the data folder's disk below which the log warns (once per crossing) and /mod stats says
+    #: so. 0: never warn.
+    disk_warn_free_mb: int = Field(2048, ge=0)
+
+    # The web gallery (bot.gallery): served by the bot's own process, only while GALLERY_PORT is set.
+    #: TCP port of the web gallery. Unset: no gallery. 0: a free port the system picks (logged at start).
+    gallery_port: int | None = Field(None, ge=0, le=65535)
+    #: Address the gallery listens on. The default serves this machine only: put a reverse proxy in front of it
+    #: (with GALLERY_PUBLIC_URL) rather than listening on every address.
+    gallery_host: str = Field("127.0.0.1", min_length=1, max_length=253)
+    #: The address people open the gallery at, e.g. https://art.example.org/gallery when a reverse proxy forwards
+    #: that prefix (stripped) to GALLERY_HOST:GALLERY_PORT. Its path prefixes every link of the pages; /mod gallery
+    #: answers with links under it. Unset: links from the root ("/"), none in Discord.
+    gallery_public_url: str | None = None
+
     #: Level of the bot's log lines.
     log_level: LogLevel = "INFO"
     #: File the bot appends its event loop's worst lag to, one JSON line a second (benchmarks). Unset: not measured.
@@ -96,6 +140,42 @@ class Settings(BaseSettings):
         if isinstance(v, int) and not isinstance(v, bool):
             return [v]
         return v
+
+    @field_validator("nats_max_store", mode="before")
+    @classmethod
+    def _parse_store_size(cls, v: object) -> object:
+        return parse_size(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _nats_auth_fits(self) -> Settings:
+        if self.nats_url:
+            self.nats_auth().check(self.nats_url)
+        return self
+
+    def nats_auth(self) -> NatsAuth:
+        """The NATS credentials and TLS files of the settings (for NATS_URL; the embedded server makes its own)."""
+        return NatsAuth(
+            creds=self.nats_creds, nkey_seed=self.nats_nkey_seed, user=self.nats_user,
+            password=self.nats_password.get_secret_value() if self.nats_password else None,
+            token=self.nats_token.get_secret_value() if self.nats_token else None,
+            tls_ca=self.nats_tls_ca, tls_cert=self.nats_tls_cert, tls_key=self.nats_tls_key,
+        )
+
+    @field_validator("gallery_public_url", mode="before")
+    @classmethod
+    def _check_gallery_url(cls, v: object) -> object:
+        if not isinstance(v, str):
+            return v
+        text = v.strip()
+        if not text:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"GALLERY_PUBLIC_URL is {text[:100]!r}, but it has to be an http:// or https:// address "
+                             "without ?query or #fragment, e.g. https://art.example.org/gallery")
+        return text.rstrip("/")
 
     @field_validator("discord_token", mode="before")
     @classmethod

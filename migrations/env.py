@@ -13,7 +13,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from bot.db.engine import create_engine
-from bot.db.models import Base
+from bot.db.models import Base, include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -36,6 +36,8 @@ def _configure(**kw) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,
         compare_type=True,
+        # The gallery's FTS5 table and its shadow tables (migration 0008) are not models: autogenerate leaves them be.
+        include_name=include_name,
         # SQLite does roll back DDL; our own BEGIN (bot.db.engine) makes each upgrade all-or-nothing.
         transactional_ddl=True,
         **kw,

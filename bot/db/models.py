@@ -14,6 +14,8 @@ image           the files a job produced (path under data/ and sha256)
 ban             members barred from generating in a guild
 blocked_term    terms refused in prompts (stored normalised, see bot.services.moderation)
 audit_log       every moderator action
+job_fts         the web gallery's full-text index of posted prompts (migration 0008; an FTS5 table the models do not
+                map, kept by triggers on `job`, see `UNMAPPED_TABLES`)
 
 A job's generation parameters live in ONE JSON column, `job.request`: the validated
 `generation.protocol.contract.GenerationRequest` as `to_json(with_image=False)` writes it. The request class is the
@@ -45,6 +47,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -55,6 +58,17 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+#: Tables of the schema that no model maps: the gallery's FTS5 index of prompts (migration 0008) and the shadow tables
+#: SQLite keeps for it. Comparing the models with a database (tests, `alembic revision --autogenerate`) leaves them out.
+UNMAPPED_TABLES = frozenset(
+    {"job_fts", *(f"job_fts_{part}" for part in ("data", "idx", "content", "docsize", "config"))})
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's `include_name` hook: False for the tables in UNMAPPED_TABLES."""
+    return not (type_ == "table" and name in UNMAPPED_TABLES)
 
 
 def utcnow() -> datetime:
@@ -241,6 +255,12 @@ class Job(Base):
     #: When 🗑️ deleted the job's result (its message and image files are gone; the row stays for quotas and the
     #: audit log). NULL: not deleted.
     deleted_at: Mapped[datetime | None]
+    #: The job's round in the fair order while it waits undispatched (bot.services.jobs, "Fair order"): its owner's
+    #: jobs in flight plus its rank among the owner's waiting jobs. NULL once it is dispatched, running or final.
+    #: Kept up to date by `JobService` at each change of the owner's jobs, so the line is read through an index.
+    fair_round: Mapped[int | None]
+    #: A moderator took the job out of the web gallery (`/mod gallery hide`, bot.gallery); Discord is unaffected.
+    gallery_hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", lazy="raise"
@@ -252,6 +272,19 @@ class Job(Base):
         CheckConstraint("cost >= 0", name="cost_not_negative"),
         Index("ix_job_status_id", "status", "id"),
         Index("ix_job_guild_id_user_id_id", "guild_id", "user_id", "id"),
+        # The line (migration 0007): dispatched jobs by dispatch time, waiting ones in fair order, each read or
+        # counted from the front without touching the rest; a member's active jobs; a guild's active jobs; the
+        # models active jobs wait for; the variations and upscales made from a job (the retention sweep's check).
+        Index("ix_job_status_dispatched_at_fair_round_id", "status", "dispatched_at", "fair_round", "id"),
+        Index("ix_job_user_id_status_dispatched_at", "user_id", "status", "dispatched_at"),
+        Index("ix_job_guild_id_status", "guild_id", "status"),
+        Index("ix_job_status_model", "status", "model"),
+        Index("ix_job_source_job_id", "source_job_id"),
+        # The channels posted jobs are in (migration 0008): the web gallery reads them one index seek each.
+        Index("ix_job_gallery_channel", "guild_id", "posted_channel_id", sqlite_where=text("status = 'posted'")),
+        # Job ids never repeat (migration 0006): SQLite keeps the largest id it ever gave in sqlite_sequence, and
+        # `bot.backup restore` keeps that mark across restoring an older backup.
+        {"sqlite_autoincrement": True},
     )
 
 

@@ -19,8 +19,12 @@ The database row is the source of truth. `Dispatcher` is the front of four parts
 - `JobEvents` (`bot.dispatch.events`): hands every `JobEvent` to subscribers (`subscribe()`) and watchers
   (`watch(job_id)`), and calls the listener.
 
-`reconcile()` (run by `start`) walks every unfinished job row: collects outcomes stored while the bot was down,
-re-publishes dispatched jobs the stream lacks, and hands succeeded-but-unposted jobs to the listener for posting.
+`reconcile()` (run by `start`) walks every unfinished job row, in pages (`JobService.unfinished_pages`: one short
+read of at most 500 jobs each): collects outcomes stored while the bot was down, re-publishes dispatched jobs the
+stream lacks, and hands succeeded-but-unposted jobs to the listener for posting. A queued job that was never
+dispatched costs no request to NATS: the job stream's subjects are listed once (it holds only the feeder's window),
+and such a job that is not there is left to the feeder; an outcome stored for it anyway (the bot stopped between
+publishing it and marking it dispatched) comes through the durable results consumer like any other.
 Each job is handled on its own: an outcome that is refused (its images missing, too large, not the job's) or cannot
 be read fails that job (refunded); any other error with one job is logged in one line and the walk goes on (the
 results loop, or the next start, takes that job up). It also marks the waiting and running jobs active
@@ -49,7 +53,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,7 +62,8 @@ from bot.dispatch.feeder import Feeder, FeederJobs, SourceImages
 from bot.dispatch.recorder import OutcomeRecorder, RecorderImages, RecorderJobs
 from bot.dispatch.registry import UNSERVED_TIMEOUT, ServedModel, WorkerRegistry
 from generation.protocol.cards import ModelCard
-from generation.protocol.queue import JobQueue, MessageError, QueueConfig, WorkerInfo, is_missing
+from generation.protocol.natsauth import NatsAuth
+from generation.protocol.queue import JobQueue, MessageError, QueueConfig, WorkerInfo, is_missing, model_token
 from generation.protocol.strict import short
 
 __all__ = [
@@ -79,8 +84,11 @@ MAX_RESTORED_CONSUMERS = 64
 class JobsLike(FeederJobs, RecorderJobs, Protocol):
     """The parts of `bot.services.jobs.JobService` the dispatcher and its parts use."""
 
-    async def unfinished(self) -> list[Any]: ...
+    def unfinished_pages(self) -> AsyncIterator[list[Any]]: ...
+    async def get(self, job_id: int) -> Any: ...
     async def waiting_by_model(self) -> dict[str, int]: ...
+    async def active_models(self) -> dict[str, int]: ...
+    async def active_of_models(self, models: Iterable[str]) -> list[Any]: ...
 
 
 class ImagesLike(SourceImages, RecorderImages, Protocol):
@@ -113,8 +121,13 @@ class Dispatcher:
         feed_interval: float = 2.0,
         name: str = "bot",
         unserved_timeout: float = UNSERVED_TIMEOUT,
+        auth: NatsAuth | None = None,
+        connect_timeout: float = 30.0,
     ):
         self.nats_url = nats_url
+        #: The bot's NATS credentials and TLS files (`generation.protocol.natsauth`); None: none.
+        self.auth = auth
+        self.connect_timeout = connect_timeout
         self.jobs = jobs
         self.images = images
         self.config = config or QueueConfig()
@@ -170,9 +183,12 @@ class Dispatcher:
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     async def connect(self) -> JobQueue:
-        """Connect to NATS and create the streams if needed (no jobs move yet)."""
+        """Connect to NATS and create the streams if needed (no jobs move yet). A refused login or TLS handshake
+        raises `ConnectRefused` at once (its message names the URL, without a password, and the settings to check);
+        a server that cannot be reached, `ConnectionError` after `connect_timeout` seconds."""
         if self.queue is None:
-            self.queue = await JobQueue.connect(self.nats_url, self.config, name=self.name, connect_timeout=30.0)
+            self.queue = await JobQueue.connect(self.nats_url, self.config, name=self.name,
+                                                connect_timeout=self.connect_timeout, auth=self.auth)
         return self.queue
 
     async def start(self, listener: JobListener | None = None, *, reconcile: bool = True) -> ReconcileReport | None:
@@ -338,15 +354,16 @@ class Dispatcher:
         q = self._require_queue()
         report = ReconcileReport()
         t0 = time.monotonic()
-        unfinished = await self.jobs.unfinished()
-        self.events.track(job.id for job in unfinished if str(job.status) in ("queued", "running"))
-        for job in unfinished:
-            try:
-                await self._reconcile_one(q, job, report)
-            except Exception as e:
-                report.errors.append(job.id)
-                log.warning("job %d: reconcile could not handle it now (%s: %s); the results loop or the next start "
-                            "takes it up", job.id, type(e).__name__, short(str(e), 200))
+        in_stream = await self._jobs_in_stream(q)
+        async for page in self.jobs.unfinished_pages():
+            self.events.track(job.id for job in page if str(job.status) in ("queued", "running"))
+            for job in page:
+                try:
+                    await self._reconcile_one(q, job, report, in_stream)
+                except Exception as e:
+                    report.errors.append(job.id)
+                    log.warning("job %d: reconcile could not handle it now (%s: %s); the results loop or the next "
+                                "start takes it up", job.id, type(e).__name__, short(str(e), 200))
         log.info(
             "reconciled in %.2f s: %d outcome(s) collected, %d re-published, %d in the queue, %d waiting for dispatch, "
             "%d to post, %d failed, %d left for later",
@@ -356,11 +373,32 @@ class Dispatcher:
         self.feeder.wake()
         return report
 
-    async def _reconcile_one(self, q: JobQueue, job: Any, report: ReconcileReport) -> None:
+    async def _jobs_in_stream(self, q: JobQueue) -> set[int] | None:
+        """The ids of the jobs whose messages the job stream holds (one request: the stream's subjects), or None
+        when they could not be listed (every job is then looked up on its own)."""
+        try:
+            info = await q.js.stream_info(q.config.jobs_stream, subjects_filter=f"{q.config.prefix}.jobs.>")
+        except Exception as e:
+            log.warning("dispatch: could not list the job stream's subjects (%s); looking jobs up one by one",
+                        short(str(e), 200))
+            return None
+        ids = set()
+        for subject in info.state.subjects or {}:
+            tail = subject.rsplit(".", 1)[-1]
+            if tail.isdigit():
+                ids.add(int(tail))
+        return ids
+
+    async def _reconcile_one(self, q: JobQueue, job: Any, report: ReconcileReport,
+                             in_stream: set[int] | None = None) -> None:
         status = str(job.status)
         if status == "succeeded":
             report.to_post.append(job.id)
             await self.events.finished(job.id, "succeeded", timeline=self.recorder.stored_timeline(job.id))
+            return
+        if status == "queued" and job.dispatched_at is None and in_stream is not None and job.id not in in_stream:
+            # Never dispatched and not in the stream: the feeder's (see the module docstring).
+            report.undispatched.append(job.id)
             return
         try:
             outcome = await q.get_outcome(job.id, strict=True)
@@ -382,7 +420,9 @@ class Dispatcher:
         if status == "queued" and job.dispatched_at is None:
             report.undispatched.append(job.id)
             return
-        # Dispatched (or started) but the stream has no message and there is no outcome: publish it again.
+        # Dispatched (or started) but the stream has no message and there is no outcome: publish it again (the
+        # whole job is read now: the pages carry only what the decisions above need).
+        job = await self.jobs.get(job.id)
         if await self.feeder.publish(job, again=True):
             report.republished.append(job.id)
         else:
@@ -399,7 +439,11 @@ class Dispatcher:
         if not self.registry.check_due(force=force):
             return []
         failed: list[int] = []
-        for job_id, reason in self.registry.overdue(await self.jobs.unfinished()):
+        # Only the jobs of models no live worker serves are read (one grouped count, then those jobs): the registry
+        # passes over every other job anyway, so a long backlog of served jobs costs nothing here.
+        live = self.registry.tokens()
+        unserved = [m for m in await self.jobs.active_models() if model_token(m) not in live]
+        for job_id, reason in self.registry.overdue(await self.jobs.active_of_models(unserved)):
             if await self.recorder.fail(job_id, reason):
                 failed.append(job_id)
                 with contextlib.suppress(Exception):

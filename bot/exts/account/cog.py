@@ -16,7 +16,9 @@ from PIL import Image as PILImage
 from bot.errors import JobNotFound
 from bot.exts.common import JobDeleted, JobNotVisible, can_see_job, deps, guild_id_of, is_moderator, role_ids_of
 from bot.exts.imagine import models
+from bot.services.images import removed
 from bot.services.model_policy import ModelPolicy
+from bot.services.retention import expired_text
 from bot.ui.embeds import BLUE, history_embed, parameters_embed, quota_embed
 from bot.ui.images import fit_to_limit, job_grid
 from bot.ui.text import EMBED_FIELD_VALUE, fit_embed, safe_text
@@ -135,6 +137,9 @@ class Account(commands.Cog):
         embed = parameters_embed(found)
         note = JOB_DELETED if found.deleted_at is not None else ""
         shown = [i for i in found.images if not i.nsfw] if found.deleted_at is None else []
+        if shown and removed(found):
+            # Removed after IMAGE_RETENTION_DAYS (bot.services.retention): the parameters stay, the picture is gone.
+            note, shown = expired_text(found.id, d.settings.image_retention_days), []
         if shown:
             try:
                 if len(shown) == 1 and not keep_metadata:

@@ -10,6 +10,8 @@ any age and after any restart; nothing here lives in memory between clicks.
 Who sees what follows one rule, `bot.exts.common.can_see_job`: ℹ️ and the ✏️ modal show the prompt only to those
 who may see the job, and U/V/🔄 (which would show the prompt again in the new job) are refused to the others.
 A job deleted with 🗑️ keeps its row (quotas, audit log); its buttons answer that it was deleted.
+A job whose image files were removed after IMAGE_RETENTION_DAYS (bot.services.retention) keeps its row too: 🔄 and
+✏️ draw it again, U/V answer that its images were removed (`ImagesExpired`), ℹ️ says so under its parameters.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from bot.exts.common import (
 from bot.exts.errors import report_error
 from bot.exts.imagine.flow import start_job
 from bot.exts.imagine.options import clean_prompt
+from bot.services.images import removed
+from bot.services.retention import ImagesExpired, expired_text
 from bot.ui import buttons as b
 from bot.ui.embeds import cancelled_embed, parameters_embed
 from generation.protocol.contract import STRENGTH_STRONG, STRENGTH_SUBTLE
@@ -118,6 +122,8 @@ class JobActions(commands.Cog):
         job = await self._visible_job(interaction, job_id)
         if not job.has_images or index is None or index >= len(job.images):
             raise SourceImageNotFound(job_id, index or 0)
+        if removed(job):
+            raise ImagesExpired(job_id, deps(interaction).settings.image_retention_days)
         return job
 
     async def upscale(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
@@ -180,6 +186,9 @@ class JobActions(commands.Cog):
         embed = parameters_embed(job)
         if not can_see_job(interaction, job):
             embed = hidden_parameters(embed)
+        if removed(job):
+            note = expired_text(job.id, deps(interaction).settings.image_retention_days)
+            embed.description = f"{embed.description}\n\n{note}" if embed.description else note
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     async def delete(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:

@@ -176,7 +176,7 @@ async def check_queue_room(interaction: discord.Interaction) -> None:
     """Refuse a new job when the guild already has MAX_QUEUED_PER_GUILD jobs waiting or running (operator cap)."""
     d = deps(interaction)
     limit = d.settings.max_queued_per_guild
-    if len(await d.jobs.queue(guild_id_of(interaction))) >= limit:
+    if await d.jobs.active_in_guild(guild_id_of(interaction)) >= limit:  # one indexed count, no job loaded
         raise QueueFull(limit)
 
 

@@ -6,10 +6,18 @@ the job from the database first and acts only if the job's state calls for it, s
 - `job_progress`: edits the job's progress message (queue position, progress bar, preview), at most once every
   `EDIT_INTERVAL` seconds per job (Discord rate-limits message edits).
 - `job_loading`: the worker loads the job's model first: the message says "loading model…" until the first step.
+- `job_queued` / `job_position`: the job's place in the line; `job_position` gets the place the feeder just read
+  (no count again), reads nothing when the place shown is still right, and edits at most
+  `POSITION_EDITS_PER_CHANNEL` messages of one channel per `POSITION_EDIT_WINDOW` seconds (Discord rate-limits
+  edits per channel; the feeder comes back to what was put off, the front of the line first).
 - `job_succeeded`: posts the result as a new channel message with the bot's token (not the interaction webhook,
   whose token dies after 15 minutes), with the job buttons, and marks the job posted exactly once. The post carries
   a nonce made from the job id, so a repeated post (a lost answer, a restart between posting and marking) returns
-  the first message instead of a second; a 413 (upload too large) is answered by posting smaller.
+  the first message instead of a second; a 413 (upload too large) is answered by posting smaller. Discord remembers
+  a nonce only for minutes, so when an earlier attempt may have reached Discord (the job succeeded before this
+  process started, or this process tried already), the channel's latest `RECOVERY_SCAN` messages are looked through
+  first: a message of the bot's own with the job's 🗑️ button is that post, and is marked posted instead of posting
+  again (`_earlier_post`).
 - `job_failed` / `job_cancelled`: turn the progress message into the final word (or, when that message is gone,
   tell the owner in a new message).
 - `job_finished` (what the dispatcher calls): one of the above, tried again for a while when Discord fails.
@@ -21,6 +29,7 @@ land after the final one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
 import time
@@ -32,8 +41,9 @@ import aiohttp
 import discord
 
 from bot.db.engine import is_busy_error, is_full_error
+from bot.db.models import utcnow
 from bot.services.images import ImageDamaged
-from bot.ui.buttons import grid_view, progress_view, single_view
+from bot.ui.buttons import DELETE, grid_view, job_custom_id, progress_view, single_view
 from bot.ui.embeds import (
     cancelled_embed,
     failed_embed,
@@ -59,6 +69,12 @@ ENTITY_TOO_LARGE = 40005
 TOKEN_MARGIN = timedelta(seconds=60)
 TOKEN_LIFETIME = timedelta(minutes=15)
 PREVIEW_NAME = "preview.png"
+#: At most this many queue-position edits in one channel per POSITION_EDIT_WINDOW seconds (Discord allows about five
+#: message edits per channel in five seconds; progress edits and results need the rest of the allowance).
+POSITION_EDITS_PER_CHANNEL = 4
+POSITION_EDIT_WINDOW = 5.0
+#: How many of a channel's latest messages are looked through for a result post an earlier attempt made.
+RECOVERY_SCAN = 50
 
 
 def nsfw_visible(policy: str, channel: Any) -> bool:
@@ -68,6 +84,26 @@ def nsfw_visible(policy: str, channel: Any) -> bool:
     if policy == "age_restricted":
         return bool(getattr(channel, "is_nsfw", lambda: False)())
     return False
+
+
+class EditBudget:
+    """At most `count` edits per `window` seconds for each channel (a sliding window)."""
+
+    def __init__(self, count: int = POSITION_EDITS_PER_CHANNEL, window: float = POSITION_EDIT_WINDOW,
+                 clock: Callable[[], float] = time.monotonic):
+        self.count, self.window, self.clock = count, window, clock
+        self._spent: dict[int, collections.deque[float]] = {}
+
+    def take(self, channel_id: int) -> bool:
+        """Spend one edit in the channel; False (nothing spent) when its budget for now is used up."""
+        now = self.clock()
+        spent = self._spent.setdefault(channel_id, collections.deque())
+        while spent and now - spent[0] >= self.window:
+            spent.popleft()
+        if len(spent) >= self.count:
+            return False
+        spent.append(now)
+        return True
 
 
 class JobPresenter:
@@ -85,8 +121,17 @@ class JobPresenter:
         self._sent_preview: dict[int, int] = {}
         #: What each waiting job's message shows (position, paused), so an unchanged line costs no edit.
         self._shown_position: dict[int, tuple[int | None, bool]] = {}
+        #: The guild of each job whose position is shown (its paused flag is part of what is shown).
+        self._queued_guild: dict[int, int] = {}
+        #: Queue-position edits per channel (`job_queued`, `job_position`).
+        self.position_budget = EditBudget()
         #: Jobs whose message says "loading model…": it stays until their first step.
         self._loading: set[int] = set()
+        #: When this presenter (this process) started, on the job service's clock: a job that succeeded before may
+        #: have been posted by the process before (`_may_have_posted`).
+        self._started = utcnow()
+        #: Jobs whose result this process tried to post and has not marked posted yet.
+        self._tried: set[int] = set()
 
     def remember(self, job_id: int, interaction: discord.Interaction, *, position: int | None = None, paused: bool = False) -> None:
         """Edit the progress message through `interaction`'s token while it is valid (Discord's intended way);
@@ -94,6 +139,8 @@ class JobPresenter:
         # Counted from now (the response was just sent), not from the snowflake: both ends then read one clock.
         self._interactions[job_id] = (interaction, discord.utils.utcnow() + TOKEN_LIFETIME - TOKEN_MARGIN)
         self._shown_position[job_id] = (position, paused)
+        if interaction.guild_id is not None:
+            self._queued_guild[job_id] = interaction.guild_id
 
     def _forget(self, job_id: int) -> None:
         self._edit_locks.pop(job_id, None)
@@ -102,6 +149,7 @@ class JobPresenter:
         self._pending_preview.pop(job_id, None)
         self._sent_preview.pop(job_id, None)
         self._shown_position.pop(job_id, None)
+        self._queued_guild.pop(job_id, None)
         self._loading.discard(job_id)
 
     @property
@@ -176,18 +224,38 @@ class JobPresenter:
 
     # --- while it runs --------------------------------------------------------------------------------------------
     async def job_queued(self, job_id: int) -> None:
-        """Refresh the queue position shown on a waiting job."""
+        """Refresh the queue position shown on a waiting job (counted here; the job was just dispatched)."""
+        await self._show_place(job_id, None)
+
+    async def job_position(self, job_id: int, position: int) -> bool:
+        """Show a waiting job's place as the feeder just read the line (`position` jobs ahead of it). When the
+        message shows that place already nothing is read but the guild's paused flag; False when the channel's
+        position edits are used up for now (`position_budget`): the feeder comes back to it."""
+        place = position + 1
+        guild_id = self._queued_guild.get(job_id)
+        if guild_id is not None and self._shown_position.get(job_id, (None, False))[0] == place:
+            if self._shown_position[job_id] == (place, await self.deps.moderation.is_paused(guild_id)):
+                return True
+        return await self._show_place(job_id, position)
+
+    async def _show_place(self, job_id: int, position: int | None) -> bool:
+        """Edit the job's message to show its place (`position`, or counted now when None) if that changed."""
         async with self._edit_lock(job_id):
             job = await self.deps.jobs.find(job_id)
             if job is None or job.status != "queued" or job_id in self._loading:
-                return
-            position = await self.deps.jobs.position(job_id)
+                return True
+            if position is None:
+                position = await self.deps.jobs.position(job_id)
             paused = await self.deps.moderation.is_paused(job.guild_id)
+            self._queued_guild[job_id] = job.guild_id
             place = None if position is None else position + 1
             if self._shown_position.get(job_id) == (place, paused):
-                return
+                return True
+            if not self.position_budget.take(job.progress_channel_id or job.channel_id):
+                return False
             self._shown_position[job_id] = (place, paused)
             await self._edit_progress(job, embed=queued_embed(job, place, paused=paused), view=progress_view(job.id))
+            return True
 
     async def job_loading(self, job_id: int) -> None:
         """Show that the worker loads the job's model before it starts (this can take a while)."""
@@ -237,30 +305,67 @@ class JobPresenter:
             if job is None or job.status != "succeeded":
                 return None
             channel = await self._channel(job.channel_id)
-            policy = (await self.deps.moderation.guild_settings(job.guild_id)).nsfw_policy
-            shown = [img for img in job.images if not img.nsfw or nsfw_visible(str(policy), channel)]
-            hidden = len(job.images) - len(shown)
-            try:
-                # Every file is read with its recorded sha256; the grid is composed once and cached for /show.
-                grid = await asyncio.to_thread(job_grid, self.deps.images, job.id, shown)
-            except (ImageDamaged, FileNotFoundError) as exc:
-                log.error("job %s: an image file is damaged or missing (%s); posting without the picture",
-                          job.id, type(exc).__name__)
-                grid = None
-            limit = getattr(getattr(channel, "guild", None), "filesize_limit", DEFAULT_UPLOAD_LIMIT)
-            message = await self._send_result(job, channel, grid, timeline, limit, hidden)
+            message = await self._earlier_post(job, channel) if self._may_have_posted(job) else None
+            self._tried.add(job.id)
+            if message is None:
+                message = await self._post_result(job, channel, timeline)
             if not await self.deps.jobs.mark_posted(job.id, channel.id, message.id):
                 posted = await self.deps.jobs.find(job.id)
                 if posted is None or posted.posted_message_id != message.id:
                     # Someone else posted it between our read and now: keep theirs.
                     await message.delete()
                 return None
+            self._tried.discard(job.id)
             log.info("job %s posted as message %s in channel %s", job.id, message.id, channel.id)
         self._locks.pop(job_id, None)
         async with self._edit_lock(job_id):
             await self._edit_progress(job, embed=finished_progress_embed(job, message.jump_url), attachments=[], view=None)
         self._forget(job_id)
         return message
+
+    async def _post_result(self, job: Any, channel: Any, timeline: bytes | None) -> discord.Message:
+        """Compose the job's picture (images the channel may show) and post it with its buttons."""
+        policy = (await self.deps.moderation.guild_settings(job.guild_id)).nsfw_policy
+        shown = [img for img in job.images if not img.nsfw or nsfw_visible(str(policy), channel)]
+        hidden = len(job.images) - len(shown)
+        try:
+            # Every file is read with its recorded sha256; the grid is composed once and cached for /show.
+            grid = await asyncio.to_thread(job_grid, self.deps.images, job.id, shown)
+        except (ImageDamaged, FileNotFoundError) as exc:
+            log.error("job %s: an image file is damaged or missing (%s); posting without the picture",
+                      job.id, type(exc).__name__)
+            grid = None
+        limit = getattr(getattr(channel, "guild", None), "filesize_limit", DEFAULT_UPLOAD_LIMIT)
+        return await self._send_result(job, channel, grid, timeline, limit, hidden)
+
+    def _may_have_posted(self, job: Any) -> bool:
+        """Whether an earlier attempt may have created the job's result message without the bot learning of it:
+        this process tried already, or the job succeeded before this process started (a crash or restart between
+        posting and marking)."""
+        finished = getattr(job, "finished_at", None)
+        return job.id in self._tried or (finished is not None and finished < self._started)
+
+    async def _earlier_post(self, job: Any, channel: Any) -> discord.Message | None:
+        """The job's result message if an earlier attempt made it: among the channel's latest `RECOVERY_SCAN`
+        messages, one of the bot's own (not the job's progress message) carrying the job's 🗑️ button. None when
+        there is none, or the channel's history cannot be read (the post then relies on its nonce alone)."""
+        me = getattr(self.bot.user, "id", None)
+        wanted = job_custom_id(job.id, DELETE)
+        try:
+            async for message in channel.history(limit=RECOVERY_SCAN):
+                if message.author.id != me or message.id == job.progress_message_id:
+                    continue
+                if any(getattr(child, "custom_id", None) == wanted
+                       for row in message.components for child in getattr(row, "children", ())):
+                    log.info("job %s: its result was posted before (message %s); marking it posted", job.id,
+                             message.id)
+                    return message
+        except discord.HTTPException as e:
+            if is_transient(e):
+                raise
+            log.warning("job %s: could not read the latest messages of channel %s (%s %s); posting with the nonce "
+                        "alone", job.id, channel.id, e.status, e.code)
+        return None
 
     async def _send_result(self, job: Any, channel: Any, grid: bytes | None, timeline: bytes | None, limit: int,
                            hidden: int) -> discord.Message:

@@ -1,5 +1,6 @@
 """/mod: quotas, bans, blocked terms, art channels, NSFW policy, the queue, pause/resume, statistics, and which models
-members get (`/mod model default|hide|show|list`; the models come from the workers, see bot.exts.imagine.models).
+members get (`/mod model default|hide|show|list`; the models come from the workers, see bot.exts.imagine.models),
+and which jobs the web gallery leaves out (`/mod gallery hide|unhide`, bot.gallery).
 
 Every command is hidden from members by `default_permissions(manage_guild=True)` and checked again here
 (`interaction_check`), because a server's admins can change who sees a command. A refused attempt is audited; every
@@ -286,6 +287,34 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
                          "first by name. Set one with `/mod model default`.")
         await reply(interaction, "", embed=lines_embed("Models", lines, empty="No worker is running: no model is served."))
 
+    # --- web gallery ---------------------------------------------------------------------------------------------
+    gallery = app_commands.Group(name="gallery", description="The web gallery of posted images")
+
+    @gallery.command(name="hide", description="Take a job out of the web gallery (its Discord message stays)")
+    @app_commands.describe(job="The job number (shown in the footer of every result)")
+    async def gallery_hide(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        require_moderator(interaction)
+        from bot.gallery.catalog import GalleryCatalog
+
+        changed = await GalleryCatalog(deps(interaction).sessions).set_hidden(
+            guild_id_of(interaction), job, True, interaction.user.id)
+        await reply(interaction, (f"Job #{job} is hidden from the web gallery." if changed
+                                  else f"Job #{job} was already hidden from the web gallery.") + _gallery_note(interaction))
+
+    @gallery.command(name="unhide", description="Show a hidden job in the web gallery again")
+    @app_commands.describe(job="The job number")
+    async def gallery_unhide(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        require_moderator(interaction)
+        from bot.gallery.catalog import GalleryCatalog
+
+        changed = await GalleryCatalog(deps(interaction).sessions).set_hidden(
+            guild_id_of(interaction), job, False, interaction.user.id)
+        settings = deps(interaction).settings
+        where = f" <{settings.gallery_public_url}/job/{job}>" if settings.gallery_public_url else ""
+        text = (f"Job #{job} is no longer hidden: the web gallery shows it{where} if it was posted in a channel "
+                "everyone can view." if changed else f"Job #{job} was not hidden from the web gallery.")
+        await reply(interaction, text + _gallery_note(interaction))
+
     @app_commands.command(name="pause", description="Stop starting new jobs in this server (queued jobs wait)")
     async def pause(self, interaction: discord.Interaction) -> None:
         require_moderator(interaction)
@@ -300,12 +329,13 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
             await deps(interaction).dispatcher.kick()
         await reply(interaction, "The queue runs again." if changed else "The queue was not paused.")
 
-    @app_commands.command(name="stats", description="Jobs, images and members of the last day")
+    @app_commands.command(name="stats", description="Jobs, images and members of the last day, and the data disk")
     async def stats(self, interaction: discord.Interaction) -> None:
         require_moderator(interaction)
         s = await deps(interaction).moderation.stats(guild_id_of(interaction))
         lines = [f"**{k}**: {v}" for k, v in s.jobs_by_status.items() if v]
         lines.append(f"Images in the last 24 h: **{s.images_today}** by **{s.members_today}** member(s)")
+        lines.extend(await storage_lines(deps(interaction).settings))
         await reply(interaction, "", embed=lines_embed("Image bot statistics", lines))
 
     @app_commands.command(name="log", description="The latest moderator actions in the audit log")
@@ -319,3 +349,28 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
             for e in entries
         ]
         await reply(interaction, "", embed=lines_embed("Audit log", lines, empty="No moderator actions yet."))
+
+
+def _gallery_note(interaction: discord.Interaction) -> str:
+    """A word when the gallery is off: the flag is kept for when GALLERY_PORT is set."""
+    if deps(interaction).settings.gallery_port is None:
+        return " (The web gallery is off on this bot: GALLERY_PORT is not set.)"
+    return ""
+
+
+async def storage_lines(settings) -> list[str]:
+    """/mod stats on the bot's storage: free space of the data disk (with a warning below DISK_WARN_FREE_MB) and how
+    long image files are kept (bot.services.retention)."""
+    import asyncio
+
+    from bot.services.retention import disk_space
+
+    days = settings.image_retention_days
+    lines = [f"Image files kept **{days}** day(s) after a job finishes" if days else "Image files are kept forever"]
+    try:
+        space = await asyncio.to_thread(disk_space, settings.data_dir, settings.disk_warn_free_mb)
+    except OSError as exc:
+        lines.append(f"Data disk: free space unknown ({exc.strerror or type(exc).__name__})")
+    else:
+        lines.append(space.describe())
+    return lines

@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 
 from bot.db import create_engine, current_revision, downgrade, migrate, upgrade
 from bot.db.migrate import head_revision
-from bot.db.models import Base
+from bot.db.models import Base, include_name
 from tests.conftest import sqlite_url
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -61,7 +61,8 @@ async def test_head_matches_the_models(tmp_path):
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+            diff = await conn.run_sync(lambda c: compare_metadata(
+                MigrationContext.configure(c, opts={"include_name": include_name}), Base.metadata))
     finally:
         await engine.dispose()
     assert diff == []

@@ -275,8 +275,15 @@ class _Rows:
     def __init__(self, *rows):
         self.rows = {r.id: r for r in rows}
 
-    async def unfinished(self):
-        return [r for r in self.rows.values() if r.status in ("queued", "running")]
+    async def active_models(self) -> dict[str, int]:
+        models: dict[str, int] = {}
+        for r in self.rows.values():
+            if r.status in ("queued", "running"):
+                models[r.model] = models.get(r.model, 0) + 1
+        return models
+
+    async def active_of_models(self, models) -> list:
+        return [r for r in self.rows.values() if r.status in ("queued", "running") and r.model in set(models)]
 
     async def fail(self, job_id: int, error: str):
         self.rows[job_id].status, self.rows[job_id].error = "failed", error

@@ -27,6 +27,9 @@ def clean_env(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models.txt").write_text("tiny=/models/tiny\n")
+    (tmp_path / "x4.pth").write_bytes(b"")  # an upscaler file: read when the worker loads it, not by the settings
+    for name in ("user.creds", "seed.nk", "ca.pem", "cert.pem", "key.pem"):  # contents are read at connect only
+        (tmp_path / name).write_text("-----\n")
 
 
 def test_defaults():
@@ -62,6 +65,8 @@ FLAG_CASES = [
     (["--compile"], "compile", True),
     (["--lora-dir", "."], "lora_dir", Path(".")),
     (["--embedding-dir", "."], "embedding_dir", Path(".")),
+    (["--upscaler", "x4.pth"], "upscalers", (Path("x4.pth"),)),
+    (["--captioner", "org/blip"], "captioner", "org/blip"),
     (["--name", "gpu1"], "name", "gpu1"),
     (["--no-default"], "serve_default", False),
     (["--max-batch", "2"], "max_batch", 2),
@@ -70,16 +75,35 @@ FLAG_CASES = [
     (["--drain-timeout", "0.2"], "drain_timeout", 0.2),
     (["--prefix", "test_1"], "prefix", "test_1"),
     (["--log-level", "debug"], "log_level", "DEBUG"),
+    (["--nats-creds", "user.creds"], "nats_creds", Path("user.creds")),
+    (["--nats-nkey-seed", "seed.nk"], "nats_nkey_seed", Path("seed.nk")),
+    (["--nats-user", "gpu1"], "nats_user", "gpu1"),  # its password from NATS_PASSWORD (set below)
+    (["--nats-tls-ca", "ca.pem", "--nats-url", "tls://h:4222"], "nats_tls_ca", Path("ca.pem")),
+    (["--nats-tls-cert", "cert.pem", "--nats-tls-key", "key.pem", "--nats-tls-ca", "ca.pem", "--nats-url",
+      "tls://h:4222"], "nats_tls_cert", Path("cert.pem")),
+    (["--nats-tls-key", "key.pem", "--nats-tls-cert", "cert.pem", "--nats-tls-ca", "ca.pem", "--nats-url",
+      "tls://h:4222"], "nats_tls_key", Path("key.pem")),
 ]
+
+#: Settings that only go with others: what each test of one of them sets besides.
+COMPANIONS = {
+    "nats_user": {"NATS_PASSWORD": "pw"},
+    "nats_password": {"NATS_USER": "gpu1"},
+    "nats_tls_ca": {"NATS_URL": "tls://h:4222"},
+    "nats_tls_cert": {"NATS_TLS_KEY": "key.pem", "NATS_TLS_CA": "ca.pem", "NATS_URL": "tls://h:4222"},
+    "nats_tls_key": {"NATS_TLS_CERT": "cert.pem", "NATS_TLS_CA": "ca.pem", "NATS_URL": "tls://h:4222"},
+}
 
 
 def value(settings: WorkerSettings, field: str):
     v = getattr(settings, field)
-    return v.get_secret_value() if field == "nats_url" else v
+    return v.get_secret_value() if field in ("nats_url", "nats_password", "nats_token") else v
 
 
 @pytest.mark.parametrize(("argv", "field", "expected"), FLAG_CASES, ids=[" ".join(c[0]) for c in FLAG_CASES])
-def test_every_flag_reaches_its_setting(argv, field, expected):
+def test_every_flag_reaches_its_setting(monkeypatch, argv, field, expected):
+    if field == "nats_user":
+        monkeypatch.setenv("NATS_PASSWORD", "pw")
     assert value(parse_args(argv), field) == expected
 
 
@@ -102,6 +126,8 @@ ENV_CASES = [
     ("WORKER_CHANNELS_LAST", "1", "channels_last", True),
     ("WORKER_LORA_DIR", ".", "lora_dir", Path(".")),
     ("WORKER_EMBEDDING_DIR", ".", "embedding_dir", Path(".")),
+    ("WORKER_UPSCALERS", "x4.pth, x4.pth", "upscalers", (Path("x4.pth"), Path("x4.pth"))),
+    ("WORKER_CAPTIONER", "/models/blip", "captioner", "/models/blip"),
     ("WORKER_SERVE_DEFAULT", "false", "serve_default", False),
     ("WORKER_DRAIN_TIMEOUT", "5", "drain_timeout", 5.0),
     ("WORKER_FAKE_ENGINE", "0.01", "fake_engine", 0.01),
@@ -111,11 +137,21 @@ ENV_CASES = [
     ("QUEUE_MAX_DELIVER", "2", "max_deliver", 2),
     ("QUEUE_PREFIX", "other", "prefix", "other"),
     ("LOG_LEVEL", "warning", "log_level", "WARNING"),
+    ("NATS_CREDS", "user.creds", "nats_creds", Path("user.creds")),
+    ("NATS_NKEY_SEED", "seed.nk", "nats_nkey_seed", Path("seed.nk")),
+    ("NATS_USER", "gpu1", "nats_user", "gpu1"),
+    ("NATS_PASSWORD", "s3cret", "nats_password", "s3cret"),
+    ("NATS_TOKEN", "t0ken", "nats_token", "t0ken"),
+    ("NATS_TLS_CA", "ca.pem", "nats_tls_ca", Path("ca.pem")),
+    ("NATS_TLS_CERT", "cert.pem", "nats_tls_cert", Path("cert.pem")),
+    ("NATS_TLS_KEY", "key.pem", "nats_tls_key", Path("key.pem")),
 ]
 
 
 @pytest.mark.parametrize(("env", "raw", "field", "expected"), ENV_CASES, ids=[f"{c[0]}={c[1]}" for c in ENV_CASES])
 def test_every_environment_variable_reaches_its_setting(monkeypatch, env, raw, field, expected):
+    for k, v in COMPANIONS.get(field, {}).items():
+        monkeypatch.setenv(k, v)
     monkeypatch.setenv(env, raw)
     assert value(parse_args([]), field) == expected
 
@@ -200,6 +236,62 @@ def test_the_nats_url_is_secret(monkeypatch, capsys):
     assert "hunter2" not in capsys.readouterr().err
 
 
+def test_nats_credentials_come_from_the_environment_and_stay_secret(monkeypatch, capsys):
+    """NATS_USER/NATS_PASSWORD (or NATS_TOKEN) reach the connection's keywords; neither the password nor the token
+    shows in the settings' repr, nor in an error about another setting."""
+    monkeypatch.setenv("NATS_USER", "gpu1")
+    monkeypatch.setenv("NATS_PASSWORD", "hunter2")
+    s = parse_args([])
+    kw = s.nats_auth().connect_kwargs(s.nats_url.get_secret_value())
+    assert (kw["user"], kw["password"], kw["inbox_prefix"]) == ("gpu1", "hunter2", "_INBOX.gpu1")
+    assert "hunter2" not in repr(s) + str(s) + repr(s.nats_auth()) + s.nats_auth().describe()
+    with pytest.raises(SystemExit):
+        parse_args(["--max-batch", "x"])
+    assert "hunter2" not in capsys.readouterr().err
+    monkeypatch.delenv("NATS_USER")
+    monkeypatch.delenv("NATS_PASSWORD")
+    monkeypatch.setenv("NATS_TOKEN", "t0psecret")
+    s = parse_args([])
+    assert s.nats_auth().connect_kwargs(s.nats_url.get_secret_value())["token"] == "t0psecret"
+    assert "t0psecret" not in repr(s) + repr(s.nats_auth())
+
+
+@pytest.mark.parametrize("flag", ["--nats-password", "--nats-token"])
+def test_no_flag_takes_a_password_or_a_token(capsys, flag):
+    """A command line is readable by every local user (/proc/<pid>/cmdline): secrets have no flag."""
+    with pytest.raises(SystemExit) as e:
+        parse_args([flag, "hunter2"])
+    assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"NATS_USER": "gpu1"}, "NATS_USER is set without NATS_PASSWORD"),
+        ({"NATS_PASSWORD": "hunter2"}, "NATS_PASSWORD is set without NATS_USER"),
+        ({"NATS_USER": "gpu1", "NATS_PASSWORD": "hunter2", "NATS_TOKEN": "hunter2"},
+         "NATS_USER/NATS_PASSWORD and NATS_TOKEN are all set"),
+        ({"NATS_CREDS": "user.creds", "NATS_NKEY_SEED": "seed.nk"}, "NATS_CREDS and NATS_NKEY_SEED are all set"),
+        ({"NATS_CREDS": "missing.creds"}, "NATS_CREDS names 'missing.creds', which is not a file"),
+        ({"NATS_TLS_CA": "ca.pem"}, "NATS_URL 'nats://127.0.0.1:4222' starts with nats:// but NATS_TLS_* is set"),
+        ({"NATS_URL": "tls://h:4222"}, "is a tls:// URL but NATS_TLS_CA is not set"),
+        ({"NATS_TLS_CERT": "cert.pem", "NATS_TLS_CA": "ca.pem", "NATS_URL": "tls://h:4222"},
+         "NATS_TLS_CERT is set without NATS_TLS_KEY"),
+        ({"NATS_USER": "a.b", "NATS_PASSWORD": "hunter2"}, "NATS_USER 'a.b' has to be 1-64 letters"),
+        ({"NATS_URL": "nats://u:hunter2@h:4222", "NATS_USER": "gpu1", "NATS_PASSWORD": "hunter2"},
+         "NATS_URL 'nats://***@h:4222' holds credentials"),
+    ],
+)
+def test_nats_settings_that_do_not_fit_are_refused_naming_them(monkeypatch, capsys, env, named):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as e:
+        parse_args([])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and named in err, err
+    assert "hunter2" not in err
+
+
 def test_engine_loader_follows_the_settings():
     load, hint = engine_loader(parse_args(["--fake-engine", "0.001", "--fake-name", "tiny", "--fake-noise"]))
     engine = load()
@@ -217,7 +309,8 @@ def test_env_example_documents_every_worker_setting():
     missing = [name for name in ENV_NAMES if f"{name}=" not in text]
     assert missing == []
     for name in ENV_NAMES:
-        if name not in ("NATS_URL", "MODEL_PATH", "LOG_LEVEL"):  # the bot's keys, documented above the section
+        # the bot's keys, documented above the section
+        if name not in ("NATS_URL", "MODEL_PATH", "LOG_LEVEL") and not name.startswith("NATS_"):
             assert f"# {name}=" in worker_part, name
 
 
