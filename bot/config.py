@@ -154,12 +154,7 @@ class Settings(BaseSettings):
 
     def nats_auth(self) -> NatsAuth:
         """The NATS credentials and TLS files of the settings (for NATS_URL; the embedded server makes its own)."""
-        return NatsAuth(
-            creds=self.nats_creds, nkey_seed=self.nats_nkey_seed, user=self.nats_user,
-            password=self.nats_password.get_secret_value() if self.nats_password else None,
-            token=self.nats_token.get_secret_value() if self.nats_token else None,
-            tls_ca=self.nats_tls_ca, tls_cert=self.nats_tls_cert, tls_key=self.nats_tls_key,
-        )
+        return NatsAuth.of(self)
 
     @field_validator("gallery_public_url", mode="before")
     @classmethod

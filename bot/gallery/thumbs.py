@@ -21,15 +21,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from PIL import Image
 
-from bot.services.images import ImageStore
+from bot.services.images import ImageStore, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +110,7 @@ class ThumbnailCache:
 
     def _make(self, target: Path, path: str, sha256: str) -> bytes:
         data = make_thumbnail(self.store.read(path, sha256), self.side)
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomically(target, data)
         self.made += 1
         return data
 

@@ -114,6 +114,26 @@ class StoredImage(NamedTuple):
     sha256: str
 
 
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write `data` to `target` so a crash leaves the old file or the new one, never a part: a temporary file (0600)
+    in the same folder (made 0700 when missing), fsync, rename, fsync of the folder."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(target.parent)
+
 class ImageStore:
     """Reads and writes image files below `data_dir` (the bot's `settings.data_dir`)."""
 
@@ -141,28 +161,11 @@ class ImageStore:
         return StoredImage(rel, digest)
 
     def _write(self, rel: str, data: bytes) -> None:
-        """Write `data` to the relative path `rel` atomically (temporary file, fsync, rename, fsync of the folder)."""
-        target = self.absolute(rel)
+        """Write `data` to the relative path `rel` atomically (`write_atomically`)."""
         try:
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            write_atomically(self.absolute(rel), data)
         except OSError as exc:
             raise ImageWriteError(rel, exc) from exc
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            if isinstance(exc, OSError):
-                raise ImageWriteError(rel, exc) from exc
-            raise
-        _fsync_dir(target.parent)
 
     def sweep_temp(self) -> int:
         """Remove the temporary files a crash left behind (call at start, before anything writes); returns how many."""

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import AfterValidator, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from generation.protocol.cards import ModelCard
@@ -33,6 +33,16 @@ MAX_SUGGESTIONS = 8
 #: The length of a job's secret (`JobMessage.secret`).
 JOB_SECRET_BYTES = 32
 _HEX_MAC = re.compile(r"[0-9a-f]{64}")
+
+
+def _mac_is_hex(value: str) -> str:
+    if value and not _HEX_MAC.fullmatch(value):
+        raise ValueError("should be 64 lowercase hex digits")
+    return value
+
+
+#: An HMAC-SHA256 in lowercase hex, or "" when unsigned (which the bot refuses).
+HexMac = Annotated[str, AfterValidator(_mac_is_hex)]
 
 OutcomeStatus = Literal["succeeded", "failed", "cancelled"]
 WorkerState = Literal["loading", "ready", "busy", "stopping", "stopped", "failed"]
@@ -73,16 +83,9 @@ class Outcome(Message):
     request_digest: str = ""
     #: HMAC-SHA256 (64 lowercase hex digits) of the outcome with its job's secret (`generation.protocol.signing`);
     #: "" when unsigned, which the bot refuses.
-    mac: str = ""
+    mac: HexMac = ""
     #: A `describe` job's prompt suggestions (it has no images); signed with the rest.
     suggestions: tuple[str, ...] = ()
-
-    @field_validator("mac")
-    @classmethod
-    def _mac_is_hex(cls, value: str) -> str:
-        if value and not _HEX_MAC.fullmatch(value):
-            raise ValueError("should be 64 lowercase hex digits")
-        return value
 
     @field_validator("suggestions")
     @classmethod
@@ -107,21 +110,7 @@ class ProgressEvent(Message):
     attempt: int = 1
     #: HMAC-SHA256 (hex) with the job's secret over the event (`generation.protocol.signing.progress_mac`): the bot
     #: acts on a progress event, and shows its preview, only when it matches.
-    mac: str = ""
-
-    @field_validator("mac")
-    @classmethod
-    def _mac_is_hex(cls, value: str) -> str:
-        if value and not _HEX_MAC.fullmatch(value):
-            raise ValueError("should be 64 lowercase hex digits")
-        return value
-
-    @field_validator("suggestions")
-    @classmethod
-    def _few_short_suggestions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > MAX_SUGGESTIONS or any(len(text) > MAX_SUGGESTION_CHARS for text in value):
-            raise ValueError(f"should be at most {MAX_SUGGESTIONS} texts of at most {MAX_SUGGESTION_CHARS} characters")
-        return value
+    mac: HexMac = ""
 
 
 @dataclass(frozen=True, config=STRICT)

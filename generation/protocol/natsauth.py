@@ -34,7 +34,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 __all__ = ["AUTH_SETTINGS", "TLS_SETTINGS", "NatsAuth", "NatsAuthError", "inbox_prefix", "safe_url"]
@@ -61,6 +61,19 @@ def inbox_prefix(user: str | None) -> str:
     return f"_INBOX.{user}" if user and _SUBJECT_TOKEN.match(user) else "_INBOX"
 
 
+class NatsAuthSettings(Protocol):
+    """The `nats_*` settings the bot and the worker share (pydantic `SecretStr` for the password and token)."""
+
+    nats_creds: Path | None
+    nats_nkey_seed: Path | None
+    nats_user: str | None
+    nats_password: Any
+    nats_token: Any
+    nats_tls_ca: Path | None
+    nats_tls_cert: Path | None
+    nats_tls_key: Path | None
+
+
 @dataclass(frozen=True)
 class NatsAuth:
     """The NATS credentials and TLS files of one side (bot or worker). Empty: no credentials, no TLS (the default
@@ -85,6 +98,19 @@ class NatsAuth:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value) if str(value).strip() else None)
+
+    @classmethod
+    def of(cls, settings: NatsAuthSettings) -> NatsAuth:
+        """The credentials and TLS files of a settings object with the `nats_*` fields (the bot's `Settings`, the
+        worker's `WorkerSettings`): one reading of them for both sides."""
+        def secret(value: Any) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        return cls(
+            creds=settings.nats_creds, nkey_seed=settings.nats_nkey_seed, user=settings.nats_user,
+            password=secret(settings.nats_password), token=secret(settings.nats_token),
+            tls_ca=settings.nats_tls_ca, tls_cert=settings.nats_tls_cert, tls_key=settings.nats_tls_key,
+        )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> NatsAuth:

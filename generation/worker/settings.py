@@ -246,12 +246,7 @@ class WorkerSettings(BaseSettings):
 
     def nats_auth(self) -> NatsAuth:
         """The NATS credentials and TLS files of the settings."""
-        return NatsAuth(
-            creds=self.nats_creds, nkey_seed=self.nats_nkey_seed, user=self.nats_user,
-            password=self.nats_password.get_secret_value() if self.nats_password else None,
-            token=self.nats_token.get_secret_value() if self.nats_token else None,
-            tls_ca=self.nats_tls_ca, tls_cert=self.nats_tls_cert, tls_key=self.nats_tls_key,
-        )
+        return NatsAuth.of(self)
 
     @model_validator(mode="after")
     def _model_names_differ(self) -> WorkerSettings:

@@ -15,11 +15,7 @@ from generation.engine import Engine, ModelLoadError, pick_dtype
 from generation.engine.pngmeta import parse_parameters, read_parameters
 from generation.engine.timeline import X0Tracker
 from generation.protocol.contract import STRENGTH_STRONG, STRENGTH_SUBTLE, GenerationCancelled, RequestError
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
-
+from tests.support.pictures import pixels
 
 # --- loading --------------------------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ without either, whose card says /describe is not available."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -17,18 +16,13 @@ from generation.engine import Engine
 from generation.engine.captioners import CLASSIFIER_FILE, CaptionerError, ShapesCaptioner, TransformersCaptioner
 from generation.protocol.contract import DESCRIBE_SUGGESTIONS, GenerationRequest, RequestError
 from generation.shapes import dataset as ds
+from tests.support.pictures import png_of
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[3] / "generation" / "models" / "default"
 #: Images of the data set the measurement draws, and the share of them one of the four suggestions has to name
 #: with the right kind and colour.
 N_IMAGES = 400
 REQUIRED = 0.90
-
-
-def png_of(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def describe(**fields) -> GenerationRequest:

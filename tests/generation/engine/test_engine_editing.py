@@ -17,16 +17,7 @@ from generation.engine.canvas import distance_to_boxes
 from generation.engine.pngmeta import parse_parameters, read_parameters
 from generation.protocol.contract import GenerationRequest, RequestError
 from generation.protocol.regions import region_boxes
-
-
-def png_of(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+from tests.support.pictures import pixels, png_of
 
 
 def picture(size=(64, 64), seed=0) -> Image.Image:

@@ -15,6 +15,7 @@ from PIL import Image
 from generation.engine import Engine
 from generation.engine.pngmeta import parse_parameters, read_parameters
 from generation.protocol.contract import GenerationCancelled, GenerationRequest, RequestError
+from tests.support.pictures import pixels
 from tests.support.tinymodels import (
     build_tiny_flux_pipeline,
     build_tiny_sd2_pipeline,
@@ -57,10 +58,6 @@ def req(prompt: str = "a red circle on a white background", **fields) -> Generat
     base = {"seed": 3, "steps": 2, "width": 64, "height": 64, "num_images": 2, "guidance": 4.0,
             "scheduler": "euler"}
     return GenerationRequest(prompt=prompt, **{**base, **fields})
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
 class CallSpy:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image
 
 from generation.engine import Engine
 from generation.worker import worker
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+from tests.support.pictures import pixels
 
 
 def test_channels_last_gives_the_same_images(engine, tiny_model_dir, request_for):

@@ -15,17 +15,8 @@ from generation.engine import Engine
 from generation.engine.pngmeta import parse_parameters, read_parameters
 from generation.engine.upscalers import UpscalerError, load_upscaler, load_upscalers, upscaler_name
 from generation.protocol.contract import GenerationRequest, RequestError
+from tests.support.pictures import pixels, png_of
 from tests.support.tinymodels import build_tiny_esrgan
-
-
-def png_of(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
 def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:

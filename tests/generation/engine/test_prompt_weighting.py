@@ -15,6 +15,7 @@ from PIL import Image
 from generation.engine import Engine
 from generation.engine.prompts import PromptEncoder
 from generation.engine.timeline import X0Tracker
+from tests.support.pictures import pixels
 from tests.support.tinymodels import (
     TINY_MAX_LENGTH,
     build_tiny_flux_pipeline,
@@ -74,10 +75,6 @@ def empty_window(engine) -> torch.Tensor:
     """The empty prompt's conditioning, one window [1, window, width]."""
     with torch.inference_mode():
         return torch.cat([p.empty_z for p in PromptEncoder(engine.pipe).providers], dim=-1)
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
 # --- long prompts ------------------------------------------------------------------------------------------------

@@ -19,18 +19,9 @@ from generation.worker.fake_engine import FakeEngine, default_card, fake_upscale
 from generation.worker.settings import parse_args
 from generation.worker.worker import Worker, batch_key, model_sources
 from tests.support.natsutil import WorkerProcess, connect, nats_server_fixture, outcome_of  # noqa: F401
+from tests.support.pictures import pixels, png_of
 
 SECRET = b"s" * 32
-
-
-def png_of(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
 def source_image(size=(64, 64)) -> Image.Image:
