@@ -14,6 +14,10 @@ image           the files a job produced (path under data/ and sha256)
 ban             members barred from generating in a guild
 blocked_term    terms refused in prompts (stored normalised, see bot.services.moderation)
 audit_log       every moderator action
+server_style    a guild's named styles (`/mod style`): a prompt template holding `{prompt}`, a negative, defaults
+personal_style  a member's own named styles in a guild (`/style save`), capped in number (bot.services.styles)
+showcase_setting the ⭐ showcase of a guild: its channel and the number of ⭐ that reposts a result
+showcase_post   the jobs reposted to the showcase: one row per job, claimed before posting (exactly once)
 job_fts         the web gallery's full-text index of posted prompts (migration 0008; an FTS5 table the models do not
                 map, kept by triggers on `job`, see `UNMAPPED_TABLES`)
 
@@ -38,6 +42,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -343,3 +348,77 @@ class AuditLog(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_audit_log_guild_id_at", "guild_id", "at"),)
+
+
+class ServerStyle(Base):
+    """A style of the guild's library, usable by every member (`/imagine style:`); kept by moderators."""
+
+    __tablename__ = "server_style"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int] = mapped_column(Snowflake)
+    #: Lower-case letters, digits, `-` and `_` (bot.services.styles.NAME_PATTERN).
+    name: Mapped[str] = mapped_column(String(32))
+    #: The prompt template: `{prompt}` is replaced by the member's prompt.
+    prompt: Mapped[str] = mapped_column(Text)
+    negative: Mapped[str] = mapped_column(Text, default="", server_default="")
+    #: Defaults the style brings (NULL = none): used when the member does not choose the value.
+    model: Mapped[str | None] = mapped_column(String(200))
+    sampler: Mapped[str | None] = mapped_column(String(40))
+    guidance: Mapped[float | None] = mapped_column(Float)
+    created_by: Mapped[int] = mapped_column(Snowflake)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("guild_id", "name"),)
+
+
+class PersonalStyle(Base):
+    """A member's own style in one guild (`/style save`); only its owner sees and uses it."""
+
+    __tablename__ = "personal_style"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int] = mapped_column(Snowflake)
+    user_id: Mapped[int] = mapped_column(Snowflake)
+    name: Mapped[str] = mapped_column(String(32))
+    prompt: Mapped[str] = mapped_column(Text)
+    negative: Mapped[str] = mapped_column(Text, default="", server_default="")
+    model: Mapped[str | None] = mapped_column(String(200))
+    sampler: Mapped[str | None] = mapped_column(String(40))
+    guidance: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("guild_id", "user_id", "name"),)
+
+
+class ShowcaseSetting(Base):
+    """The ⭐ showcase of a guild: a result of the bot with `stars` ⭐ reactions is reposted to `channel_id`."""
+
+    __tablename__ = "showcase_setting"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    channel_id: Mapped[int] = mapped_column(Snowflake)
+    stars: Mapped[int]
+    updated_by: Mapped[int] = mapped_column(Snowflake)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (CheckConstraint("stars >= 1", name="stars_positive"),)
+
+
+class ShowcasePost(Base):
+    """A job reposted to the showcase. The row is claimed (inserted) before the repost is sent, so that a job is
+    reposted once whatever happens later; `message_id` is set once Discord accepted the repost."""
+
+    __tablename__ = "showcase_post"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True,
+                                        autoincrement=False)
+    guild_id: Mapped[int] = mapped_column(Snowflake)
+    channel_id: Mapped[int] = mapped_column(Snowflake)
+    #: The nonce the repost is sent with (made from the job id): Discord drops a second message with the same nonce.
+    nonce: Mapped[str] = mapped_column(String(25))
+    message_id: Mapped[int | None] = mapped_column(Snowflake)
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    posted_at: Mapped[datetime | None]

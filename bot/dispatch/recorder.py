@@ -25,8 +25,10 @@ Anyone who can reach the NATS port can publish outcomes and progress events, so 
   mode; an empty one is refused);
 - an outcome's images must be what its job makes before anything is kept: at most the job's number of images, each
   index once; each object at most `MAX_OBJECT_BYTES` (its stated size is checked before it is fetched), matching its
-  sha256, a PNG whose header states the job's size (twice it for an upscale, see `image_fits_job`) — read from the
-  header alone, no pixel is decoded. An outcome that fails any of these (or names an object that is not there) is
+  sha256, a PNG whose header states the job's size (2 or 4 times it for an upscale, the grown canvas for an
+  outpaint, see `image_fits_job`) — read from the header alone, no pixel is decoded. A `describe` outcome has no
+  images but 1-4 prompt suggestions (kept in a JSON file next to the job's images, `stored_suggestions`; the log
+  counts them and quotes none); any other outcome with suggestions is refused. An outcome that fails any of these (or names an object that is not there) is
   refused: its job is failed and refunded with a reason that quotes nothing of the message (`MISMATCH`, ...), in
   one log line, and the message is acked. A missing timeline only leaves the timeline out;
 - an outcome message that cannot be read is dropped (logged) and changes nothing: it is not signed as far as the
@@ -51,7 +53,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import json
 import logging
 import re
 import time
@@ -64,7 +68,7 @@ from nats.js.errors import DigestMismatchError, ObjectNotFoundError
 from bot.dispatch.events import JobEvents
 from bot.errors import IllegalTransition, JobNotFound
 from bot.services.images import ImageWriteError, read_header
-from generation.protocol.contract import MAX_IMAGES
+from generation.protocol.contract import DESCRIBE_SUGGESTIONS, MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from generation.protocol.queue import (
     JobQueue,
     MaxDeliveries,
@@ -74,12 +78,17 @@ from generation.protocol.queue import (
     is_missing,
     request_digest,
 )
+from generation.protocol.regions import OUTPAINTS, RegionError, outpaint_layout
 from generation.protocol.signing import outcome_verified, progress_verified
 from generation.protocol.strict import short
 
 log = logging.getLogger("bot.dispatch")
 
 TIMELINE_SUFFIX = "_timeline.webp"
+#: A `describe` job's prompt suggestions, stored next to where its images would be (JSON: a list of texts).
+SUGGESTIONS_SUFFIX = "_suggestions.json"
+#: The side multiples a model card may ask for, tried when the size of an outpaint result is checked.
+OUTPAINT_MULTIPLES = (8, 16, 32, 64)
 #: The largest object (an image or a timeline) the bot fetches from the object store; its stated size is checked
 #: before it is fetched. The largest PNG a worker makes (2048×2048 RGBA, noise) is about 16 MiB.
 MAX_OBJECT_BYTES = 32 * 1024 * 1024
@@ -104,14 +113,65 @@ RETRY = "; please try again"
 _PLAIN = re.compile(r"[A-Za-z0-9_.:@/+-]{1,64}")
 
 
-def image_fits_job(size: tuple[int, int], mode: str, width: int, height: int) -> bool:
-    """Whether an image of `size` is one the job makes: its request's width × height; for an upscale twice that,
-    within `UPSCALE_SLACK` (the engine doubles the source, which has the request's size, and rounds to the model's
-    grid), or the request's own size (an engine that refines without resizing, like the fake engine)."""
+def image_fits_job(size: tuple[int, int], mode: str, width: int, height: int, *, outpaint: str = "",
+                   factor: int = 2) -> bool:
+    """Whether an image of `size` is one the job makes: its request's width × height; for an upscale `factor` (2 or
+    4) times that, within `UPSCALE_SLACK` per doubling (the engine enlarges the source, which has the request's size,
+    and rounds to the model's grid), or the request's own size (an engine that refines without resizing); for an
+    outpaint exactly the grown canvas `outpaint_layout` gives for the request's size on some model card
+    (`outpaint_sizes`), never the source's own size."""
     w, h = size
+    if mode == "outpaint":
+        return (w, h) in outpaint_sizes(outpaint, width, height)
     if (w, h) == (width, height):
         return True
-    return mode == "upscale" and abs(w - 2 * width) <= UPSCALE_SLACK and abs(h - 2 * height) <= UPSCALE_SLACK
+    if mode != "upscale" or factor not in (2, 4):
+        return False
+    slack = UPSCALE_SLACK * (factor // 2)
+    return abs(w - factor * width) <= slack and abs(h - factor * height) <= slack
+
+
+@functools.lru_cache(maxsize=256)
+def outpaint_sizes(kind: str, width: int, height: int) -> frozenset[tuple[int, int]]:
+    """Every canvas size an outpaint of kind `kind` of a `width` x `height` source makes on a model card (largest
+    side `MIN_SIDE`..`MAX_SIDE`, side multiple one of `OUTPAINT_MULTIPLES`): the bot checks a result without asking
+    which card the worker had. Empty for an unknown kind or a source it cannot grow (`square` of a square)."""
+    if kind not in OUTPAINTS or not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        return frozenset()
+    sizes: set[tuple[int, int]] = set()
+    for multiple in OUTPAINT_MULTIPLES:
+        for max_side in range(MIN_SIDE, MAX_SIDE + 1, SIDE_MULTIPLE):
+            try:
+                layout = outpaint_layout(kind, width, height, max_side=max_side, multiple=multiple)
+            except RegionError:
+                return frozenset()
+            sizes.add(layout.size)
+            if layout.scale >= 1.0 and max_side >= max(layout.size) + multiple:
+                break  # the canvas fits unscaled: a larger model makes the same size
+    return frozenset(sizes)
+
+
+def clean_suggestions(texts: Sequence[str]) -> tuple[str, ...]:
+    """A `describe` outcome's suggestions as the bot keeps them: control characters and runs of white space made one
+    space, trimmed; empty ones dropped. (The outcome message already bounds their number and length.)"""
+    kept = []
+    for text in texts:
+        flat = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+        if flat:
+            kept.append(flat)
+    return tuple(kept)
+
+
+def read_suggestions(images: Any, job_id: int) -> tuple[str, ...]:
+    """The prompt suggestions stored with a succeeded `describe` job; () when there are none or the file is not a
+    list of texts."""
+    try:
+        data = json.loads(images.read(images.relative_path(job_id, 0, SUGGESTIONS_SUFFIX)))
+    except (OSError, ValueError):
+        return ()
+    if not isinstance(data, list) or not all(isinstance(t, str) for t in data):
+        return ()
+    return clean_suggestions(data[:DESCRIBE_SUGGESTIONS])
 
 
 def plain(text: str) -> str:
@@ -391,18 +451,24 @@ class OutcomeRecorder:
         return True
 
     async def _succeeded(self, out: Outcome, job: Any) -> bool:
+        if str(job.mode) == "describe":
+            return await self._described(out, job)
         q = self._queue()
         waited = self._started_at.pop(out.job_id, None)
         new_images = []
         timeline = None
         try:
             request = job.request
+            if out.suggestions:
+                raise RefusedOutcome(LISTING, f"{len(out.suggestions)} suggestion(s) for a {job.mode} job")
             self._check_listing(out, request.num_images)
             for img in out.images:
                 data = await self._fetch(q, img.object, f"image {img.index}")
                 if hashlib.sha256(data).hexdigest() != img.sha256:
                     raise RefusedOutcome(DAMAGED, f"image {img.index}: its sha256 is not the one stated")
-                self._check_image(data, img.index, str(job.mode), request.width, request.height)
+                self._check_image(data, img.index, str(job.mode), request.width, request.height,
+                                  outpaint=str(getattr(request, "outpaint", "") or ""),
+                                  factor=getattr(request, "upscale_factor", 2))
                 stored = await asyncio.to_thread(self.images.save, out.job_id, img.index, data)
                 new_images.append((img.index, img.seed, stored.path, stored.sha256, img.nsfw))
             if out.timeline_object:
@@ -440,6 +506,50 @@ class OutcomeRecorder:
         await self.events.finished(out.job_id, "succeeded", timeline=timeline, worker=out.worker)
         return True
 
+    async def _described(self, out: Outcome, job: Any) -> bool:
+        """A succeeded `describe` outcome: no images, 1-`DESCRIBE_SUGGESTIONS` suggestions, which are kept (cleaned,
+        `clean_suggestions`) in a JSON file next to the job's images; the log names how many, never what they say.
+        Anything else is refused like a wrong image (the job failed and refunded)."""
+        self._started_at.pop(out.job_id, None)
+        texts = clean_suggestions(out.suggestions)
+        path = None
+        try:
+            if out.images or out.timeline_object:
+                raise RefusedOutcome(LISTING, f"{len(out.images)} image(s) for a describe job")
+            if not texts or len(out.suggestions) > DESCRIBE_SUGGESTIONS:
+                raise RefusedOutcome(LISTING, f"{len(out.suggestions)} suggestion(s) ({len(texts)} not blank), a "
+                                              f"describe job makes 1 to {DESCRIBE_SUGGESTIONS}")
+            data = json.dumps(list(texts), ensure_ascii=True).encode("ascii")
+            path = (await asyncio.to_thread(self.images.save, out.job_id, 0, data, suffix=SUGGESTIONS_SUFFIX)).path
+        except RefusedOutcome as e:
+            changed = await self.fail(out.job_id, e.reason + RETRY, worker=out.worker, detail=e.detail)
+            await self._drop_objects(out)
+            return changed
+        except ImageWriteError as e:
+            log.error("job %d: writing %s failed: %s", out.job_id, e.path, e)
+            changed = await self.fail(out.job_id, f"{e}; please try again later", worker=out.worker)
+            await self._drop_objects(out)
+            return changed
+        if str(job.status) == "queued":
+            with contextlib.suppress(IllegalTransition):
+                await self.jobs.start(out.job_id, out.worker)
+        try:
+            await self.jobs.succeed(out.job_id, [])
+        except IllegalTransition as e:
+            log.info("job %d: succeeded outcome not recorded, the job is %s", out.job_id, e.from_status)
+            with contextlib.suppress(OSError, ValueError):
+                self.images.delete(path)
+            return False
+        await self._drop_objects(out)
+        log.info("job %d succeeded on %s (model %s): %d suggestion(s), attempt %d", out.job_id, plain(out.worker),
+                 plain(out.model), len(texts), out.attempt)
+        await self.events.finished(out.job_id, "succeeded", worker=out.worker)
+        return True
+
+    def stored_suggestions(self, job_id: int) -> tuple[str, ...]:
+        """The prompt suggestions stored with a succeeded `describe` job (`read_suggestions`)."""
+        return read_suggestions(self.images, job_id)
+
     # --- checking what a worker sent ---------------------------------------------------------------------------------
     @staticmethod
     def _check_listing(out: Outcome, count: int) -> None:
@@ -462,15 +572,17 @@ class OutcomeRecorder:
             raise RefusedOutcome(DAMAGED, f"{what}: the object's chunks do not match its digest") from None
 
     @staticmethod
-    def _check_image(data: bytes, index: int, mode: str, width: int, height: int) -> None:
+    def _check_image(data: bytes, index: int, mode: str, width: int, height: int, *, outpaint: str = "",
+                     factor: int = 2) -> None:
         """The image is a PNG whose header states a size the job makes (nothing is decoded)."""
         try:
             header = read_header(data)
         except ValueError as e:
             raise RefusedOutcome(MISMATCH, f"image {index}: {e}") from None
-        if not image_fits_job((header.width, header.height), mode, width, height):
+        if not image_fits_job((header.width, header.height), mode, width, height, outpaint=outpaint, factor=factor):
+            how = {"upscale": f" times {factor}", "outpaint": f" grown ({plain(outpaint)})"}.get(mode, "")
             raise RefusedOutcome(MISMATCH, f"image {index}: its header states {header.width}x{header.height}, the "
-                                           f"{mode} job makes {width}x{height}" + (" doubled" if mode == "upscale" else ""))
+                                           f"{mode} job makes {width}x{height}{how}")
 
     async def _timeline(self, q: JobQueue, out: Outcome) -> bytes | None:
         """The outcome's timeline animation; None (logged) when it is missing or too large: the job goes on without."""

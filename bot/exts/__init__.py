@@ -8,6 +8,8 @@
              themselves are `bot.ui.buttons.JobButton` (a DynamicItem: all state in the custom_id).
 - `account`  /quota, /history, /show, /help.
 - `mod`      the /mod GroupCog; every command checked server-side again and audited.
+- `styles`   /style save|list|remove (a member's own styles) and /imagine's `style` option (bot.services.styles).
+- `showcase` the ⭐ showcase: a result with enough ⭐ reactions is reposted once (bot.services.showcase).
 
 Cogs read input, call a service (`bot.deps`: settings, jobs, quota, moderation, audit, images, dispatcher) and
 render with `bot.ui`. They hold nothing between interactions that a restart would lose.
@@ -20,4 +22,6 @@ EXTENSIONS = (
     "bot.exts.imagine",
     "bot.exts.account",
     "bot.exts.mod",
+    "bot.exts.styles",
+    "bot.exts.showcase",
 )

@@ -59,8 +59,8 @@ MAX_NAME_CHARS = 200
 CHANNELS_TTL = 10.0
 #: Most channels the gallery reads posted jobs from.
 MAX_CHANNELS = 5000
-#: The request field a style would be kept in. `GenerationRequest` has none yet: once it has, the gallery filters
-#: by it (json_extract) and shows it, with no other change here.
+#: The request field the style a job was made with is kept in (`GenerationRequest.style`, bot.services.styles): the
+#: gallery filters by it (json_extract) and shows it.
 STYLE_FIELD = "style"
 #: Discord ids are 64-bit.
 MAX_ID = 2**63 - 1

@@ -108,6 +108,80 @@ def read_header(data: bytes, formats: Sequence[str] | None = ("PNG",)) -> ImageH
         raise ValueError(f"it is not a {'/'.join(formats or ('known',))} image ({type(exc).__name__})") from exc
 
 
+#: A member's source image (`/imagine image:`, the "Imagine from this image" menu): the formats taken, the most bytes
+#: the bot downloads (Discord states an attachment's size before it is read), and the most pixels and the longest
+#: side its header may state (checked before a pixel is decoded).
+SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_SOURCE_BYTES = 10 * 1024 * 1024
+MAX_SOURCE_PIXELS = 4096 * 4096
+MAX_SOURCE_SIDE = 8192
+
+
+class SourceRefused(ValueError):
+    """A member's image the bot does not take; the message says why, names the limit, and quotes none of the data."""
+
+
+def check_source_size(size: int) -> None:
+    """Refuse a source of more than `MAX_SOURCE_BYTES` (an attachment's stated size, before it is downloaded)."""
+    if size > MAX_SOURCE_BYTES:
+        raise SourceRefused(f"The image is {size / 1048576:.1f} MiB; at most {MAX_SOURCE_BYTES // 1048576} MiB are "
+                            "taken.")
+    if size <= 0:
+        raise SourceRefused("The attachment is empty; attach a PNG, JPEG or WebP image.")
+
+
+def prepare_source(data: bytes, size: tuple[int, int]) -> bytes:
+    """A member's image as the job's source: a PNG of `size` (the job's width x height), RGB, upright (its EXIF
+    orientation applied), the first frame of an animation, transparency on white, no metadata kept.
+
+    Its bytes and its header (format, pixel count, sides) are checked before a pixel is decoded; `SourceRefused`
+    says which rule it breaks: not a PNG/JPEG/WebP, over `MAX_SOURCE_BYTES`, over `MAX_SOURCE_PIXELS` or
+    `MAX_SOURCE_SIDE`."""
+    from PIL import ImageOps
+
+    source_header(data)
+    try:
+        with Image.open(io.BytesIO(data), formats=list(SOURCE_FORMATS)) as im:
+            im.seek(0)  # the first frame of an animated PNG/WebP
+            frame = ImageOps.exif_transpose(im) or im.copy()
+    except Exception as exc:  # noqa: BLE001 - a header that reads but pixels that do not
+        raise SourceRefused(f"The image could not be read ({type(exc).__name__}); attach a PNG, JPEG or WebP "
+                            "image.") from None
+    if frame.mode in ("RGBA", "LA", "PA") or (frame.mode == "P" and "transparency" in frame.info):
+        rgba = frame.convert("RGBA")
+        frame = Image.new("RGB", rgba.size, (255, 255, 255))
+        frame.paste(rgba, mask=rgba.getchannel("A"))
+    else:
+        frame = frame.convert("RGB")
+    if frame.size != tuple(size):
+        frame = ImageOps.fit(frame, tuple(size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    frame.save(out, format="PNG")
+    return out.getvalue()
+
+
+def source_header(data: bytes) -> ImageHeader:
+    """The header of a member's image (format and size), read without decoding; `SourceRefused` like
+    `prepare_source` for bytes, formats and sizes it does not take."""
+    check_source_size(len(data))
+    try:
+        header = read_header(data, SOURCE_FORMATS)
+    except ValueError as exc:
+        if "more pixels" in str(exc):
+            raise SourceRefused(f"The image states more than {MAX_SOURCE_PIXELS:,} pixels; at most that many are "
+                                "taken.") from None
+        raise SourceRefused("The attachment is not a PNG, JPEG or WebP image.") from None
+    if header.width * header.height > MAX_SOURCE_PIXELS or max(header.width, header.height) > MAX_SOURCE_SIDE:
+        raise SourceRefused(f"The image is {header.width}x{header.height} pixels; at most {MAX_SOURCE_PIXELS:,} "
+                            f"pixels and {MAX_SOURCE_SIDE} a side are taken.")
+    try:  # the EXIF orientation (metadata only, no pixel is decoded): a quarter turn swaps the sides
+        with Image.open(io.BytesIO(data), formats=list(SOURCE_FORMATS)) as im:
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: taken as upright
+        turned = False
+    return ImageHeader(header.format, header.height, header.width) if turned else header
+
+
 class StoredImage(NamedTuple):
     #: Relative to the data folder (what the database keeps).
     path: str

@@ -22,8 +22,21 @@ REMIX = "e"
 INFO = "i"
 DELETE = "d"
 CANCEL = "x"
-ACTIONS = (UPSCALE, VARY_SUBTLE, VARY_STRONG, REROLL, REMIX, INFO, DELETE, CANCEL)
-INDEXED = (UPSCALE, VARY_SUBTLE, VARY_STRONG)
+#: Vary (Region): opens the region menu (`RegionSelect`) of a single-image result.
+VARY_REGION = "vr"
+#: Zoom Out / Pan / Make square of a single-image result; the index is the kind's place in `OUTPAINTS`.
+OUTPAINT = "o"
+#: /describe's result: draw suggestion n with /imagine.
+PROMPT = "p"
+#: Upscale a single-image result again; the index is the factor (2 or 4).
+UPSCALE_MORE = "m"
+ACTIONS = (UPSCALE, VARY_SUBTLE, VARY_STRONG, REROLL, REMIX, INFO, DELETE, CANCEL, VARY_REGION, OUTPAINT, PROMPT,
+           UPSCALE_MORE)
+INDEXED = (UPSCALE, VARY_SUBTLE, VARY_STRONG, OUTPAINT, PROMPT, UPSCALE_MORE)
+#: The outpaint buttons of a single-image result, in order: (kind, label, emoji).
+OUTPAINT_BUTTONS = (("zoom_2", "Zoom Out 2x", "🔍"), ("zoom_1.5", "Zoom Out 1.5x", "🔍"), ("pan_left", None, "⬅️"),
+                    ("pan_right", None, "➡️"), ("pan_up", None, "⬆️"), ("pan_down", None, "⬇️"),
+                    ("square", "Make square", "🔳"))
 
 #: custom_id of the remix modal (a modal is not a DynamicItem; bot/exts/buttons matches this itself).
 REMIX_MODAL = re.compile(r"remix:(?P<job_id>\d+)")
@@ -41,7 +54,7 @@ def job_custom_id(job_id: int, action: str, index: int | None = None) -> str:
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button],
-    template=r"job:(?P<job_id>[0-9]{1,19}):(?P<action>u|vs|vS|r|e|i|d|x)(?::(?P<index>[0-9]))?",
+    template=r"job:(?P<job_id>[0-9]{1,19}):(?P<action>u|vs|vS|vr|o|p|m|r|e|i|d|x)(?::(?P<index>[0-9]))?",
 ):
     """One button of a job message. Only `job_id`, `action` and `index` matter; labels are for people."""
 
@@ -93,12 +106,93 @@ def grid_view(job_id: int, count: int) -> discord.ui.View:
     return view
 
 
-def single_view(job_id: int) -> discord.ui.View:
-    """Buttons under one upscaled image: vary it subtly or strongly, parameters, delete."""
+def single_view(job_id: int, size: tuple[int, int] | None = None, *, edits: bool = False,
+                upscales: tuple[int, ...] = ()) -> discord.ui.View:
+    """Buttons under one upscaled (or edited) image: vary it subtly or strongly, parameters, delete; with `edits`
+    (the model can redraw part of an image) Vary (Region), Zoom Out 2x / 1.5x, Pan ⬅ ➡ ⬆ ⬇ and, for a non-square
+    image of `size`, Make square; an Upscale button for each factor of `upscales` (those that stay in limits)."""
+    from generation.protocol.regions import OUTPAINTS
+
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton(job_id, VARY_SUBTLE, 0, label="Vary (subtle)", row=0))
     view.add_item(JobButton(job_id, VARY_STRONG, 0, label="Vary (strong)", row=0))
+    if edits:
+        view.add_item(JobButton(job_id, VARY_REGION, label="Vary (Region)", emoji="🖌️", row=0))
     view.add_item(JobButton(job_id, REMIX, emoji="✏️", row=0))
+    if edits:
+        for kind, label, emoji in OUTPAINT_BUTTONS:
+            if kind == "square" and (size is None or size[0] == size[1]):
+                continue
+            row = 1 if kind.startswith("zoom") or kind == "square" else 2
+            view.add_item(JobButton(job_id, OUTPAINT, OUTPAINTS.index(kind), label=label, emoji=emoji, row=row))
+    for factor in upscales:
+        view.add_item(JobButton(job_id, UPSCALE_MORE, factor, label=f"Upscale {factor}x", row=1 if edits else 0))
+    view.add_item(JobButton(job_id, INFO, emoji="ℹ️", row=3))
+    view.add_item(JobButton(job_id, DELETE, emoji="🗑️", row=3))
+    return view
+
+
+class RegionSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"region:(?P<job_id>[0-9]{1,19})"):
+    """The region menu of Vary (Region) (sent ephemerally by the 🖌️ button): the member picks what to redraw from
+    `REGION_CHOICES`; the choice goes to the bot's `job_actions.region_chosen` (a prompt modal, then the job)."""
+
+    def __init__(self, job_id: int) -> None:
+        from generation.protocol.regions import REGION_CHOICES
+
+        options = [discord.SelectOption(label=label, value=value) for value, label in REGION_CHOICES][:25]
+        super().__init__(discord.ui.Select(custom_id=f"region:{job_id}", placeholder="The part to redraw",
+                                           min_values=1, max_values=1, options=options))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Select, match: re.Match[str],
+                             /) -> RegionSelect:
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> Any:
+        handler = getattr(interaction.client, "job_actions", None)
+        values = list((interaction.data or {}).get("values") or [])
+        if handler is None:
+            await interaction.response.send_message("This menu is not available right now; please try again later.",
+                                                    ephemeral=True)
+            return
+        await handler.region_chosen(interaction, self.job_id, values[0] if values else "")
+
+
+def region_view(job_id: int) -> discord.ui.View:
+    """The ephemeral message of Vary (Region): the region menu."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(RegionSelect(job_id))
+    return view
+
+
+#: custom_id of the Vary (Region) prompt modal: `vr:<job_id>:<region>` (the region in its canonical spelling).
+REGION_MODAL = re.compile(r"vr:(?P<job_id>[0-9]{1,19}):(?P<region>[a-z0-9:,+-]{1,80})")
+
+
+class RegionModal(discord.ui.Modal):
+    """Vary (Region)'s prompt, to edit before the region is redrawn; handled by bot/exts/buttons from its custom_id
+    (`REGION_MODAL`), so one opened before a restart still works."""
+
+    def __init__(self, job_id: int, region: str, label: str, prompt: str) -> None:
+        from bot.ui.text import MODAL_TITLE, TEXT_INPUT_VALUE, plain_text
+
+        super().__init__(title=plain_text(f"Redraw: {label}", MODAL_TITLE), custom_id=f"vr:{job_id}:{region}",
+                         timeout=None)
+        self.prompt = discord.ui.TextInput(
+            label="Prompt", style=discord.TextStyle.paragraph, custom_id="prompt",
+            default=plain_text(prompt, TEXT_INPUT_VALUE, single_line=False), max_length=1500, required=True)
+        self.add_item(self.prompt)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        self.stop()
+
+
+def describe_view(job_id: int, count: int) -> discord.ui.View:
+    """Buttons under /describe's suggestions: 1–n draw suggestion n with /imagine; parameters, delete."""
+    view = discord.ui.View(timeout=None)
+    for i in range(max(0, min(4, count))):
+        view.add_item(JobButton(job_id, PROMPT, i, label=str(i + 1), emoji="🎨", row=0))
     view.add_item(JobButton(job_id, INFO, emoji="ℹ️", row=1))
     view.add_item(JobButton(job_id, DELETE, emoji="🗑️", row=1))
     return view

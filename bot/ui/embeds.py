@@ -23,7 +23,8 @@ RED = discord.Colour.red()
 GREY = discord.Colour.light_grey()
 ORANGE = discord.Colour.orange()
 
-MODE_TITLES = {"txt2img": "", "variation": "Variation · ", "upscale": "Upscale · "}
+MODE_TITLES = {"txt2img": "", "variation": "Variation · ", "upscale": "Upscale · ", "img2img": "From an image · ",
+               "inpaint": "Vary (Region) · ", "outpaint": "Outpaint · ", "describe": "Describe an image"}
 
 
 def _get(job: Any, name: str, default: Any = None) -> Any:
@@ -69,7 +70,7 @@ def parameters_line(job: Any) -> str:
         f"guidance {_get(job, 'guidance'):g}" if _get(job, "guidance") is not None else None,
         _sampler(job),
     ]
-    if _get(job, "mode") in ("variation", "upscale") and _get(job, "source_job_id"):
+    if _get(job, "mode") not in (None, "txt2img") and _get(job, "source_job_id"):
         parts.append(f"from #{_get(job, 'source_job_id')} image {(_get(job, 'source_image_index') or 0) + 1}")
     return " · ".join(p for p in parts if p)
 
@@ -123,6 +124,17 @@ def result_embed(job: Any, user_mention: str, *, filename: str, reencoded: bool 
     return fit_embed(embed)
 
 
+def suggestions_embed(job: Any, user_mention: str, suggestions: Sequence[str]) -> discord.Embed:
+    """/describe's result: the prompt suggestions, numbered like their buttons (the texts escaped: a caption can say
+    anything, and nothing in it may ping or format)."""
+    lines = [f"**{i}.** " + safe_text(text, 900, single_line=True) for i, text in enumerate(suggestions, 1)]
+    desc = f"Requested by {user_mention}\n\n" + ("\n\n".join(lines) if lines else "No suggestions came back.")
+    desc += "\n\nA button below draws that suggestion with /imagine."
+    embed = discord.Embed(title="Prompt suggestions", description=desc, colour=GREEN)
+    embed.set_footer(text=_footer(job))
+    return fit_embed(embed)
+
+
 def finished_progress_embed(job: Any, jump_url: str | None) -> discord.Embed:
     """The progress message once the result is posted as its own message."""
     desc = "✅ Done" + (f" — [see the result]({jump_url})" if jump_url else ".")
@@ -161,12 +173,20 @@ def parameters_embed(job: Any) -> discord.Embed:
         ("Images", _get(job, "num_images")),
         ("Status", _get(job, "status")),
     ]
-    if _get(job, "mode") == "variation":
+    if _get(job, "mode") in ("variation", "img2img"):
         rows.append(("Strength", _get(job, "strength")))
+    if _get(job, "mode") == "inpaint" and _get(job, "region"):
+        rows.append(("Region", safe_text(_get(job, "region"), 100)))
+    if _get(job, "mode") == "outpaint" and _get(job, "outpaint"):
+        rows.append(("Outpaint", safe_text(_get(job, "outpaint"), 40)))
+    if _get(job, "mode") == "upscale":
+        rows.append(("Upscale", f"{_get(job, 'upscale_factor', 2)}x"))
     if _get(job, "source_job_id"):
         rows.append(("Source", f"job #{_get(job, 'source_job_id')}, image {(_get(job, 'source_image_index') or 0) + 1}"))
     if _get(job, "model"):
         rows.append(("Model", safe_text(_get(job, "model"), 200)))
+    if _get(job, "style"):
+        rows.append(("Style", safe_text(_get(job, "style"), 40)))
     rows.append(("LoRAs", _loras(job)))
     for name, value in rows:
         if value is not None:

@@ -10,8 +10,9 @@ Discord can be reproduced elsewhere. Format:
 `Model:` is the name of the model's card (the name its worker serves it under), which readers such as sd-parsers
 report as the model. The engine writes what really ran: no negative prompt for a model that takes none, `CFG scale:
 1` for one without guidance, and for a guidance-distilled model (FLUX.1-dev) `CFG scale: 1, Distilled CFG Scale: x`
-as Forge does; extra fields (`CFG min timestep`, `Upscale`) follow the standard ones. The LoRAs and embeddings a run
-used are listed as AUTOMATIC1111 lists them, each with the first 12 hex digits of its file's sha256 (`hashes_field`):
+as Forge does; extra fields (`Style` — the bot's style the prompt was made with, when any —, `CFG min timestep`,
+`Upscale`) follow the standard ones. The LoRAs and embeddings a run used are listed as AUTOMATIC1111 lists them, each
+with the first 12 hex digits of its file's sha256 (`hashes_field`):
 
     Lora hashes: "ink: 0123456789ab, pastel: ba9876543210", TI hashes: "easyneg: 4d6e0c0a1b2c"
 """
@@ -48,6 +49,8 @@ def format_parameters(
     ]
     if model:
         fields.append(("Model", model))
+    if req.style:
+        fields.append(("Style", req.style))
     if req.mode != "txt2img":
         used = req.strength if strength is None else strength
         fields.append(("Denoising strength", f"{float(used):g}"))

@@ -86,6 +86,8 @@ DESCRIBE_SUGGESTIONS = 4
 MAX_SUGGESTION_CHARS = 300
 #: The name of an upscaler (`upscaler`): the file name of its model, as the card lists it.
 UPSCALER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ +-]{0,79}$")
+#: Longest style name a request records (`style`); bot.services.styles names the characters a style's name may use.
+MAX_STYLE_NAME_CHARS = 32
 #: `field(metadata=...)` of the fields added after the first release: `to_dict` leaves them out while they hold their
 #: default, so a request that does not use them has the JSON (and request digest) it always had, and a worker that
 #: predates them still reads it.
@@ -197,6 +199,9 @@ class GenerationRequest:
     #: `upscale`: the super-resolution model to use, by the name the card lists; "" takes the card's first one for
     #: the factor (none on the card: a plain Lanczos resize).
     upscaler: str = field(default="", metadata=LATER)
+    #: The name of the style the prompt was made with (`/imagine style:`; the bot expanded it into `prompt` and
+    #: `negative_prompt` already): a record for the job's info and the PNG metadata. "" = no style.
+    style: str = field(default="", metadata=LATER)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -273,6 +278,9 @@ class GenerationRequest:
                                "spaces, '.', '_', '+' or '-'")
         if self.upscaler and self.mode != "upscale":
             raise RequestError("upscaler", self.upscaler, "it applies to mode `upscale` only; leave it empty")
+        if not isinstance(self.style, str) or len(self.style) > MAX_STYLE_NAME_CHARS:
+            raise RequestError("style", self.style, f"it has to be a style's name of at most {MAX_STYLE_NAME_CHARS} "
+                               "characters (or empty)")
         if self.mode == "describe" and self.timeline:
             raise RequestError("timeline", self.timeline, "a `describe` job makes no images, so no timeline")
 

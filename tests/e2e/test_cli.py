@@ -39,7 +39,11 @@ async def test_sync_global_registers_every_command(tmp_path):
             DISCORD_GATEWAY_URL=fd.gateway_url, DATA_DIR=str(tmp_path),
         )
         assert out.returncode == 0, out.stderr[-2000:]
-        assert sorted(c["name"] for c in fd.commands["global"]) == ["help", "history", "imagine", "mod", "quota", "show"]
+        names = sorted(c["name"] for c in fd.commands["global"])
+        assert {"describe", "help", "history", "imagine", "mod", "quota", "show"} <= set(names), names
+        # The message context menus ("Describe this image", "Imagine from this image") are registered as such.
+        menus = {c["name"]: c["type"] for c in fd.commands["global"] if c["type"] == 3}
+        assert menus == {"Describe this image": 3, "Imagine from this image": 3}, names
         mod = next(c for c in fd.commands["global"] if c["name"] == "mod")
         assert int(mod["default_member_permissions"]) == 1 << 5  # Manage Server
         assert fd.guild_id not in fd.commands and fd.identified == 0  # HTTP only, no gateway session

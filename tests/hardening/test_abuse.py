@@ -261,12 +261,21 @@ def valid_options(command, hw) -> dict[str, Any]:
             out[p.display_name] = w.bob
         elif t is discord.AppCommandOptionType.channel:
             out[p.display_name] = w.other
+        elif t is discord.AppCommandOptionType.role:
+            out[p.display_name] = a_role(w)
         else:
             raise AssertionError(f"no value for {p.name} ({t})")
     return out
 
 
-STATE_TABLES = ["guild_setting", "art_channel", "role_quota", "user_quota", "ban", "blocked_term"]
+def a_role(w):
+    """A role of the guild for role options (`/mod quota role-set`), made once per world."""
+    if getattr(w, "artists_role", None) is None:
+        w.artists_role = w.guild.create_role("artists")
+    return w.artists_role
+
+STATE_TABLES = ["guild_setting", "art_channel", "role_quota", "user_quota", "ban", "blocked_term", "server_style",
+                "showcase_setting"]
 
 
 async def snapshot(w) -> dict[str, list]:

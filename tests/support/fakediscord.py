@@ -522,6 +522,15 @@ class FakeDiscord:
                 channel = value
                 value = channel["id"]
                 resolved.setdefault("channels", {})[channel["id"]] = {**channel, "permissions": str((1 << 53) - 1)}
+            elif kind == 11:  # attachment: (filename, bytes), uploaded and resolved like Discord does
+                filename, data = value
+                att_id = self.snowflake()
+                self.files[att_id] = (filename, bytes(data))
+                url = f"http://{self.host}:{self.port}/attachments/{att_id}/{filename}"
+                resolved.setdefault("attachments", {})[att_id] = {
+                    "id": att_id, "filename": filename, "size": len(data), "url": url, "proxy_url": url,
+                    "content_type": _content_type(filename)}
+                value = att_id
             options.append({"name": name, "type": kind, "value": value})
         return options
 
@@ -571,6 +580,17 @@ class FakeDiscord:
             raise AssertionError(f"fake Discord: no button {custom_id!r} on message {message['id']} (has {ids})")
         channel = self.channels[message["channel_id"]]
         record = self._interaction(3, user, channel, {"custom_id": custom_id, "component_type": 2}, message=message)
+        await self._dispatch("INTERACTION_CREATE", record.payload)
+        return record
+
+    async def select(self, user: dict[str, Any], message: dict[str, Any], custom_id: str, values: list[str]) -> InteractionRecord:
+        """A member picks `values` in the select menu with `custom_id` on `message`."""
+        ids = [c.get("custom_id") for row in message.get("components", []) for c in row.get("components", [])]
+        if custom_id not in ids:
+            raise AssertionError(f"fake Discord: no menu {custom_id!r} on message {message['id']} (has {ids})")
+        channel = self.channels[message["channel_id"]]
+        record = self._interaction(3, user, channel, {"custom_id": custom_id, "component_type": 3, "values": list(values)},
+                                   message=message)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         return record
 
@@ -743,6 +763,7 @@ class FakeDiscord:
             "version": self.snowflake(),
             "default_member_permissions": spec.get("default_member_permissions"),
             "type": spec.get("type", 1),
+            "description": spec.get("description", ""),  # context menus have none; Discord answers ""
         }
         if scope != "global":
             out["guild_id"] = scope

@@ -166,6 +166,25 @@ SIZES = ["64x64", "512x768", "128×64", "64*64", "64,64", " 64 x 64 ", "100x64",
 FLOATS_BAD = [math.nan, math.inf, -math.inf, -0.0, -1.0, 1e308, -1e-308, 30.000001, 5e-324]
 
 
+def _png(width: int, height: int, body: bytes = b"\0" * 64) -> bytes:
+    """A PNG whose header states `width` x `height` (its pixel data need not match: a crafted file)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b"")
+
+
+#: Attachments a member could upload: a real tiny image, crafted headers (a 20000x20000 bomb, a 1x1, a truncated
+#: one), text named like an image, and a GIF.
+HOSTILE_FILES = [("ok.png", _png(4, 4, b"\0" + b"\x80" * 12 + b"\0" + b"\x80" * 12 + b"\0" + b"\x80" * 12 + b"\0"
+                                 + b"\x80" * 12)),
+                 ("bomb.png", _png(20000, 20000)), ("one.png", _png(1, 1, b"\0\0\0\0")),
+                 ("cut.png", _png(64, 64)[:40]), ("notes.png", b"just text"), ("anim.gif", b"GIF89a" + b"\0" * 20)]
+
+
 def int_option(param: app_commands.Parameter) -> st.SearchStrategy[int]:
     lo, hi = param.min_value, param.max_value
     edges = [0, -1, 1, INT_LIMIT, -INT_LIMIT, 2**31, 2**32, INT_LIMIT - 1]
@@ -218,6 +237,9 @@ def option_strategy(param: app_commands.Parameter, handles: dict[str, list[Any]]
         return st.sampled_from(handles["roles"])
     if kind is discord.AppCommandOptionType.mentionable:
         return st.sampled_from(handles["users"] + handles["roles"])
+    if kind is discord.AppCommandOptionType.attachment:
+        return st.one_of(st.sampled_from(HOSTILE_FILES), st.tuples(st.sampled_from(["a.png", "b.jpg", "c.webp", "d"]),
+                                                                  st.binary(min_size=1, max_size=256)))
     raise AssertionError(f"no strategy for option type {kind}")
 
 
@@ -446,7 +468,9 @@ class HostileWorld:
     @property
     def handles(self) -> dict[str, list[Any]]:
         w = self.w
-        return {"users": [w.alice, w.bob, w.mod], "channels": [w.art, w.other], "roles": []}
+        if getattr(w, "artists_role", None) is None:  # a plain role for role options (`/mod quota role-set`)
+            w.artists_role = w.guild.create_role("artists")
+        return {"users": [w.alice, w.bob, w.mod], "channels": [w.art, w.other], "roles": [w.artists_role]}
 
     # --- doing something and looking at what happened -----------------------------------------------------------
     async def observe(self, actor: Any, action: Any, *, money: bool = True) -> Outcome:

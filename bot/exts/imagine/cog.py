@@ -17,8 +17,10 @@ from discord.ext import commands
 
 from bot.errors import InvalidRequest
 from bot.exts.common import deps
+from bot.exts.describe import flow as describe_flow
+from bot.exts.errors import report_error
 from bot.exts.imagine import models
-from bot.exts.imagine.flow import start_job
+from bot.exts.imagine.flow import SourceUpload, start_job
 from bot.exts.imagine.options import (
     ASPECTS,
     aspect_size,
@@ -27,8 +29,11 @@ from bot.exts.imagine.options import (
     pick_sampler,
     sampler_suggestions,
     size_suggestions,
+    source_size,
 )
 from bot.exts.imagine.presenter import JobPresenter
+from bot.exts.styles.cog import MAX_STYLE_OPTION_CHARS, apply_style, style_choices
+from bot.services.images import SourceRefused, check_source_size, source_header
 from bot.ui.text import CHOICE_NAME, CHOICES, plain_text
 from generation.protocol.cards import LoraInfo, ModelCard
 from generation.protocol.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
@@ -65,6 +70,24 @@ def lora_label(info: LoraInfo) -> str:
     return " ".join(parts)
 
 MAX_COUNT = 4
+#: How far `/imagine image:` moves from the image when `strength` is left out.
+DEFAULT_IMAGE_STRENGTH = 0.6
+
+
+async def read_source(attachment: discord.Attachment) -> SourceUpload:
+    """A member's attachment as a job source: its stated size checked before it is downloaded, then its header
+    (format, pixels, sides) before a pixel is decoded; `InvalidRequest` (field `image`) saying which rule it breaks."""
+    try:
+        check_source_size(int(attachment.size or 0))
+        data = await attachment.read()
+        header = source_header(data)
+    except SourceRefused as exc:
+        raise InvalidRequest(str(exc), "image") from None
+    except discord.HTTPException as exc:
+        raise InvalidRequest(f"The image could not be downloaded from Discord ({exc.status}); please try again.",
+                             "image") from None
+    return SourceUpload(data, header.width, header.height)
+
 #: Longest model name (a card's name has at most 80 characters).
 MAX_MODEL_CHARS = 80
 
@@ -73,13 +96,70 @@ class Imagine(commands.Cog):
     def __init__(self, bot: commands.Bot):
         self.bot = bot
         self.presenter = JobPresenter(bot)
+        # Message context menus (they cannot be cog methods): bot.exts.describe.flow says what they do.
+        self.menus = [
+            app_commands.ContextMenu(name="Describe this image", callback=self.describe_message),
+            app_commands.ContextMenu(name="Imagine from this image", callback=self.imagine_from_message),
+        ]
+        for menu in self.menus:
+            menu.guild_only = True
 
     async def cog_load(self) -> None:
         self.bot.presenter = self.presenter  # type: ignore[attr-defined]
+        for menu in self.menus:
+            self.bot.tree.add_command(menu)
 
     async def cog_unload(self) -> None:
         if getattr(self.bot, "presenter", None) is self.presenter:
             self.bot.presenter = None  # type: ignore[attr-defined]
+        for menu in self.menus:
+            self.bot.tree.remove_command(menu.name, type=menu.type)
+
+    # --- starting from an image: /describe and the message context menus --------------------------------------------
+    @app_commands.command(name="describe", description="Four prompt suggestions for an image.")
+    @app_commands.describe(image="The image to describe (PNG, JPEG or WebP; at most 10 MiB and 16 megapixels)")
+    @app_commands.guild_only()
+    async def describe(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
+        await describe_flow.describing_model(interaction)  # not available: said before the image is downloaded
+        await describe_flow.start_describe(interaction, await read_source(image))
+
+    async def describe_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        await describe_flow.describing_model(interaction)
+        await describe_flow.start_describe(interaction, await read_source(describe_flow.image_attachment(message)))
+
+    async def imagine_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        attachment = describe_flow.image_attachment(message)
+        try:  # a refusal now, not after the member typed a prompt
+            check_source_size(int(attachment.size or 0))
+        except SourceRefused as exc:
+            raise InvalidRequest(str(exc), "image") from None
+        await interaction.response.send_modal(describe_flow.ImageModal(message.channel.id, message.id, attachment.id))
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """The "Imagine from this image" modal, matched by custom_id (it works across a restart): the image is read
+        from the message again, then checked and used like `/imagine image:`."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        match = describe_flow.IMAGE_MODAL.fullmatch(str((interaction.data or {}).get("custom_id", "")))
+        if match is None:
+            return
+        try:
+            values = {c.get("custom_id"): c.get("value") for row in (interaction.data or {}).get("components", [])
+                      for c in ([row["component"]] if "component" in row else row.get("components", []))}
+            prompt = clean_prompt(values.get("prompt"))
+            strength = describe_flow.parse_strength(values.get("strength"))
+            channel = interaction.client.get_channel(int(match["channel_id"])) or await interaction.client.fetch_channel(
+                int(match["channel_id"]))
+            if getattr(channel, "guild", None) is None or channel.guild.id != interaction.guild_id:
+                raise InvalidRequest("That image is not in this server.", "image")
+            message = await channel.fetch_message(int(match["message_id"]))
+            attachment = next((a for a in message.attachments if a.id == int(match["attachment_id"])), None)
+            if attachment is None:
+                raise InvalidRequest("That image is gone from its message.", "image")
+            await describe_flow.start_from_image(interaction, await read_source(attachment), prompt, strength)
+        except Exception as error:  # noqa: BLE001 - the one error handler decides what the member sees
+            await report_error(interaction, error)
 
     @app_commands.command(name="imagine", description="Draw four images from a text prompt.")
     @app_commands.describe(
@@ -95,6 +175,9 @@ class Imagine(commands.Cog):
         timeline="Also post an animation of the denoising",
         model="The model that draws it (left out: the server's default)",
         lora="A LoRA of the model to apply: NAME or NAME:WEIGHT (-2 to 2); adds <lora:NAME:WEIGHT> to the prompt",
+        style="A style of the server (or yours, my:NAME): its prompt around yours, its negative and defaults",
+        image="Start from this image (PNG, JPEG or WebP; at most 10 MiB and 16 megapixels)",
+        strength="With `image`: how far to move from it (0 keeps it, 1 ignores it; 0.6 if left out)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     @app_commands.guild_only()
@@ -113,7 +196,19 @@ class Imagine(commands.Cog):
         timeline: bool = False,
         model: app_commands.Range[str, 1, MAX_MODEL_CHARS] | None = None,
         lora: app_commands.Range[str, 1, MAX_LORA_OPTION_CHARS] | None = None,
+        style: app_commands.Range[str, 1, MAX_STYLE_OPTION_CHARS] | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
+        if strength is not None and image is None:
+            raise InvalidRequest("`strength` says how far to move from an image: give `image` with it.", "strength")
+        # The attachment is checked (its stated size, then its header) before anything else: nothing is charged.
+        source = await read_source(image) if image is not None else None
+        if style:  # the style goes around the prompt first: the checks (blocked terms, the card) see the result
+            applied = await apply_style(interaction, style, clean_prompt(prompt), negative, model=model,
+                                        scheduler=scheduler, guidance=guidance)
+            prompt, negative, model, scheduler, guidance = (applied.prompt, applied.negative, applied.model,
+                                                            applied.scheduler, applied.guidance)
         if aspect and size:
             raise InvalidRequest("Give either `aspect` or `size`, not both.", "size")
         sized = parse_size(size) if size else None
@@ -123,6 +218,7 @@ class Imagine(commands.Cog):
             "seed": seed,
             "num_images": count,
             "timeline": timeline,
+            "style": applied.style if style else "",
         }
 
         def build(card: ModelCard) -> dict[str, Any]:
@@ -130,6 +226,8 @@ class Imagine(commands.Cog):
             defaults = card.defaults()
             if sized is not None:
                 width, height = sized
+            elif source is not None:
+                width, height = source_size(source.width, source.height, card)
             elif aspect:
                 width, height = aspect_size(aspect, card)
             else:
@@ -142,7 +240,13 @@ class Imagine(commands.Cog):
                 "scheduler": pick_sampler(scheduler, card) if scheduler else defaults["scheduler"],
             }
 
-        await start_job(interaction, build=build, model=model, **given)
+        if source is not None:
+            given.update(mode="img2img", strength=DEFAULT_IMAGE_STRENGTH if strength is None else strength)
+        await start_job(interaction, build=build, model=model, source=source, **given)
+
+    @imagine.autocomplete("style")
+    async def style_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return await style_choices(interaction, current)
 
     @imagine.autocomplete("model")
     async def model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

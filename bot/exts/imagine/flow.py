@@ -193,8 +193,46 @@ def check_options_for(card: ModelCard, params: dict[str, Any]) -> None:
         )
 
 
+class SourceUpload:
+    """A member's image that a new job starts from (`/imagine image:`, "Imagine from this image"): its header was
+    checked already (`bot.services.images.source_header`); `start_job` stores it (`attach`) once the checks passed
+    and the target model is known, sized for that model, and removes it again (`discard`) when the job is refused."""
+
+    def __init__(self, data: bytes, width: int, height: int):
+        self.data = data
+        self.width = width
+        self.height = height
+        self.upload: Any = None
+
+    async def attach(self, interaction: discord.Interaction, card: ModelCard, params: dict[str, Any]) -> dict[str, Any]:
+        """Store the image at the job's size (`params` width/height) as an upload job; the job's source fields."""
+        from bot.services.images import prepare_source
+        from bot.services.sources import store_upload
+
+        d = deps(interaction)
+        size = (params["width"], params["height"])
+        png = await asyncio.to_thread(prepare_source, self.data, size)
+        self.upload = await store_upload(d.sessions, d.images, guild_id=guild_id_of(interaction),
+                                         channel_id=interaction.channel_id or 0, user_id=interaction.user.id,
+                                         png=png, width=size[0], height=size[1], model=card.name, clock=d.jobs.clock)
+        return {"source_job_id": self.upload.job_id, "source_image_index": 0}
+
+    async def discard(self, interaction: discord.Interaction) -> None:
+        from bot.services.sources import discard_upload
+
+        if self.upload is None:
+            return
+        d = deps(interaction)
+        try:
+            await discard_upload(d.sessions, d.images, self.upload)
+        except Exception:
+            log.warning("upload job %s could not be removed after its job was refused", self.upload.job_id,
+                        exc_info=True)
+        self.upload = None
+
+
 async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelCard], dict[str, Any]] | None = None,
-                    **params: Any) -> Any:
+                    source: SourceUpload | None = None, **params: Any) -> Any:
     """Check, reserve and queue a job for the member of `interaction`; answer with its queued message.
 
     `params` are the job's parameters; `params["model"]` is the model asked for (a name; "" or left out: the automatic
@@ -217,12 +255,22 @@ async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelC
             model = await target_model(interaction, requested, served)
             job_params = {**params, **(build(model.card) if build is not None else {}), "model": model.name}
             check_options_for(model.card, job_params)
+            if source is not None:
+                if job_params.get("mode") != "describe" and not model.card.img2img:
+                    raise InvalidRequest(f"The model `{model.card.name}` draws from text only; it cannot start from "
+                                         "an image. Choose another model.", "image")
+                job_params.update(await source.attach(interaction, model.card, job_params))
             await gate.acknowledgements_first()
             cooldown = d.settings.imagine_cooldown_seconds
-            job = await d.jobs.create(
-                guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user), cooldown=cooldown,
-                check=model.card.check, **job_params
-            )
+            try:
+                job = await d.jobs.create(
+                    guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user),
+                    cooldown=cooldown, check=model.card.check, **job_params
+                )
+            except BaseException:
+                if source is not None:
+                    await source.discard(interaction)
+                raise
             await gate.acknowledgements_first()
             return job, await d.moderation.is_paused(guild_id), await d.jobs.position(job.id)
 

@@ -75,6 +75,14 @@ def aspect_size(aspect: str, card: ModelCard) -> tuple[int, int]:
     return fit_side(width, card), fit_side(width * b / a, card)
 
 
+def source_size(width: int, height: int, card: ModelCard) -> tuple[int, int]:
+    """The size a job drawn from a member's `width` x `height` image gets: its aspect kept, its longer side the
+    longer side of the model's default size, both sides on the model's grid and within its limits."""
+    longest = max(card.default_width, card.default_height)
+    scale = longest / max(width, height, 1)
+    return fit_side(width * scale, card), fit_side(height * scale, card)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """`512x768` (or `512×768`, `512*768`) into (512, 768); names the rule when it does not fit."""
     m = _SIZE.match(text or "")

@@ -1,6 +1,8 @@
 """/mod: quotas, bans, blocked terms, art channels, NSFW policy, the queue, pause/resume, statistics, and which models
 members get (`/mod model default|hide|show|list`; the models come from the workers, see bot.exts.imagine.models),
-and which jobs the web gallery leaves out (`/mod gallery hide|unhide`, bot.gallery).
+which jobs the web gallery leaves out (`/mod gallery hide|unhide`, bot.gallery), the server's styles (`/mod style
+add|edit|remove|list`, bot.services.styles), per-role quotas (`/mod quota role-set|role-clear|role-list`: Discord
+nests commands two levels deep under /mod, so `role set` is spelled `role-set`) and the ⭐ showcase (`/mod showcase`).
 
 Every command is hidden from members by `default_permissions(manage_guild=True)` and checked again here
 (`interaction_check`), because a server's admins can change who sees a command. A refused attempt is audited; every
@@ -20,11 +22,18 @@ from bot.db.models import NsfwPolicy
 from bot.errors import InvalidSetting, JobNotFound
 from bot.exts.common import audit, deps, guild_id_of, is_moderator, require_moderator
 from bot.exts.imagine import models
+from bot.exts.styles.cog import styles_of
 from bot.services.model_policy import check_model_name
+from bot.services.showcase import MAX_STARS, MIN_STARS, ShowcaseService
+from bot.services.styles import MAX_NEGATIVE_CHARS, MAX_TEMPLATE_CHARS
 from bot.ui.embeds import lines_embed, ts
 from bot.ui.text import CHOICE_NAME, plain_text, safe_text
+from generation.protocol.contract import MAX_GUIDANCE, MAX_STYLE_NAME_CHARS
 
 log = logging.getLogger("bot.mod")
+
+#: ⭐ a result needs for the showcase when a moderator names none.
+DEFAULT_STARS = 5
 
 POLICY_TEXT = {
     "block": "images flagged by the safety checker are never shown",
@@ -315,6 +324,163 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
                 "everyone can view." if changed else f"Job #{job} was not hidden from the web gallery.")
         await reply(interaction, text + _gallery_note(interaction))
 
+    # --- styles (bot.services.styles) ---------------------------------------------------------------------------
+    style = app_commands.Group(name="style", description="The server's styles for /imagine style:")
+
+    @style.command(name="add", description="Add a style every member can use with /imagine style:")
+    @app_commands.describe(
+        name="Its name: letters, digits, - or _",
+        prompt="The prompt, with {prompt} where the member's prompt goes",
+        negative="Added to the member's negative prompt",
+        model="The model it uses when the member chooses none",
+        sampler="The sampler it uses when the member chooses none",
+        guidance="The guidance it uses when the member chooses none",
+    )
+    async def style_add(
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, MAX_STYLE_NAME_CHARS],
+        prompt: app_commands.Range[str, 1, MAX_TEMPLATE_CHARS],
+        negative: app_commands.Range[str, 0, MAX_NEGATIVE_CHARS] | None = None,
+        model: app_commands.Range[str, 1, 80] | None = None,
+        sampler: app_commands.Range[str, 1, 40] | None = None,
+        guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
+    ) -> None:
+        require_moderator(interaction)
+        added = await styles_of(interaction).add_server(
+            guild_id_of(interaction), name, prompt, interaction.user.id, negative=negative, model=model,
+            sampler=sampler, guidance=guidance)
+        await reply(interaction, f"Added the style **{added.name}**: {describe_style(added)}")
+
+    @style.command(name="edit", description="Change a server style (options left out stay as they are)")
+    @app_commands.describe(name="The style", clear="An optional setting to empty")
+    @app_commands.choices(clear=[app_commands.Choice(name=f, value=f)
+                                 for f in ("negative", "model", "sampler", "guidance")])
+    async def style_edit(
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, MAX_STYLE_NAME_CHARS],
+        prompt: app_commands.Range[str, 1, MAX_TEMPLATE_CHARS] | None = None,
+        negative: app_commands.Range[str, 0, MAX_NEGATIVE_CHARS] | None = None,
+        model: app_commands.Range[str, 1, 80] | None = None,
+        sampler: app_commands.Range[str, 1, 40] | None = None,
+        guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
+        clear: str | None = None,
+    ) -> None:
+        require_moderator(interaction)
+        given = {"prompt": prompt, "negative": negative, "model": model, "sampler": sampler, "guidance": guidance}
+        changes = {k: v for k, v in given.items() if v is not None}
+        if clear:
+            if clear in changes:
+                raise InvalidSetting("clear", clear, f"`{clear}` can not be both given and cleared")
+            changes[clear] = "" if clear == "negative" else None
+        edited = await styles_of(interaction).edit_server(guild_id_of(interaction), name, interaction.user.id,
+                                                          **changes)
+        await reply(interaction, f"The style **{edited.name}** is now: {describe_style(edited)}")
+
+    @style.command(name="remove", description="Remove a server style")
+    async def style_remove(self, interaction: discord.Interaction,
+                           name: app_commands.Range[str, 1, MAX_STYLE_NAME_CHARS]) -> None:
+        require_moderator(interaction)
+        removed = await styles_of(interaction).remove_server(guild_id_of(interaction), name, interaction.user.id)
+        shown = safe_text(name, MAX_STYLE_NAME_CHARS, single_line=True)
+        await reply(interaction, f"Removed the style **{shown}**." if removed else f"There is no style **{shown}**.")
+
+    @style_edit.autocomplete("name")
+    @style_remove.autocomplete("name")
+    async def _style_autocomplete(self, interaction: discord.Interaction, current: str
+                                  ) -> list[app_commands.Choice[str]]:
+        if not is_moderator(interaction):
+            return []
+        typed = (current or "").strip().casefold()
+        found = await styles_of(interaction).server_styles(guild_id_of(interaction))
+        return [app_commands.Choice(name=plain_text(f"{s.name} — {s.prompt}", CHOICE_NAME), value=s.name)
+                for s in found if typed in s.name][:25]
+
+    @style.command(name="list", description="The server's styles")
+    async def style_list(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        found = await styles_of(interaction).server_styles(guild_id_of(interaction))
+        lines = [f"**{s.name}** — {describe_style(s, 150)}" for s in found]
+        await reply(interaction, "", embed=lines_embed("Server styles", lines, empty="No server styles yet."))
+
+    # --- role quotas (per-role overrides, bot.services.quota) ----------------------------------------------------
+    @quota.command(name="role-set", description="Set the daily images and parallel jobs of members with a role")
+    @app_commands.describe(role="The role", images_per_day="Images per day", max_concurrent="Jobs at once",
+                           max_steps="Most steps a job may ask for", max_side="Largest image side in pixels")
+    async def quota_role_set(
+        self,
+        interaction: discord.Interaction,
+        role: discord.Role,
+        images_per_day: app_commands.Range[int, 0, 100000] | None = None,
+        max_concurrent: app_commands.Range[int, 0, 100] | None = None,
+        max_steps: app_commands.Range[int, 1, 150] | None = None,
+        max_side: app_commands.Range[int, 64, 2048] | None = None,
+    ) -> None:
+        require_moderator(interaction)
+        quota = deps(interaction).quota
+        quota.caps.check("images_per_day", images_per_day)
+        quota.caps.check("max_concurrent", max_concurrent)
+        given = {"images_per_day": images_per_day, "max_concurrent": max_concurrent, "max_steps": max_steps,
+                 "max_side": max_side}
+        changes = {k: v for k, v in given.items() if v is not None}
+        if not changes:
+            raise InvalidSetting("images_per_day", None, "give at least one limit to set (`/mod quota role-clear` "
+                                 "removes a role's limits)")
+        limits = await deps(interaction).moderation.set_role_limits(
+            guild_id_of(interaction), role.id, interaction.user.id, **changes)
+        await reply(interaction, f"{role.mention}: {_role_limits_text(limits)}.")
+
+    @quota.command(name="role-clear", description="Remove a role's quota limits (back to the server's defaults)")
+    async def quota_role_clear(self, interaction: discord.Interaction, role: discord.Role) -> None:
+        require_moderator(interaction)
+        cleared = await deps(interaction).moderation.clear_role_limits(guild_id_of(interaction), role.id,
+                                                                       interaction.user.id)
+        await reply(interaction, f"{role.mention} no longer has limits of its own." if cleared
+                    else f"{role.mention} had no limits of its own.")
+
+    @quota.command(name="role-list", description="The roles with quota limits of their own")
+    async def quota_role_list(self, interaction: discord.Interaction) -> None:
+        require_moderator(interaction)
+        rows = await deps(interaction).moderation.role_limits(guild_id_of(interaction))
+        lines = [f"<@&{r.role_id}>: {_role_limits_text(r)}" for r in rows]
+        caps = deps(interaction).quota.caps
+        lines.append(f"Of a member's roles, the most generous value wins; the bot's operator caps every member at "
+                     f"{caps.images_per_day} images per day and {caps.max_concurrent} jobs at once.")
+        await reply(interaction, "", embed=lines_embed("Role quotas", lines))
+
+    # --- the ⭐ showcase (bot.services.showcase) ------------------------------------------------------------------
+    @app_commands.command(name="showcase", description="Repost results with enough ⭐ to a channel (no options: show)")
+    @app_commands.describe(channel="The showcase channel", stars="⭐ reactions a result needs (default 5)",
+                           off="Stop reposting")
+    async def showcase(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel | None = None,
+        stars: app_commands.Range[int, MIN_STARS, MAX_STARS] | None = None,
+        off: bool = False,
+    ) -> None:
+        require_moderator(interaction)
+        service = ShowcaseService(deps(interaction).sessions)
+        guild_id = guild_id_of(interaction)
+        if off:
+            stopped = await service.turn_off(guild_id, interaction.user.id)
+            await reply(interaction, "The showcase is off." if stopped else "The showcase was off already.")
+            return
+        current = await service.config(guild_id)
+        if channel is None and stars is None:
+            await reply(interaction, "The showcase is off. Turn it on with `/mod showcase channel:#channel stars:N`."
+                        if current is None else f"Results with {current.stars} ⭐ or more are reposted to "
+                        f"<#{current.channel_id}>.")
+            return
+        if channel is None and current is None:
+            raise InvalidSetting("channel", None, "the showcase has no channel yet: name one")
+        target = channel.id if channel is not None else current.channel_id
+        count = stars if stars is not None else (current.stars if current is not None else DEFAULT_STARS)
+        config = await service.configure(guild_id, target, count, interaction.user.id)
+        await reply(interaction, f"Results with {config.stars} ⭐ or more are reposted to <#{config.channel_id}> "
+                    "(once each, with credit to their author), if they were posted in a channel everyone can view.")
+
     @app_commands.command(name="pause", description="Stop starting new jobs in this server (queued jobs wait)")
     async def pause(self, interaction: discord.Interaction) -> None:
         require_moderator(interaction)
@@ -349,6 +515,18 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
             for e in entries
         ]
         await reply(interaction, "", embed=lines_embed("Audit log", lines, empty="No moderator actions yet."))
+
+
+def _role_limits_text(limits) -> str:
+    shown = lambda v: "default" if v is None else str(v)  # noqa: E731
+    return (f"{shown(limits.images_per_day)} images per day, {shown(limits.max_concurrent)} jobs at once, "
+            f"steps {shown(limits.max_steps)}, side {shown(limits.max_side)}")
+
+
+def describe_style(style, limit: int = 300) -> str:
+    from bot.exts.styles.cog import describe
+
+    return describe(style, limit)
 
 
 def _gallery_note(interaction: discord.Interaction) -> str:

@@ -754,3 +754,111 @@ async def test_max_deliveries_is_not_stopped_by_an_unsigned_stored_outcome():
     w.queue.outcomes[1] = dataclasses.replace(signed(Outcome(1, "succeeded")), mac="")
     await w.recorder.on_max_deliveries(MaxDeliveries(10, 3, "imagine-jobs-_default"))
     assert w.jobs.rows[1].status == "failed" and w.jobs.rows[1].refunded == 1
+
+
+# --- the editing modes: outpaint canvases, 4x upscales, describe suggestions ---------------------------------------
+def edit_job(w: World, job_id: int, req: GenerationRequest) -> SimpleNamespace:
+    """A running job of `req` (an editing mode `request_of` does not make)."""
+    row = w.jobs.add(job_id)
+    row.mode, row.request = req.mode, req
+    return row
+
+
+def edit_outcome(w: World, job_id: int, req: GenerationRequest, size: tuple[int, int] | None = None, *,
+                 suggestions: tuple[str, ...] = (), n: int = 1) -> Outcome:
+    """A signed succeeded outcome of `req`: `n` PNGs of `size` (none without a size), and `suggestions`."""
+    images = []
+    for i in range(n if size else 0):
+        data = png(size, (job_id % 256, i, 0))
+        name = f"{job_id}/{i}.png"
+        w.queue.objects[name] = data
+        images.append(StoredImage(i, 100 + i, name, len(data), hashlib.sha256(data).hexdigest()))
+    return sign_outcome(secret_of(job_id), Outcome(job_id, "succeeded", images=tuple(images), worker="w1",
+                                                   request_digest=request_digest(req), suggestions=suggestions))
+
+
+def outpaint_request(kind: str, width: int = 64, height: int = 64) -> GenerationRequest:
+    return GenerationRequest(prompt="grow", steps=4, width=width, height=height, num_images=1, mode="outpaint",
+                             init_image=b"source", strength=1.0, outpaint=kind)
+
+
+def test_an_outpaint_result_has_the_grown_canvas_of_some_model_and_never_the_source_size():
+    from generation.protocol.regions import outpaint_layout
+    # What the fake engine's card (largest side 2048) makes, and what a 512 px model makes of a large source.
+    assert image_fits_job((768, 512), "outpaint", 512, 512, outpaint="pan_right")
+    assert image_fits_job((1024, 1024), "outpaint", 512, 512, outpaint="zoom_2")
+    small = outpaint_layout("zoom_2", 512, 512, max_side=512, multiple=64).size
+    assert small == (512, 512) and image_fits_job(small, "outpaint", 512, 512, outpaint="zoom_2")
+    assert image_fits_job((768, 768), "outpaint", 512, 768, outpaint="square")
+    # Not the canvas of that kind: another kind's, the source's for a canvas that fits, a kind that is none.
+    assert not image_fits_job((512, 768), "outpaint", 512, 512, outpaint="pan_right")
+    assert not image_fits_job((512, 512), "outpaint", 512, 512, outpaint="pan_right")
+    assert not image_fits_job((2048, 2048), "outpaint", 512, 512, outpaint="zoom_2")
+    assert not image_fits_job((96, 64), "outpaint", 64, 64, outpaint="sideways")
+    assert not image_fits_job((64, 64), "outpaint", 64, 64, outpaint="square")  # a square one cannot grow square
+
+
+def test_an_upscale_by_four_is_four_times_its_source_within_the_rounding():
+    assert image_fits_job((2048, 1536), "upscale", 512, 384, factor=4)
+    assert image_fits_job((2080, 1536), "upscale", 520, 384, factor=4)
+    assert not image_fits_job((1024, 768), "upscale", 512, 384, factor=4)  # only doubled
+    assert not image_fits_job((2048, 1536), "upscale", 512, 384, factor=2)
+    assert not image_fits_job((4096, 3072), "upscale", 512, 384, factor=8)
+
+
+async def test_outpaint_and_four_times_upscale_outcomes_are_recorded_and_a_wrong_canvas_refused(caplog):
+    w = World()
+    req = outpaint_request("pan_right")
+    edit_job(w, 1, req)
+    assert await w.recorder.record(edit_outcome(w, 1, req, (96, 64)))
+    assert w.jobs.rows[1].status == "succeeded" and len(w.jobs.rows[1].images) == 1
+    edit_job(w, 2, req)
+    await assert_refused(w, 2, edit_outcome(w, 2, req, (64, 96)), MISMATCH, caplog)
+    assert "grown (pan_right)" in refused_lines(caplog)[0].getMessage()
+    up = GenerationRequest(prompt="big", steps=4, width=64, height=64, num_images=1, mode="upscale",
+                           init_image=b"source", strength=0.0, upscale_factor=4)
+    edit_job(w, 3, up)
+    assert await w.recorder.record(edit_outcome(w, 3, up, (256, 256)))
+    edit_job(w, 4, up)
+    await assert_refused(w, 4, edit_outcome(w, 4, up, (128, 128)), MISMATCH, caplog)
+
+
+def describe_request() -> GenerationRequest:
+    return GenerationRequest(prompt="", steps=4, width=64, height=64, num_images=1, mode="describe",
+                             init_image=b"source")
+
+
+async def test_a_describe_outcome_keeps_its_suggestions_without_images_and_logs_none_of_them(caplog):
+    w = World()
+    req = describe_request()
+    edit_job(w, 1, req)
+    said = ("a red circle <@123>", "  a  red\nround\tshape ", "", "@everyone look")
+    with caplog.at_level(logging.INFO, logger="bot.dispatch"):
+        assert await w.recorder.record(edit_outcome(w, 1, req, suggestions=said))
+    row = w.jobs.rows[1]
+    assert (row.status, row.images, row.refunded) == ("succeeded", [], 0)
+    # Cleaned (white space and control characters made one space; the blank one dropped), kept in order.
+    assert w.recorder.stored_suggestions(1) == ("a red circle <@123>", "a red round shape", "@everyone look")
+    assert w.kinds(1) == ["succeeded"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "3 suggestion(s)" in logged and "circle" not in logged and "everyone" not in logged
+    assert not await w.recorder.record(edit_outcome(w, 1, req, suggestions=said))  # once
+    assert w.recorder.stored_suggestions(99) == ()
+
+
+async def test_a_describe_outcome_with_images_or_no_suggestions_and_suggestions_elsewhere_are_refused(caplog):
+    w = World()
+    req = describe_request()
+    edit_job(w, 1, req)
+    await assert_refused(w, 1, edit_outcome(w, 1, req, (64, 64), suggestions=("a circle",)), LISTING, caplog)
+    edit_job(w, 2, req)
+    await assert_refused(w, 2, edit_outcome(w, 2, req, suggestions=(" ", "\n")), LISTING, caplog)
+    edit_job(w, 3, req)
+    await assert_refused(w, 3, edit_outcome(w, 3, req, suggestions=tuple(f"s{i}" for i in range(5))), LISTING,
+                         caplog)
+    assert w.recorder.stored_suggestions(3) == ()
+    # A txt2img outcome that carries suggestions is not what its job makes.
+    w.jobs.add(4)
+    out = w.succeeded(4, n=1)
+    await assert_refused(w, 4, sign_outcome(secret_of(4), dataclasses.replace(out, suggestions=("hi",))), LISTING,
+                         caplog)

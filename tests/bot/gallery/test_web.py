@@ -14,7 +14,7 @@ from PIL import Image
 from bot.gallery import catalog as catalog_module
 from bot.gallery.thumbs import THUMB_SIDE
 from bot.gallery.web import SECURITY_HEADERS, create_app
-from tests.bot.gallery.seed import ALICE, BOB, GUILD, HOSTILE_PROMPT, NAMES, STUDIO
+from tests.bot.gallery.seed import ALICE, BOB, GUILD, HOSTILE_PROMPT, NAMES, STUDIO, posted_job
 
 
 def job_ids(html: str) -> list[int]:
@@ -78,13 +78,14 @@ async def test_filters_by_member_and_model(client, seeded):
     assert await listed(client, guild="5000") == []  # the guild not allowed
 
 
-async def test_style_filter_is_a_hook_until_requests_carry_a_style(client, seeded, monkeypatch):
-    """Requests have no style field yet: `style` is refused naming it. Once they have one, the same parameter filters
-    on the stored request's field (here no job has one, so nothing matches)."""
-    refused = await client.get("/", params={"style": "watercolour"})
-    assert refused.status_code == 400 and "`style`" in refused.text
-    monkeypatch.setattr(catalog_module, "styles_supported", lambda: True)
+async def test_style_filter_lists_the_jobs_made_with_a_style(client, seeded, services):
+    """Jobs record the style they were made with (`/imagine style:`, bot.services.styles): `?style=` lists those,
+    and the job's page names it with a link to the filter."""
+    inked = await posted_job(services, prompt="an inked grey circle", style="ink")
+    assert await listed(client, style="ink") == [inked]
     assert await listed(client, style="watercolour") == []
+    page = (await client.get(f"/job/{inked}")).text
+    assert "<dt>Style</dt>" in page and "style=ink" in page
 
 
 #: Query parameters out of bounds, and the words the 400 page has to say (HTML-escaped).

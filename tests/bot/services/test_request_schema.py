@@ -21,29 +21,29 @@ from generation.protocol.contract import GenerationRequest, RequestError
 from tests.bot.conftest import CHANNEL, GUILD
 
 USER = 77
-STYLES = ("", "watercolour", "ink")
+MOODS = ("", "watercolour", "ink")  # a made-up field: `style` is a real one (bot.services.styles)
 
 
-def _validate_style(self) -> None:
+def _validate_mood(self) -> None:
     GenerationRequest.validate(self)
-    if self.style not in STYLES:
-        raise RequestError("style", self.style, f"it has to be one of {', '.join(map(repr, STYLES))}")
+    if self.mood not in MOODS:
+        raise RequestError("mood", self.mood, f"it has to be one of {', '.join(map(repr, MOODS))}")
 
 
 #: GenerationRequest with one more field (and a rule for it), declared only here.
-StyledRequest = dataclasses.make_dataclass(
-    "StyledRequest",
-    [("style", str, dataclasses.field(default=""))],
+MoodRequest = dataclasses.make_dataclass(
+    "MoodRequest",
+    [("mood", str, dataclasses.field(default=""))],
     bases=(GenerationRequest,),
     frozen=True,
-    namespace={"validate": _validate_style},
+    namespace={"validate": _validate_mood},
 )
 
 
 @pytest.fixture
-def styled(monkeypatch):
-    """The job service builds and reads requests of StyledRequest; nothing else is patched."""
-    monkeypatch.setattr(jobs_module, "GenerationRequest", StyledRequest)
+def moody(monkeypatch):
+    """The job service builds and reads requests of MoodRequest; nothing else is patched."""
+    monkeypatch.setattr(jobs_module, "GenerationRequest", MoodRequest)
 
 
 def _stored(db_path, job_id: int) -> dict:
@@ -59,60 +59,60 @@ async def _finished(services, n: int = 2):
 
 
 # --- a new field needs no other change ---------------------------------------------------------------------------
-async def test_a_field_added_to_the_request_reaches_the_stored_job(styled, services, db_path):
-    """`create(style=...)` stores the new field in the job's JSON; `get` gives it back on the request and the view."""
-    job = await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1, style="watercolour")
-    assert _stored(db_path, job.id)["style"] == "watercolour"
+async def test_a_field_added_to_the_request_reaches_the_stored_job(moody, services, db_path):
+    """`create(mood=...)` stores the new field in the job's JSON; `get` gives it back on the request and the view."""
+    job = await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1, mood="watercolour")
+    assert _stored(db_path, job.id)["mood"] == "watercolour"
     got = await services.jobs.get(job.id)
-    assert type(got.request) is StyledRequest
-    assert (got.request.style, got.style, got.to_request().style) == ("watercolour", "watercolour", "watercolour")
+    assert type(got.request) is MoodRequest
+    assert (got.request.mood, got.mood, got.to_request().mood) == ("watercolour", "watercolour", "watercolour")
     assert got == job
     with sqlite3.connect(db_path) as conn:
-        found = conn.execute("SELECT id FROM job WHERE json_extract(request, '$.style') = 'watercolour'").fetchall()
+        found = conn.execute("SELECT id FROM job WHERE json_extract(request, '$.mood') = 'watercolour'").fetchall()
     assert found == [(job.id,)]
 
 
-async def test_a_new_field_is_on_every_view_of_the_job(styled, services):
+async def test_a_new_field_is_on_every_view_of_the_job(moody, services):
     """history, queue, next_for_dispatch and unfinished all carry the new field."""
-    job = await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1, style="ink")
+    job = await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1, mood="ink")
     views = [
         *(await services.jobs.history(GUILD, USER)),
         *(await services.jobs.queue()),
         *(await services.jobs.next_for_dispatch()),
         *(await services.jobs.unfinished()),
     ]
-    assert len(views) == 4 and all(v.id == job.id and v.style == "ink" for v in views)
+    assert len(views) == 4 and all(v.id == job.id and v.mood == "ink" for v in views)
 
 
-async def test_a_new_field_takes_its_default_and_its_rule(styled, services):
+async def test_a_new_field_takes_its_default_and_its_rule(moody, services):
     """Left out or None, the new field takes its default; a bad value is InvalidRequest naming it, nothing charged."""
     plain = await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1)
-    none = await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1, style=None)
-    assert plain.style == none.style == ""
+    none = await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1, mood=None)
+    assert plain.mood == none.mood == ""
     used = (await services.quota.status(GUILD, USER, [])).used
-    with pytest.raises(InvalidRequest, match="`style` is 'oil'") as err:
-        await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1, style="oil")
-    assert err.value.field == "style"
+    with pytest.raises(InvalidRequest, match="`mood` is 'oil'") as err:
+        await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", num_images=1, mood="oil")
+    assert err.value.field == "mood"
     assert (await services.quota.status(GUILD, USER, [])).used == used
 
 
-async def test_a_new_field_travels_with_a_variation(styled, services, db_path):
+async def test_a_new_field_travels_with_a_variation(moody, services, db_path):
     """A variation keeps the new field; its init image is not stored and is added by `to_request`."""
     src = await _finished(services)
     var = await services.jobs.create(GUILD, CHANNEL, USER, [], mode="variation", prompt="again", source_job_id=src.id,
-                                     source_image_index=1, style="ink", num_images=1)
+                                     source_image_index=1, mood="ink", num_images=1)
     stored = _stored(db_path, var.id)
-    assert (stored["style"], stored["mode"], stored["init_image"]) == ("ink", "variation", None)
+    assert (stored["mood"], stored["mode"], stored["init_image"]) == ("ink", "variation", None)
     got = await services.jobs.get(var.id)
-    assert (got.style, got.mode, got.request.init_image) == ("ink", "variation", None)
+    assert (got.mood, got.mode, got.request.init_image) == ("ink", "variation", None)
     req = got.to_request(init_image=b"\x89PNG source")
-    assert (type(req), req.style, req.init_image) == (StyledRequest, "ink", b"\x89PNG source")
+    assert (type(req), req.mood, req.init_image) == (MoodRequest, "ink", b"\x89PNG source")
 
 
 async def test_without_the_new_class_the_field_is_unknown(services):
-    """The service accepts exactly the fields of the request class: `style` is refused by the plain one."""
-    with pytest.raises(TypeError, match="unexpected keyword argument 'style'"):
-        await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", style="ink")
+    """The service accepts exactly the fields of the request class: `mood` is refused by the plain one."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'mood'"):
+        await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", mood="ink")
     with pytest.raises(TypeError, match="unexpected keyword argument 'init_image'"):
         await services.jobs.create(GUILD, CHANNEL, USER, [], prompt="a fox", init_image=b"png")
 
