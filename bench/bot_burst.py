@@ -7,7 +7,7 @@ The project's fake Discord (tests/support/fakediscord.py) runs in this process; 
 the way the e2e tests start it: embedded nats-server, one local worker, its own data folder) connects to it. The
 worker runs the fake engine (`--fake-engine SECONDS_PER_STEP`: fixed time per denoising step, real PNGs, no torch),
 so the figures are the bot's, not the model's. Each interaction comes from its own member, so no quota or cooldown
-refuses it. Three phases, one run:
+refuses it, and the guild's queue cap (MAX_QUEUED_PER_GUILD) is raised to the size of the burst. Three phases, one run:
 
 1. echo baseline: a bare gateway client (no discord.py, no database; `--echo-client` mode of this script) acks every
    interaction at once; the same burst against it gives the fake Discord's own round trip on this machine;
@@ -181,6 +181,8 @@ async def run(args) -> dict:
                 "WORKER_ARGS": " ".join([*worker, "--max-batch", str(args.max_batch)]),
                 "LOOP_LAG_LOG": str(lag_path),
                 "IMAGINE_COOLDOWN_SECONDS": "0",
+                # The whole burst waits at once: the guild's queue cap (200 by default) must not refuse any of it.
+                "MAX_QUEUED_PER_GUILD": str(max(200, args.interactions + args.single)),
             })
             world = E2E(fd, bot, _kind)
             users = [fd.add_user(f"member{i}") for i in range(args.interactions + args.single)]

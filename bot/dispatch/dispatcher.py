@@ -22,9 +22,10 @@ The database row is the source of truth. `Dispatcher` is the front of four parts
 `reconcile()` (run by `start`) walks every unfinished job row, in pages (`JobService.unfinished_pages`: one short
 read of at most 500 jobs each): collects outcomes stored while the bot was down, re-publishes dispatched jobs the
 stream lacks, and hands succeeded-but-unposted jobs to the listener for posting. A queued job that was never
-dispatched costs no request to NATS: the job stream's subjects are listed once (it holds only the feeder's window),
-and such a job that is not there is left to the feeder; an outcome stored for it anyway (the bot stopped between
-publishing it and marking it dispatched) comes through the durable results consumer like any other.
+dispatched costs no request to NATS when no outcome waits for the bot: the job stream's subjects are listed once (it
+holds only the feeder's window), the results consumer says whether any outcome is still undelivered, and when none
+is, such a job not in the stream is left to the feeder. Otherwise (outcomes stored while the bot was down: one may
+be a never-marked job's, published just before the bot stopped) every job is looked up on its own.
 Each job is handled on its own: an outcome that is refused (its images missing, too large, not the job's) or cannot
 be read fails that job (refunded); any other error with one job is logged in one line and the walk goes on (the
 results loop, or the next start, takes that job up). It also marks the waiting and running jobs active
@@ -354,7 +355,7 @@ class Dispatcher:
         q = self._require_queue()
         report = ReconcileReport()
         t0 = time.monotonic()
-        in_stream = await self._jobs_in_stream(q)
+        in_stream = await self._jobs_in_stream(q) if not await self._outcomes_waiting(q) else None
         async for page in self.jobs.unfinished_pages():
             self.events.track(job.id for job in page if str(job.status) in ("queued", "running"))
             for job in page:
@@ -372,6 +373,17 @@ class Dispatcher:
         )
         self.feeder.wake()
         return report
+
+    async def _outcomes_waiting(self, q: JobQueue) -> bool:
+        """Whether the results consumer holds outcomes not yet delivered or not yet acknowledged (True when that
+        cannot be read)."""
+        try:
+            info = await q.js.consumer_info(q.config.results_stream, self.results_durable)
+        except Exception as e:
+            log.warning("dispatch: could not read the results consumer (%s); looking jobs up one by one",
+                        short(str(e), 200))
+            return True
+        return bool((info.num_pending or 0) + (info.num_ack_pending or 0))
 
     async def _jobs_in_stream(self, q: JobQueue) -> set[int] | None:
         """The ids of the jobs whose messages the job stream holds (one request: the stream's subjects), or None
@@ -397,7 +409,7 @@ class Dispatcher:
             await self.events.finished(job.id, "succeeded", timeline=self.recorder.stored_timeline(job.id))
             return
         if status == "queued" and job.dispatched_at is None and in_stream is not None and job.id not in in_stream:
-            # Never dispatched and not in the stream: the feeder's (see the module docstring).
+            # Never dispatched, not in the stream, no outcome waiting: the feeder's (see the module docstring).
             report.undispatched.append(job.id)
             return
         try:

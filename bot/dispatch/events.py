@@ -13,6 +13,9 @@ messages from these calls.
 - `job_finished(job_id, *, timeline=None)`: the job is final (succeeded, failed or cancelled); the timeline is the
   animation of its steps when the worker made one;
 - `job_loading(job_id)`: the worker that took the job loads its model first (the presenter shows "loading model…").
+- `job_position(job_id, position)` (optional, `PositionListener`): the feeder read the front of the line and gives
+  each waiting job its place; the listener shows it only if it changed, and may put it off (False) when it edits
+  too often in that channel.
 
 Each listener call runs in its own task, so a slow Discord call never holds up the queue; an exception there is
 logged and forgotten. `NoListener` calls nothing, for a dispatcher that needs no listener (tests, tools).
@@ -63,6 +66,14 @@ class JobListener(Protocol):
     async def job_progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None: ...
     async def job_finished(self, job_id: int, *, timeline: bytes | None = None) -> None: ...
     async def job_loading(self, job_id: int) -> None: ...
+
+
+@runtime_checkable
+class PositionListener(Protocol):
+    """Optional: a listener that can show a position it is given (`JobEvents.refresh_position`), instead of
+    counting it again for every refreshed job. Returns False when it put the change off (rate-limited)."""
+
+    async def job_position(self, job_id: int, position: int) -> bool: ...
 
 
 class NoListener:
@@ -200,12 +211,21 @@ class JobEvents:
         await self.emit(JobEvent(job_id, kind, error=error, worker=worker, timeline=timeline))
         self._call("job_finished", job_id, lambda listener: listener.job_finished(job_id, timeline=timeline))
 
-    async def refresh_position(self, job_id: int) -> None:
-        """Let the listener show a waiting job's place in the line; awaited here (the caller paces these calls)."""
+    async def refresh_position(self, job_id: int, position: int | None = None) -> bool:
+        """Let the listener show a waiting job's place in the line; awaited here (the caller paces these calls).
+
+        With `position` (jobs ahead of it, as the caller just read the line) a listener that has `job_position`
+        (see `PositionListener`) gets it and need not count it again; any other listener gets `job_queued`.
+        Returns False when the listener put the change off (its own rate limit): the caller comes back to it."""
+        show = getattr(self._listener, "job_position", None) if position is not None else None
         try:
+            if show is not None:
+                return bool(await show(job_id, position))
             await self._listener.job_queued(job_id)
         except Exception:
-            log.exception("dispatch: listener job_queued failed for job %s", job_id)
+            method = "job_position" if show is not None else "job_queued"
+            log.exception("dispatch: listener %s failed for job %s", method, job_id)
+        return True
 
     # --- listener calls in flight -----------------------------------------------------------------------------------
     def _call(self, method: str, job_id: int, call: Callable[[JobListener], Awaitable[None]]) -> None:

@@ -21,7 +21,9 @@ then calls `restore` (the dispatcher's `restore_queue`, which creates the queue 
 in the database, are fed at the next round.
 
 When a job starts or ends the waiting jobs move up: `refresh_positions_soon` lets the listener show the first 25 their
-new place, at most once every 2 s.
+new place, at most once every 2 s. The round reads the first 25 ids of the line once (an index range, whatever the
+backlog) and hands each job its position, so the listener counts nothing again and edits only the messages whose
+place changed (the presenter also caps its edits per channel; what it puts off, the next round does).
 """
 
 from __future__ import annotations
@@ -194,9 +196,11 @@ class Feeder:
         """After a job starts or ends the waiting jobs move up: let the listener refresh the first `positions_limit`.
 
         Coalesced: at most one refresh runs at a time, at most once per `positions_delay` seconds (message edits are
-        rate-limited); a request while one runs makes it go round once more. Each round reads the line once (job ids
-        only, `JobService.waiting`) and refreshes the jobs one after the other, so a long queue costs neither a load
-        of the whole queue nor a burst of database sessions. Nothing happens without a listener."""
+        rate-limited); a request while one runs makes it go round once more. Each round reads the front of the line
+        once (job ids only, `JobService.waiting`) and refreshes the jobs one after the other with the position it
+        read, so a long queue costs neither a load of the whole queue, nor a count per job, nor a burst of database
+        sessions. When the listener puts a job off (its rate limit per channel) the round is made again later.
+        Nothing happens without a listener."""
         if not self.events.has_listener:
             return
         self._positions_stale = True
@@ -213,7 +217,8 @@ class Feeder:
             except Exception:
                 log.warning("dispatch: could not read the queue to refresh positions", exc_info=True)
                 continue
-            for job_id in waiting:
+            for position, job_id in enumerate(waiting):
                 if self._closing or not self.events.has_listener:
                     return
-                await self.events.refresh_position(job_id)
+                if not await self.events.refresh_position(job_id, position):
+                    self._positions_stale = True  # put off by the listener: once more, after the delay

@@ -29,6 +29,12 @@ so one member's twenty jobs hold everyone else back by at most one job each. Mem
 across guilds (one GPU serves them all); jobs of paused guilds are skipped by `next_for_dispatch`.
 `queue()` shows the whole line: running jobs, then dispatched ones, then the pending ones in fair order.
 
+A pending job's round is stored with it (`Job.fair_round`) and kept up to date in the transaction of every change
+to its owner's jobs (`_renumber`: one UPDATE of that member's pending rows, a handful whatever the backlog). So the
+line is one index, (status, dispatched_at, fair_round, id): the next jobs to dispatch, the first positions and a
+job's position are read or counted from its front, and no query of the hot path touches the rest of the backlog
+(issue #20; bench/bot_scale.py measures it).
+
 Parameters
 ----------
 `GenerationRequest` (generation.protocol.contract) is the one declaration of a job's parameters. `create` takes
@@ -43,13 +49,13 @@ only knows the few fields with a meaning of its own: `mode` (a variation/upscale
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.engine import run_read, run_write
@@ -92,6 +98,8 @@ ACTIVE_STATES: tuple[JobStatus, ...] = (Q, R)
 FINAL_STATES: tuple[JobStatus, ...] = (F, C, P)
 
 MAX_ERROR_CHARS = 2000
+#: Jobs per page of `unfinished_pages` (the reconcile at start).
+UNFINISHED_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,22 @@ class ImageView:
     path: str
     sha256: str
     nsfw: bool
+
+
+class UnfinishedJob(NamedTuple):
+    """A job the reconcile at start looks at (`JobService.unfinished_pages`)."""
+
+    id: int
+    status: JobStatus
+    dispatched_at: datetime | None
+
+
+class ActiveJob(NamedTuple):
+    """A queued or running job as the check for jobs no worker serves needs it (`JobService.active_of_models`)."""
+
+    id: int
+    status: JobStatus
+    model: str
 
 
 class NewImage(NamedTuple):
@@ -180,6 +204,56 @@ class JobView:
     def to_request(self, init_image: bytes | None = None) -> GenerationRequest:
         """The generation request of this job. Variations/upscales need the source image's bytes."""
         return self.request.with_(init_image=init_image)
+
+
+# --- the statements of the hot path, built once ---------------------------------------------------------------------
+# Executed with parameters; built once, their cache keys are computed once (a statement built per call allocates
+# its clauses, and for an alias its columns, every time: garbage that the collector then has to walk).
+_DISPATCHED = and_(JOB.c.status == Q.value, JOB.c.dispatched_at.is_not(None))
+_PENDING = and_(JOB.c.status == Q.value, JOB.c.dispatched_at.is_(None))
+_K = JOB.alias("k")
+#: `JobService._renumber`: each pending job of :member gets as its round the member's active jobs that are in
+#: flight (running, or dispatched) or pending with an id up to its own.
+_RENUMBER = (
+    update(JOB)
+    .where(JOB.c.user_id == bindparam("member"), _PENDING)
+    .values(
+        fair_round=select(func.count())
+        .select_from(_K)
+        .where(
+            _K.c.user_id == JOB.c.user_id,
+            _K.c.status.in_([Q.value, R.value]),
+            or_(_K.c.status == R.value, _K.c.dispatched_at.is_not(None), _K.c.id <= JOB.c.id),
+        )
+        .scalar_subquery()
+    )
+)
+#: The round of a new job of :member: the member's active jobs, plus one (ids only grow: a new job is its member's
+#: last).
+_NEW_ROUND = (
+    select(func.count() + 1)
+    .select_from(JOB)
+    .where(JOB.c.user_id == bindparam("member"), JOB.c.status.in_([Q.value, R.value]))
+    .scalar_subquery()
+)
+#: `JobService.position`: the job's state and place.
+_PLACE = select(JOB.c.status, JOB.c.dispatched_at, JOB.c.fair_round).where(JOB.c.id == bindparam("job_id"))
+_ME = JOB.alias("me")
+#: The dispatched jobs ahead of dispatched job :job_id; compared with its own row in SQL, so the order is exactly
+#: ORDER BY dispatched_at, id.
+_DISPATCHED_AHEAD = (
+    select(func.count())
+    .select_from(JOB.join(_ME, _ME.c.id == bindparam("job_id")))
+    .where(_DISPATCHED, tuple_(JOB.c.dispatched_at, JOB.c.id) < tuple_(_ME.c.dispatched_at, _ME.c.id))
+)
+#: Every dispatched job, plus the pending jobs before pending job :job_id of round :round in fair order.
+_PENDING_AHEAD = select(
+    select(func.count()).select_from(JOB).where(_DISPATCHED).scalar_subquery()
+    + select(func.count())
+    .select_from(JOB)
+    .where(_PENDING, tuple_(JOB.c.fair_round, JOB.c.id) < tuple_(bindparam("round"), bindparam("job_id")))
+    .scalar_subquery()
+)
 
 
 @cache
@@ -312,6 +386,9 @@ class JobService:
                 attempts=0,
                 created_at=self.clock(),
                 secret=secrets.token_bytes(JOB_SECRET_BYTES),
+                # The newest of its member's jobs (ids only grow), so its round is the member's active jobs and
+                # itself: counted in the INSERT, no other row changes.
+                fair_round=_NEW_ROUND.params(member=user_id),
             )
             s.add(job)
             await s.flush()
@@ -361,8 +438,8 @@ class JobService:
             await s.execute(
                 update(JOB)
                 .where(JOB.c.id == job_id, JOB.c.status.in_([a.value for a in allowed]))
-                .values(status=to.value, **values)
-                .returning(JOB.c.id)
+                .values(status=to.value, fair_round=None, **values)
+                .returning(JOB.c.user_id)
             )
         ).first()
         if done is None:
@@ -370,6 +447,15 @@ class JobService:
             if current is None:
                 raise JobNotFound(job_id)
             raise IllegalTransition(job_id, current, to.value, tuple(a.value for a in allowed))
+        if to is not P:  # succeeded -> posted changes nobody's place in the line
+            await self._renumber(s, done.user_id)
+
+    async def _renumber(self, s: AsyncSession, user_id: int) -> None:
+        """Store the round (`Job.fair_round`) of each of the member's pending jobs: the member's jobs in flight plus
+        the job's rank among the member's pending jobs, i.e. the member's active jobs that are in flight or pending
+        with an id up to the job's. Runs in the transaction of every change to the member's jobs (creation,
+        dispatch, each transition), so the stored rounds always equal the definition (see "Fair order")."""
+        await s.execute(_RENUMBER, {"member": user_id})
 
     async def _view_in(self, s: AsyncSession, job_id: int) -> JobView:
         if isinstance(job_id, bool) or not isinstance(job_id, int) or not 0 < job_id < 2**63:
@@ -477,11 +563,14 @@ class JobService:
                 await s.execute(
                     update(JOB)
                     .where(JOB.c.id == job_id, JOB.c.status == Q.value, JOB.c.dispatched_at.is_(None))
-                    .values(dispatched_at=self.clock())
-                    .returning(JOB.c.id)
+                    .values(dispatched_at=self.clock(), fair_round=None)
+                    .returning(JOB.c.user_id)
                 )
             ).first()
-            return row is not None
+            if row is None:
+                return False
+            await self._renumber(s, row.user_id)
+            return True
 
         return await run_write(self.sessions, work)
 
@@ -571,121 +660,105 @@ class JobService:
 
         return await run_read(self.sessions, work)
 
-    def _pending_in_fair_order(self, *, skip_paused: bool):
-        """(job id, round) of queued, undispatched jobs; see "Fair order" in the module docstring."""
-        in_flight = (
-            select(JOB.c.user_id, func.count().label("n"))
-            .where(or_(JOB.c.status == R.value, and_(JOB.c.status == Q.value, JOB.c.dispatched_at.is_not(None))))
-            .group_by(JOB.c.user_id)
-            .subquery("in_flight")
-        )
-        round_ = func.coalesce(in_flight.c.n, 0) + func.row_number().over(partition_by=JOB.c.user_id, order_by=JOB.c.id)
-        q = (
-            select(JOB.c.id, round_.label("round"))
-            .select_from(JOB.outerjoin(in_flight, in_flight.c.user_id == JOB.c.user_id))
-            .where(JOB.c.status == Q.value, JOB.c.dispatched_at.is_(None))
-        )
-        if skip_paused:
-            paused = select(GuildSetting.guild_id).where(GuildSetting.paused.is_(True))
-            q = q.where(JOB.c.guild_id.not_in(paused))
-        return q.subquery("pending")
+    @staticmethod
+    def _pending() -> Any:
+        """Queued and not yet dispatched: the jobs ordered by their round (`fair_round`), then id."""
+        return _PENDING
+
+    @staticmethod
+    def _dispatched() -> Any:
+        """Queued and handed to the work queue, waiting for a worker: ordered by dispatch time, then id."""
+        return _DISPATCHED
 
     async def next_for_dispatch(self, limit: int = 1) -> list[JobView]:
         """The next `limit` queued jobs not yet dispatched, round-robin across members; paused guilds skipped.
-        Does not change anything: call `mark_dispatched` for each job actually handed to the work queue."""
+        Does not change anything: call `mark_dispatched` for each job actually handed to the work queue.
+        Read from the front of the line's index: `limit` rows, whatever the backlog (plus the jobs of paused
+        guilds in front of them)."""
 
         async def work(s: AsyncSession) -> list[JobView]:
-            pending = self._pending_in_fair_order(skip_paused=True)
-            q = select(Job).join(pending, pending.c.id == Job.id).order_by(pending.c.round, Job.id).limit(limit)
+            paused = select(GuildSetting.guild_id).where(GuildSetting.paused.is_(True))
+            q = (
+                select(Job)
+                .where(self._pending(), Job.guild_id.not_in(paused))
+                .order_by(Job.fair_round, Job.id)
+                .limit(limit)
+            )
             return await self._views(s, (await s.scalars(q)).all(), with_images=False)
 
         return await run_read(self.sessions, work)
 
-    async def queue(self, guild_id: int | None = None) -> list[JobView]:
+    async def queue(self, guild_id: int | None = None, limit: int | None = None) -> list[JobView]:
         """The whole line, first to be served first: running jobs (by start), dispatched jobs (by dispatch time),
-        then pending jobs in fair order. With `guild_id`, only that guild's jobs (still in the global order)."""
+        then pending jobs in fair order. With `guild_id`, only that guild's jobs (still in the global order); with
+        `limit`, only the first `limit` of the line (a page to show; `active_in_guild` counts them all). Loads the
+        jobs it returns: for showing the line, not for the hot path (see `active_in_guild`, `position`,
+        `waiting`)."""
 
         async def work(s: AsyncSession) -> list[JobView]:
             def scoped(q):
-                return q if guild_id is None else q.where(Job.guild_id == guild_id)
+                q = q if guild_id is None else q.where(Job.guild_id == guild_id)
+                return q if limit is None else q.limit(limit)
 
             running = (
                 await s.scalars(scoped(select(Job).where(Job.status == R.value)).order_by(Job.started_at, Job.id))
             ).all()
             dispatched = (
-                await s.scalars(
-                    scoped(select(Job).where(Job.status == Q.value, Job.dispatched_at.is_not(None))).order_by(
-                        Job.dispatched_at, Job.id
-                    )
-                )
+                await s.scalars(scoped(select(Job).where(self._dispatched())).order_by(Job.dispatched_at, Job.id))
             ).all()
-            pending_sq = self._pending_in_fair_order(skip_paused=False)
             pending = (
-                await s.scalars(
-                    scoped(select(Job).join(pending_sq, pending_sq.c.id == Job.id)).order_by(pending_sq.c.round, Job.id)
-                )
+                await s.scalars(scoped(select(Job).where(self._pending())).order_by(Job.fair_round, Job.id))
             ).all()
-            return await self._views(s, [*running, *dispatched, *pending], with_images=False)
+            line = [*running, *dispatched, *pending]
+            return await self._views(s, line if limit is None else line[:limit], with_images=False)
+
+        return await run_read(self.sessions, work)
+
+    async def active_in_guild(self, guild_id: int) -> int:
+        """How many of the guild's jobs are queued or running (what MAX_QUEUED_PER_GUILD caps); one count over an
+        index, no job loaded."""
+
+        async def work(s: AsyncSession) -> int:
+            q = (
+                select(func.count())
+                .select_from(JOB)
+                .where(JOB.c.guild_id == guild_id, JOB.c.status.in_([Q.value, R.value]))
+            )
+            return (await s.execute(q)).scalar_one()
 
         return await run_read(self.sessions, work)
 
     async def position(self, job_id: int) -> int | None:
         """How many jobs are ahead of this one in `queue()` (0 = next or running); None if it is not queued.
 
-        Counted in SQL (no job is loaded): a dispatched job has the dispatched jobs before it (by dispatch time)
-        ahead; a pending one has every dispatched job and the pending jobs before it in fair order (round, id)."""
+        Counted in SQL over the line's index (no job is loaded): a dispatched job has the dispatched jobs before it
+        (by dispatch time) ahead; a pending one has every dispatched job and the pending jobs before it in fair
+        order (round, id). The count reads only the index entries ahead of the job."""
 
         async def work(s: AsyncSession) -> int | None:
-            row = (await s.execute(select(JOB.c.status, JOB.c.dispatched_at).where(JOB.c.id == job_id))).first()
+            row = (await s.execute(_PLACE, {"job_id": job_id})).first()
             if row is None or row.status not in (Q.value, R.value):
                 return None
             if row.status == R.value:
                 return 0
-            me = JOB.alias("me")
-            dispatched = and_(JOB.c.status == Q.value, JOB.c.dispatched_at.is_not(None))
             if row.dispatched_at is not None:
-                # Compared with the job's own row in SQL, so the order is exactly ORDER BY dispatched_at, id.
-                ahead = (
-                    select(func.count())
-                    .select_from(JOB.join(me, me.c.id == job_id))
-                    .where(
-                        dispatched,
-                        or_(
-                            JOB.c.dispatched_at < me.c.dispatched_at,
-                            and_(JOB.c.dispatched_at == me.c.dispatched_at, JOB.c.id < me.c.id),
-                        ),
-                    )
-                )
-                return (await s.execute(ahead)).scalar_one()
-            pending = self._pending_in_fair_order(skip_paused=False)
-            mine = pending.alias("mine")
-            n_dispatched = select(func.count()).select_from(JOB).where(dispatched).scalar_subquery()
-            n_pending = (
-                select(func.count())
-                .select_from(pending.join(mine, mine.c.id == job_id))
-                .where(or_(pending.c.round < mine.c.round, and_(pending.c.round == mine.c.round, pending.c.id < mine.c.id)))
-                .scalar_subquery()
-            )
-            return (await s.execute(select(n_dispatched + n_pending))).scalar_one()
+                return (await s.execute(_DISPATCHED_AHEAD, {"job_id": job_id})).scalar_one()
+            return (await s.execute(_PENDING_AHEAD, {"round": row.fair_round, "job_id": job_id})).scalar_one()
 
         return await run_read(self.sessions, work)
 
     async def waiting(self, limit: int | None = None) -> list[int]:
         """Ids of the queued jobs in `queue()` order (dispatched by dispatch time, then pending in fair order), the
-        first `limit` of them; the i-th has position i. Only ids are read, not whole jobs."""
+        first `limit` of them; the i-th has position i. Only ids are read, from the front of the line's index."""
 
         async def work(s: AsyncSession) -> list[int]:
             dispatched = (
-                select(JOB.c.id)
-                .where(JOB.c.status == Q.value, JOB.c.dispatched_at.is_not(None))
-                .order_by(JOB.c.dispatched_at, JOB.c.id)
-                .limit(limit)
+                select(JOB.c.id).where(self._dispatched()).order_by(JOB.c.dispatched_at, JOB.c.id).limit(limit)
             )
             ids = list((await s.execute(dispatched)).scalars())
             if limit is not None and len(ids) >= limit:
                 return ids
-            pending = self._pending_in_fair_order(skip_paused=False)
-            rest = select(pending.c.id).order_by(pending.c.round, pending.c.id)
+            rest = select(JOB.c.id).where(self._pending()).order_by(JOB.c.fair_round, JOB.c.id)
             if limit is not None:
                 rest = rest.limit(limit - len(ids))
             return ids + list((await s.execute(rest)).scalars())
@@ -714,6 +787,62 @@ class JobService:
                 await s.scalars(select(Job).where(Job.status.in_([Q.value, R.value, S.value])).order_by(Job.id))
             ).all()
             return await self._views(s, jobs)
+
+        return await run_read(self.sessions, work)
+
+    async def unfinished_pages(self, page: int = UNFINISHED_PAGE) -> AsyncIterator[list[UnfinishedJob]]:
+        """The jobs of `unfinished()` in pages of at most `page`, as (id, status, dispatched_at) only:
+        succeeded-but-unposted jobs first, then running ones, then queued ones, each oldest first. Each page is one
+        short index range read (status, id > the last one): a long backlog is neither loaded as views nor read in
+        one long-held transaction, and the history of finished jobs is never read. A job that changes state between
+        two pages may be met twice or not at all: a caller handles each job on its own (and `get`s the few it needs
+        whole)."""
+        for status in (S, R, Q):
+            after = 0
+            while True:
+                async def work(s: AsyncSession, after: int = after, status: JobStatus = status) -> list[UnfinishedJob]:
+                    q = (
+                        select(JOB.c.id, JOB.c.dispatched_at)
+                        .where(JOB.c.status == status.value, JOB.c.id > after)
+                        .order_by(JOB.c.id)
+                        .limit(page)
+                    )
+                    return [UnfinishedJob(i, status, at) for i, at in (await s.execute(q)).all()]
+
+                jobs = await run_read(self.sessions, work)
+                if jobs:
+                    yield jobs
+                if len(jobs) < page:
+                    break
+                after = jobs[-1].id
+
+    async def active_models(self) -> dict[str, int]:
+        """How many queued or running jobs wait for each model (the stored name, "" for the default); one grouped
+        count over the (status, model) index."""
+
+        async def work(s: AsyncSession) -> dict[str, int]:
+            q = (
+                select(JOB.c.model, func.count())
+                .where(JOB.c.status.in_([Q.value, R.value]))
+                .group_by(JOB.c.model)
+            )
+            return {model or "": n for model, n in (await s.execute(q)).all()}
+
+        return await run_read(self.sessions, work)
+
+    async def active_of_models(self, models: Iterable[str]) -> list[ActiveJob]:
+        """The queued and running jobs of these models (stored names), oldest first: id, status and model only."""
+        names = sorted(set(models))
+
+        async def work(s: AsyncSession) -> list[ActiveJob]:
+            if not names:
+                return []
+            q = (
+                select(JOB.c.id, JOB.c.status, JOB.c.model)
+                .where(JOB.c.status.in_([Q.value, R.value]), JOB.c.model.in_(names))
+                .order_by(JOB.c.id)
+            )
+            return [ActiveJob(i, JobStatus(st), m or "") for i, st, m in (await s.execute(q)).all()]
 
         return await run_read(self.sessions, work)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import io
 import logging
 import time
@@ -42,8 +43,9 @@ import discord
 
 from bot.db.engine import is_busy_error, is_full_error
 from bot.db.models import utcnow
-from bot.services.images import ImageDamaged
-from bot.ui.buttons import DELETE, grid_view, job_custom_id, progress_view, single_view
+from bot.dispatch.recorder import read_suggestions
+from bot.services.images import ImageDamaged, read_header
+from bot.ui.buttons import DELETE, describe_view, grid_view, job_custom_id, progress_view, single_view
 from bot.ui.embeds import (
     cancelled_embed,
     failed_embed,
@@ -52,8 +54,10 @@ from bot.ui.embeds import (
     progress_embed,
     queued_embed,
     result_embed,
+    suggestions_embed,
 )
 from bot.ui.images import DEFAULT_UPLOAD_LIMIT, fit_to_limit, job_grid
+from generation.protocol.contract import MAX_UPSCALE_SIDE, UPSCALE_FACTORS
 
 log = logging.getLogger("bot.jobs")
 T = TypeVar("T")
@@ -94,15 +98,19 @@ class EditBudget:
         self.count, self.window, self.clock = count, window, clock
         self._spent: dict[int, collections.deque[float]] = {}
 
-    def take(self, channel_id: int) -> bool:
-        """Spend one edit in the channel; False (nothing spent) when its budget for now is used up."""
+    def available(self, channel_id: int) -> bool:
+        """Whether the channel has an edit left now (nothing is spent)."""
         now = self.clock()
         spent = self._spent.setdefault(channel_id, collections.deque())
         while spent and now - spent[0] >= self.window:
             spent.popleft()
-        if len(spent) >= self.count:
+        return len(spent) < self.count
+
+    def take(self, channel_id: int) -> bool:
+        """Spend one edit in the channel; False (nothing spent) when its budget for now is used up."""
+        if not self.available(channel_id):
             return False
-        spent.append(now)
+        self._spent[channel_id].append(self.clock())
         return True
 
 
@@ -121,8 +129,9 @@ class JobPresenter:
         self._sent_preview: dict[int, int] = {}
         #: What each waiting job's message shows (position, paused), so an unchanged line costs no edit.
         self._shown_position: dict[int, tuple[int | None, bool]] = {}
-        #: The guild of each job whose position is shown (its paused flag is part of what is shown).
-        self._queued_guild: dict[int, int] = {}
+        #: The guild and the message's channel of each job whose position is shown (the guild's paused flag is part
+        #: of what is shown; the channel's edits are counted).
+        self._queued_where: dict[int, tuple[int, int]] = {}
         #: Queue-position edits per channel (`job_queued`, `job_position`).
         self.position_budget = EditBudget()
         #: Jobs whose message says "loading model…": it stays until their first step.
@@ -139,8 +148,8 @@ class JobPresenter:
         # Counted from now (the response was just sent), not from the snowflake: both ends then read one clock.
         self._interactions[job_id] = (interaction, discord.utils.utcnow() + TOKEN_LIFETIME - TOKEN_MARGIN)
         self._shown_position[job_id] = (position, paused)
-        if interaction.guild_id is not None:
-            self._queued_guild[job_id] = interaction.guild_id
+        if interaction.guild_id is not None and interaction.channel_id is not None:
+            self._queued_where[job_id] = (interaction.guild_id, interaction.channel_id)
 
     def _forget(self, job_id: int) -> None:
         self._edit_locks.pop(job_id, None)
@@ -149,7 +158,7 @@ class JobPresenter:
         self._pending_preview.pop(job_id, None)
         self._sent_preview.pop(job_id, None)
         self._shown_position.pop(job_id, None)
-        self._queued_guild.pop(job_id, None)
+        self._queued_where.pop(job_id, None)
         self._loading.discard(job_id)
 
     @property
@@ -230,12 +239,16 @@ class JobPresenter:
     async def job_position(self, job_id: int, position: int) -> bool:
         """Show a waiting job's place as the feeder just read the line (`position` jobs ahead of it). When the
         message shows that place already nothing is read but the guild's paused flag; False when the channel's
-        position edits are used up for now (`position_budget`): the feeder comes back to it."""
+        position edits are used up for now (`position_budget`; then nothing is read): the feeder comes back to it."""
         place = position + 1
-        guild_id = self._queued_guild.get(job_id)
-        if guild_id is not None and self._shown_position.get(job_id, (None, False))[0] == place:
-            if self._shown_position[job_id] == (place, await self.deps.moderation.is_paused(guild_id)):
-                return True
+        where = self._queued_where.get(job_id)
+        if where is not None:
+            guild_id, channel_id = where
+            if self._shown_position.get(job_id, (None, False))[0] == place:
+                if self._shown_position[job_id] == (place, await self.deps.moderation.is_paused(guild_id)):
+                    return True
+            if not self.position_budget.available(channel_id):
+                return False
         return await self._show_place(job_id, position)
 
     async def _show_place(self, job_id: int, position: int | None) -> bool:
@@ -247,11 +260,12 @@ class JobPresenter:
             if position is None:
                 position = await self.deps.jobs.position(job_id)
             paused = await self.deps.moderation.is_paused(job.guild_id)
-            self._queued_guild[job_id] = job.guild_id
+            channel_id = job.progress_channel_id or job.channel_id
+            self._queued_where[job_id] = (job.guild_id, channel_id)
             place = None if position is None else position + 1
             if self._shown_position.get(job_id) == (place, paused):
                 return True
-            if not self.position_budget.take(job.progress_channel_id or job.channel_id):
+            if not self.position_budget.take(channel_id):
                 return False
             self._shown_position[job_id] = (place, paused)
             await self._edit_progress(job, embed=queued_embed(job, place, paused=paused), view=progress_view(job.id))
@@ -324,7 +338,10 @@ class JobPresenter:
         return message
 
     async def _post_result(self, job: Any, channel: Any, timeline: bytes | None) -> discord.Message:
-        """Compose the job's picture (images the channel may show) and post it with its buttons."""
+        """Compose the job's picture (images the channel may show) and post it with its buttons; a `describe` job
+        posts its prompt suggestions instead."""
+        if job.mode == "describe":
+            return await self._post_suggestions(job, channel)
         policy = (await self.deps.moderation.guild_settings(job.guild_id)).nsfw_policy
         shown = [img for img in job.images if not img.nsfw or nsfw_visible(str(policy), channel)]
         hidden = len(job.images) - len(shown)
@@ -337,6 +354,13 @@ class JobPresenter:
             grid = None
         limit = getattr(getattr(channel, "guild", None), "filesize_limit", DEFAULT_UPLOAD_LIMIT)
         return await self._send_result(job, channel, grid, timeline, limit, hidden)
+
+    async def _post_suggestions(self, job: Any, channel: Any) -> discord.Message:
+        """/describe's result: the suggestions (escaped, no pings) with a button each that draws it."""
+        texts = await asyncio.to_thread(read_suggestions, self.deps.images, job.id)
+        return await channel.send(embed=suggestions_embed(job, f"<@{job.user_id}>", texts),
+                                  view=describe_view(job.id, len(texts)), nonce=result_nonce(job.id),
+                                  allowed_mentions=discord.AllowedMentions.none())
 
     def _may_have_posted(self, job: Any) -> bool:
         """Whether an earlier attempt may have created the job's result message without the bot learning of it:
@@ -373,7 +397,7 @@ class JobPresenter:
         below what the bot was told), the timeline is left out, then the grid is re-encoded smaller, at most
         `MAX_SHRINKS` times; if even that is refused, the result is posted without its picture (the buttons still
         work and say so)."""
-        view = single_view(job.id) if job.mode == "upscale" else grid_view(job.id, len(job.images))
+        view = result_view(self.deps, job, grid)
         owner = f"<@{job.user_id}>"
         for attempt in range(MAX_SHRINKS + 1):
             files: list[discord.File] = []
@@ -457,6 +481,36 @@ async def with_retries(fn: Callable[[], Awaitable[T]], what: str, delays: Sequen
                 raise
             log.warning("%s failed (%s); trying again in %.0f s", what, describe(e), delays[attempt])
     raise AssertionError("unreachable")
+
+
+#: Modes whose result is one image shown large, with the single-image buttons (Vary, Vary (Region), Zoom Out, Pan).
+SINGLE_MODES = ("upscale", "inpaint", "outpaint")
+
+
+def result_view(deps: Any, job: Any, picture: bytes | None) -> discord.ui.View:
+    """The buttons of a result: U/V/🔄 under a grid; under a single image (an upscale or an edit) Vary, and the
+    editing buttons where the job's model can redraw part of an image (its card says so, or no worker serves it
+    now: the buttons then say so when clicked), Make square for a non-square picture (its header's size)."""
+    if job.mode not in SINGLE_MODES:
+        return grid_view(job.id, len(job.images))
+    card = None
+    with contextlib.suppress(Exception):
+        card = deps.dispatcher.card(job.model)
+    size = None
+    if picture is not None:
+        with contextlib.suppress(ValueError):
+            header = read_header(picture, None)
+            size = (header.width, header.height)
+    return single_view(job.id, size, edits=card is None or bool(card.inpainting),
+                       upscales=upscale_factors(card, size))
+
+
+def upscale_factors(card: Any, size: tuple[int, int] | None) -> tuple[int, ...]:
+    """The factors (2, 4) a single image of `size` can be upscaled by on `card`'s model: the result's longer side
+    within `MAX_UPSCALE_SIDE` (beyond the model's `upscale_limit` the upscale skips its refine pass)."""
+    if card is None or size is None:
+        return ()
+    return tuple(f for f in UPSCALE_FACTORS if f * max(size) <= MAX_UPSCALE_SIDE)
 
 
 def result_nonce(job_id: int) -> str:

@@ -1,0 +1,76 @@
+"""bench/bot_scale.py's queries part on a small history, so the benchmark keeps working as the schema changes: the
+history filler writes rows the bot's services read, every hot query runs through an index, and the report renders."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def scale():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_bot_scale", BENCH / "bot_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_bot_scale"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_bot_scale", None)
+    sys.path.remove(str(BENCH))
+
+
+def test_plan_helpers(scale):
+    plan = ["SELECT a…: SEARCH job USING INDEX ix (status=?)", "SELECT a…: SEARCH job USING INDEX ix (status=?)",
+            "SELECT b…: SCAN job; SEARCH image USING INDEX ix_image (job_id=?)", "SELECT c…: SCAN guild_setting"]
+    assert scale.full_scans(plan) == ["SCAN job"]  # a small table read whole is no finding
+    assert scale.collapse(plan)[0].endswith("(x2: one per page)") and len(scale.collapse(plan)) == 3
+
+
+async def test_the_hot_queries_on_a_small_history(scale, tmp_path):
+    request = scale.model_request(Path(__file__).resolve().parents[2] / "generation" / "models" / "default")
+    src = await asyncio.to_thread(scale.history_db, tmp_path / "cache", 300, 20, request)
+    with sqlite3.connect(src) as conn:
+        statuses = dict(conn.execute("SELECT status, count(*) FROM job GROUP BY status").fetchall())
+        images = conn.execute("SELECT count(*) FROM image").fetchone()[0]
+    assert sum(statuses.values()) == 300 and images == 4 * statuses["posted"]
+    # Built once: the same file again.
+    assert scale.history_db(tmp_path / "cache", 300, 20, request) == src
+
+    from bot.db import create_engine
+    from bot.services import build_services
+
+    work = tmp_path / "work" / "bot.db"
+    scale.copy_db(src, work)
+    with sqlite3.connect(work) as conn:
+        (history_user,) = conn.execute("SELECT user_id FROM job WHERE status = 'posted' LIMIT 1").fetchone()
+    settings = scale.bench_settings(work.parent, work)
+    engine = create_engine(settings.database_url)
+    users = list(range(9_000_000_000_000_000, 9_000_000_000_000_020))
+    try:
+        services = build_services(settings, engine)
+        await scale.add_backlog(services, 30, scale.HISTORY_GUILD, scale.HISTORY_CHANNEL, users, request)
+        # The filled history reads back through the bot's own services.
+        history = await services.jobs.history(scale.HISTORY_GUILD, history_user, 10)
+        assert history and all(len(j.images) == (4 if j.status == "posted" else 0) for j in history)
+        assert len(await services.jobs.waiting()) == 30
+    finally:
+        await engine.dispose()
+    results = await scale.time_queries(work, work.parent, users, history_user, 1, request, scale.HISTORY_GUILD)
+    assert set(results) >= {scale.RECONCILE, "/show (job with 4 images)", "/history (10)", "fair-order pick "
+                            "(next_for_dispatch, 8)", "admission: create (cooldown, limits, quota, insert)"}
+    for name, r in results.items():
+        assert r["plan"] and not r["full_scans"], (name, r["plan"])
+        assert r["median_ms"] > 0 and r["sql_ms"] >= 0
+
+    out = {"queries": {"history 300, backlog 30": {"history": 300, "backlog": 30, "queries": results}}}
+    args = argparse.Namespace(repeats=1, history=300, backlogs=[30], burst=200, drain=100)
+    text = scale.report(args, out, [])
+    assert text.startswith(scale.SECTION) and scale.RECONCILE_PAGE in text and "### Goals (issue #20)" in text
