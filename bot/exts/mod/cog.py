@@ -30,6 +30,8 @@ from bot.ui.embeds import lines_embed, ts
 from bot.ui.text import CHOICE_NAME, plain_text, safe_text
 from generation.protocol.contract import MAX_GUIDANCE, MAX_STYLE_NAME_CHARS
 
+#: Jobs `/mod queue list` shows (the rest are counted).
+QUEUE_PAGE = 30
 log = logging.getLogger("bot.mod")
 
 #: ⭐ a result needs for the showcase when a moderator names none.
@@ -184,12 +186,17 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
     @queue.command(name="list", description="Jobs waiting or running, first served first")
     async def queue_list(self, interaction: discord.Interaction) -> None:
         require_moderator(interaction)
-        jobs = await deps(interaction).jobs.queue(guild_id_of(interaction))
+        # The first page of the line and a count of the rest (one indexed count): never the whole line of a big
+        # backlog loaded into views.
+        guild_id = guild_id_of(interaction)
+        jobs = await deps(interaction).jobs.queue(guild_id, limit=QUEUE_PAGE)
         lines = [
-            f"**#{j.id}** {j.status} · <@{j.user_id}> · {ts(j.created_at)} — {safe_text(j.prompt, 80, single_line=True)}" for j in jobs[:30]
+            f"**#{j.id}** {j.status} · <@{j.user_id}> · {ts(j.created_at)} — {safe_text(j.prompt, 80, single_line=True)}" for j in jobs
         ]
-        if len(jobs) > 30:
-            lines.append(f"… and {len(jobs) - 30} more")
+        if len(jobs) >= QUEUE_PAGE:
+            total = await deps(interaction).jobs.active_in_guild(guild_id)
+            if total > len(jobs):
+                lines.append(f"… and {total - len(jobs)} more")
         paused = await deps(interaction).moderation.is_paused(guild_id_of(interaction))
         title = "Queue" + (" (paused)" if paused else "")
         await reply(interaction, "", embed=lines_embed(title, lines, empty="The queue is empty."))

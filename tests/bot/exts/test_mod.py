@@ -92,6 +92,18 @@ async def test_queue_list_and_cancel(world):
     assert world.dispatcher.cancelled == [job.id]
 
 
+async def test_queue_list_shows_a_page_and_counts_the_rest(world):
+    """A line longer than a page: the first QUEUE_PAGE jobs in the order they are served, then a count of the rest."""
+    from bot.exts.mod.cog import QUEUE_PAGE
+
+    ids = [(await world.services.jobs.create(world.guild.id, world.art.id, 9000 + i, [], prompt=f"job {i}",
+                                               num_images=1)).id for i in range(QUEUE_PAGE + 3)]
+    listed = await world.mod.slash(world.art, "mod queue list")
+    text = listed.response.embeds[0].description
+    assert f"#{ids[0]}**" in text and f"#{ids[QUEUE_PAGE - 1]}**" in text and f"#{ids[QUEUE_PAGE]}**" not in text
+    assert text.rstrip().endswith("… and 3 more")
+
+
 async def test_pause_resume_and_stats(world):
     """/mod pause and resume flip the queue; /mod stats counts jobs."""
     await world.alice.slash(world.art, "imagine", prompt="x")
