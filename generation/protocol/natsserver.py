@@ -257,11 +257,18 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
+#: Seconds the readiness probe waits for the server's INFO greeting (longer than the TLS-first fallback delay of the
+#: configurations the project writes, 500 ms, with room for a loaded machine).
+GREETING_WAIT = 2.5
+
+
 def _accepts(host: str, port: int) -> bool:
-    """True when something on host:port accepts a TCP connection and greets like a NATS server."""
+    """True when something on host:port accepts a TCP connection and greets like a NATS server. The greeting may take
+    `GREETING_WAIT` seconds: a server configured for TLS first (`handshake_first: "500ms"`, as
+    `generation.protocol.natsconfig` writes it with TLS) greets a client that starts no TLS only after that delay."""
     try:
         with socket.create_connection((host, port), timeout=0.5) as s:
-            s.settimeout(0.5)
+            s.settimeout(GREETING_WAIT)
             return s.recv(4).startswith(b"INFO")
     except OSError:
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,27 @@ def test_the_embedded_server_gets_none_of_the_bots_secrets(tmp_path, monkeypatch
     names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
     assert "DISCORD_TOKEN" not in names and "NATS_URL" not in names
     assert b"token-that-must-not-leak" not in b"\0".join(environ) and names <= {"PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"}
+
+
+def test_the_readiness_probe_waits_for_a_late_greeting_like_a_tls_first_servers():
+    """A server written with TLS first greets a plain client only after its 500 ms fallback; the probe must wait for
+    that (it once gave up at 0.5 s and a loaded machine saw a started server as failed)."""
+    import threading
+
+    from generation.protocol.natsserver import _accepts
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def greet_late() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                time.sleep(0.8)
+                conn.sendall(b'INFO {"server_id":"x"}\r\n')
+
+        thread = threading.Thread(target=greet_late, daemon=True)
+        thread.start()
+        assert _accepts("127.0.0.1", port)
+        thread.join(5)
