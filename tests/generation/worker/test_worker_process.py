@@ -92,3 +92,30 @@ async def test_sigterm_releases_the_running_job(nats_server, tmp_path):
         a.stop()
         if b is not None:
             b.stop()
+
+
+async def test_sigterm_stops_a_worker_whose_server_is_gone_idle_or_mid_job(nats_server, tmp_path):
+    """The server dies (as the embedded one does with a bot killed by kill -9), then the worker gets SIGTERM (the
+    kernel sends it when the bot dies): it exits within the drain timeout whether it was idle or mid-job, and does
+    not stay behind reconnecting to nothing."""
+    idle = WorkerProcess(nats_server.url, tmp_path, "idle", "--fake-engine", "0.05", "--drain-timeout", "1")
+    busy = WorkerProcess(nats_server.url, tmp_path, "busy", "--fake-engine", "0.05", "--drain-timeout", "1")
+    q = await connect(nats_server)
+    try:
+        idle.wait_for("ready")
+        busy.wait_for("ready")
+        await q.publish_job(3, GenerationRequest("job-3", steps=150, width=64, height=64, num_images=1))
+        started = await wait_started(q, 3)
+        await q.close()
+        nats_server.kill()
+        for worker in (idle, busy):
+            worker.wait_for("disconnected", timeout=10)
+        t0 = time.monotonic()
+        codes = {w.name: w.stop(timeout=15) for w in (idle, busy)}
+        # stop() kills with SIGKILL after its timeout: a negative code means the worker did not exit on SIGTERM.
+        assert all(code >= 0 for code in codes.values()), (codes, idle.log()[-1500:], busy.log()[-1500:])
+        assert time.monotonic() - t0 < 15, codes
+        assert started.worker in codes
+    finally:
+        idle.stop()
+        busy.stop()
