@@ -9,6 +9,7 @@ process serves every test of the module; each test uses its own member so their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -159,12 +161,14 @@ def e2e_model(tmp_path_factory) -> tuple[Path, str]:
     return model_in_use(tmp_path_factory.mktemp("e2e-model"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def e2e(tmp_path_factory, e2e_model):
-    model, kind = e2e_model
-    root = tmp_path_factory.mktemp("e2e")
+@contextlib.asynccontextmanager
+async def running_e2e(root: Path, model: Path, kind: str, worker_args: str | None = None) -> AsyncIterator[E2E]:
+    """The real bot (`python -m bot`) on a FakeDiscord with its local worker, ready once the worker announced its
+    model; stopped afterwards, its log printed. `worker_args` replaces WORKER_ARGS (e.g. "--fake-engine 0.01")."""
     async with FakeDiscord() as fd:
         bot = BotProcess(fd, root / "data", model, root / "bot.log")
+        if worker_args is not None:
+            bot.env["WORKER_ARGS"] = worker_args
         world = E2E(fd, bot, kind)
         await asyncio.to_thread(bot.sync)
         bot.start()
@@ -183,3 +187,10 @@ async def e2e(tmp_path_factory, e2e_model):
             world.exit_code = code
             print(f"bot ran {time.monotonic() - started:.0f}s with the {kind} model; exit {code}")
             print(bot.log()[-3000:])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def e2e(tmp_path_factory, e2e_model):
+    model, kind = e2e_model
+    async with running_e2e(tmp_path_factory.mktemp("e2e"), model, kind) as world:
+        yield world

@@ -5,16 +5,13 @@ each time, each the size its job makes."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 
 import pytest
 import pytest_asyncio
 from PIL import Image
 
-from tests.e2e.conftest import E2E, GRID_TIMEOUT, BotProcess
-from tests.support.fakediscord import FakeDiscord
+from tests.e2e.conftest import GRID_TIMEOUT, running_e2e
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -23,24 +20,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 async def edit_e2e(tmp_path_factory):
     root = tmp_path_factory.mktemp("edit-e2e")
     (root / "model").mkdir()
-    async with FakeDiscord() as fd:
-        bot = BotProcess(fd, root / "data", root / "model", root / "bot.log")
-        bot.env["WORKER_ARGS"] = "--fake-engine 0.01"
-        world = E2E(fd, bot, "fake")
-        await asyncio.to_thread(bot.sync)
-        bot.start()
-        started = time.monotonic()
-        try:
-            await fd.wait_until_ready(60)
-            await bot.wait_for_log("worker local serves model(s)", GRID_TIMEOUT)
-            yield world
-        except BaseException:
-            print(bot.log()[-5000:])
-            raise
-        finally:
-            code = await asyncio.to_thread(bot.stop)
-            print(f"bot ran {time.monotonic() - started:.0f}s with the fake engine; exit {code}")
-            print(bot.log()[-3000:])
+    async with running_e2e(root, root / "model", "fake", worker_args="--fake-engine 0.01") as world:
+        yield world
 
 
 def ids_of(message: dict) -> list[str]:
