@@ -137,7 +137,8 @@ class Dispatcher:
         self.queue: JobQueue | None = None
         self.events = JobEvents(listener)
         self.registry = WorkerRegistry(unserved_timeout=unserved_timeout)
-        self.recorder = OutcomeRecorder(self._require_queue, jobs, images, self.events, restore=self.restore_queue)
+        self.recorder = OutcomeRecorder(self._require_queue, jobs, images, self.events, restore=self.restore_queue,
+                                        cards=self.registry.card)
         self.feeder = Feeder(self._require_queue, jobs, images, self.registry, self.events, fail=self.recorder.fail,
                              min_window=min_window, restore=self.restore_queue)
         # A job that started or ended makes room and moves the line up.

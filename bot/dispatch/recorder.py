@@ -68,6 +68,7 @@ from nats.js.errors import DigestMismatchError, ObjectNotFoundError
 from bot.dispatch.events import JobEvents
 from bot.errors import IllegalTransition, JobNotFound
 from bot.services.images import ImageWriteError, read_header
+from generation.protocol.cards import ModelCard
 from generation.protocol.contract import DESCRIBE_SUGGESTIONS, MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from generation.protocol.queue import (
     JobQueue,
@@ -114,14 +115,18 @@ _PLAIN = re.compile(r"[A-Za-z0-9_.:@/+-]{1,64}")
 
 
 def image_fits_job(size: tuple[int, int], mode: str, width: int, height: int, *, outpaint: str = "",
-                   factor: int = 2) -> bool:
+                   factor: int = 2, card: ModelCard | None = None) -> bool:
     """Whether an image of `size` is one the job makes: its request's width × height; for an upscale `factor` (2 or
     4) times that, within `UPSCALE_SLACK` per doubling (the engine enlarges the source, which has the request's size,
     and rounds to the model's grid), or the request's own size (an engine that refines without resizing); for an
-    outpaint exactly the grown canvas `outpaint_layout` gives for the request's size on some model card
-    (`outpaint_sizes`), never the source's own size."""
+    outpaint exactly the grown canvas `outpaint_layout` gives for the request's size on `card`, the card of the model
+    the job ran on (`canvas_size`), never the source's own size. Without that card (no live worker announces it any
+    more: it stopped between running the job and this check, or the bot restarted and has not heard from it yet) the
+    canvas may be the one of any possible card (`outpaint_sizes`), the looser rule the bot had before it read cards."""
     w, h = size
     if mode == "outpaint":
+        if card is not None:
+            return (w, h) == canvas_size(outpaint, width, height, card)
         return (w, h) in outpaint_sizes(outpaint, width, height)
     if (w, h) == (width, height):
         return True
@@ -129,6 +134,17 @@ def image_fits_job(size: tuple[int, int], mode: str, width: int, height: int, *,
         return False
     slack = UPSCALE_SLACK * (factor // 2)
     return abs(w - factor * width) <= slack and abs(h - factor * height) <= slack
+
+
+def canvas_size(kind: str, width: int, height: int, card: ModelCard) -> tuple[int, int] | None:
+    """The canvas an outpaint of kind `kind` of a `width` x `height` source makes on `card` (its largest side and side
+    multiple); None when it cannot grow (an unknown kind, `square` of a square)."""
+    if kind not in OUTPAINTS:
+        return None
+    try:
+        return outpaint_layout(kind, width, height, max_side=card.max_side, multiple=card.multiple).size
+    except RegionError:
+        return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -214,10 +230,14 @@ class OutcomeRecorder:
     """Turns worker reports (progress, outcomes, max-deliveries advisories) into job rows and stored images."""
 
     def __init__(self, queue: Callable[[], JobQueue], jobs: RecorderJobs, images: RecorderImages, events: JobEvents,
-                 *, restore: Callable[[], Awaitable[Any]] | None = None, retry_delays: Sequence[float] = RETRY_DELAYS):
+                 *, restore: Callable[[], Awaitable[Any]] | None = None, retry_delays: Sequence[float] = RETRY_DELAYS,
+                 cards: Callable[[str], ModelCard | None] | None = None):
         """`queue` returns the connected queue (or raises); `restore()` creates the queue's streams and consumers
-        again after someone deleted them (the dispatcher's `restore_queue`)."""
+        again after someone deleted them (the dispatcher's `restore_queue`); `cards(name)` is the card live workers
+        announce for a model (the registry's `card`), None when unknown: an outpaint's canvas is checked against
+        the card of the model it ran on."""
         self._queue = queue
+        self._cards = cards
         self.jobs = jobs
         self.images = images
         self.events = events
@@ -462,13 +482,14 @@ class OutcomeRecorder:
             if out.suggestions:
                 raise RefusedOutcome(LISTING, f"{len(out.suggestions)} suggestion(s) for a {job.mode} job")
             self._check_listing(out, request.num_images)
+            card = self._card_of(request, out) if str(job.mode) == "outpaint" else None
             for img in out.images:
                 data = await self._fetch(q, img.object, f"image {img.index}")
                 if hashlib.sha256(data).hexdigest() != img.sha256:
                     raise RefusedOutcome(DAMAGED, f"image {img.index}: its sha256 is not the one stated")
                 self._check_image(data, img.index, str(job.mode), request.width, request.height,
                                   outpaint=str(getattr(request, "outpaint", "") or ""),
-                                  factor=getattr(request, "upscale_factor", 2))
+                                  factor=getattr(request, "upscale_factor", 2), card=card)
                 stored = await asyncio.to_thread(self.images.save, out.job_id, img.index, data)
                 new_images.append((img.index, img.seed, stored.path, stored.sha256, img.nsfw))
             if out.timeline_object:
@@ -571,15 +592,24 @@ class OutcomeRecorder:
         except DigestMismatchError:
             raise RefusedOutcome(DAMAGED, f"{what}: the object's chunks do not match its digest") from None
 
+    def _card_of(self, request: Any, out: Outcome) -> ModelCard | None:
+        """The announced card of the model the job ran on: the one it targets, else (a job for the default model) the
+        one the outcome names; None when no live worker announces it (or the recorder has no registry)."""
+        if self._cards is None:
+            return None
+        name = str(getattr(request, "model", "") or "") or str(out.model or "")
+        return self._cards(name) if name else None
+
     @staticmethod
     def _check_image(data: bytes, index: int, mode: str, width: int, height: int, *, outpaint: str = "",
-                     factor: int = 2) -> None:
+                     factor: int = 2, card: ModelCard | None = None) -> None:
         """The image is a PNG whose header states a size the job makes (nothing is decoded)."""
         try:
             header = read_header(data)
         except ValueError as e:
             raise RefusedOutcome(MISMATCH, f"image {index}: {e}") from None
-        if not image_fits_job((header.width, header.height), mode, width, height, outpaint=outpaint, factor=factor):
+        if not image_fits_job((header.width, header.height), mode, width, height, outpaint=outpaint, factor=factor,
+                              card=card):
             how = {"upscale": f" times {factor}", "outpaint": f" grown ({plain(outpaint)})"}.get(mode, "")
             raise RefusedOutcome(MISMATCH, f"image {index}: its header states {header.width}x{header.height}, the "
                                            f"{mode} job makes {width}x{height}{how}")

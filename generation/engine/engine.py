@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks
@@ -104,6 +104,7 @@ from generation.protocol.contract import (
     DESCRIBE_SUGGESTIONS,
     MAX_GUIDANCE,
     MAX_UPSCALE_SIDE,
+    STRENGTH_HIRES,
     STRENGTH_UPSCALE,
     GeneratedImage,
     GenerationCancelled,
@@ -111,6 +112,7 @@ from generation.protocol.contract import (
     GenerationResult,
     Progress,
     RequestError,
+    hires_first_size,
 )
 from generation.protocol.prompt import plain_text, split_loras
 from generation.protocol.regions import region_boxes
@@ -129,6 +131,13 @@ SMALL_VAE_PARAMS = 5_000_000
 def _snap(x: float, multiple: int) -> int:
     """A side length rounded to the nearest multiple of `multiple`, at least one."""
     return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def _img2img_steps(steps: int, strength: float) -> int:
+    """How many steps an img2img run at `strength` makes (diffusers runs int(steps * strength) of the steps asked
+    for; the engine asks for at least 1 / strength so that one runs)."""
+    asked = max(steps, math.ceil(1 / strength))
+    return max(1, min(asked, int(asked * strength)))
 
 
 def lora_key(req: GenerationRequest) -> tuple[tuple[str, float], ...]:
@@ -181,6 +190,25 @@ class Edit:
         self.extra = extra
 
 
+class Drawn(NamedTuple):
+    """What stages 2-5 of a run made: the images (black where flagged), the safety checker's flags, the timings, the
+    size, the extra PNG fields of the run and the x0 frames of its timeline (None without one)."""
+
+    pil: list[Image.Image]
+    flags: list[bool]
+    timings: dict[str, float]
+    size: tuple[int, int]
+    extra: dict[str, Any]
+    frames: list[torch.Tensor] | None
+
+
+class Refine(NamedTuple):
+    """The second pass of a hires fix: img2img from `images` (one per image of the run) at `strength`."""
+
+    images: list[Image.Image]
+    strength: float
+
+
 class Engine:
     """A loaded pipeline plus everything to run requests on it. Use `Engine.load(source)`; one run at a time.
 
@@ -206,6 +234,14 @@ class Engine:
     - `outpaint` (Zoom Out, Pan, Make square): the canvas grows (`generation.protocol.regions.outpaint_layout`, within
       the card's sides), the new area is drawn by the same inpainting path and the source's pixels are kept.
     - `describe`: no images; the captioner's prompt suggestions (`captioners.py`).
+    - `hires` (txt2img, variation, img2img; A1111's "hires fix"): the run above is made at `width` x `height`
+      divided by `hires` (1.5 or 2; `hires_first_size`), each image is upscaled to the requested size with the
+      worker's upscaler (`hires_upscaler`: a 2x one, else larger, else its first) or Lanczos, and an img2img pass at
+      STRENGTH_HIRES (0.4) with the same seeds adds detail there (`_run_hires`). A model draws best near the size
+      it was trained at; drawn straight at a larger size it repeats subjects and loses the composition.
+    A member's own image (`img2img`) is put through the model's safety checker, when it has one, before anything is
+    drawn from it; a flagged source gives every image of the job black and flagged, like a flagged output
+    (`_flagged_source`), so the bot shows or hides them by the server's NSFW policy.
     The img2img pipeline is built with `from_pipe`, so all modes share one copy of the weights; a family diffusers
     has no image-to-image pipeline for draws from text only (the card says `img2img: false`).
 
@@ -419,6 +455,9 @@ class Engine:
         card = self.card
         # An upscale's size comes from its source image (checked when it is opened): the card judges the rest.
         card.check(req if req.mode != "upscale" else req.with_(width=card.default_width, height=card.default_height))
+        if req.hires and not card.img2img:
+            raise RequestError("hires", req.hires, f"{self.name} draws from text only, so it cannot refine an upscaled "
+                               "first pass (no hires fix); leave it off")
 
     # public runs ------------------------------------------------------------------------------------------------
     def generate(self, req: GenerationRequest, on_progress: ProgressFn | None = None,
@@ -439,7 +478,7 @@ class Engine:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
             if r.mode == "txt2img" and not r.timeline:
-                key: tuple = (r.width, r.height, r.steps, float(r.guidance), r.scheduler, lora_key(r))
+                key: tuple = (r.width, r.height, r.steps, float(r.guidance), r.scheduler, lora_key(r), float(r.hires))
             else:
                 key = ("single", i)
             groups.setdefault(key, []).append(i)
@@ -500,8 +539,13 @@ class Engine:
             except LoraError as exc:
                 raise PromptRefused("prompt", first.prompt, f"{exc}.") from None
             with torch.inference_mode():
+                flagged = self._flagged_source(reqs, first, should_cancel)
+                if flagged is not None:
+                    return flagged
                 if keeps_source(first):
                     return self._keep_source(reqs, first, should_cancel)
+                if first.hires:
+                    return self._run_hires(reqs, first, on_progress, should_cancel)
                 if not self.sd_path:
                     return self._run_pipeline(reqs, first, on_progress, should_cancel)
                 return self._run_locked(reqs, first, on_progress, should_cancel)
@@ -519,6 +563,15 @@ class Engine:
     def _run_locked(self, reqs, first: GenerationRequest, on_progress, should_cancel) -> list[GenerationResult]:
         """The SD path: every stage of the module docstring, the engine's own."""
         t_start = time.perf_counter()
+        drawn = self._draw_locked(reqs, first, on_progress, should_cancel)
+        # 6. PNGs with parameters, 7. the timeline of x0 estimates
+        return self._results(reqs, drawn.pil, drawn.flags, drawn.timings, t_start, drawn.size, drawn.extra,
+                             drawn.frames)
+
+    def _draw_locked(self, reqs, first: GenerationRequest, on_progress, should_cancel,
+                     refine: Refine | None = None) -> Drawn:
+        """Stages 2-5 of the SD path. With `refine` (a hires fix's second pass) the run starts from its images, one
+        per image of the run, at its strength, instead of from noise or the request's source."""
         timings: dict[str, float] = {}
         pipe = self.pipe
         seeds = [s for r in reqs for s in r.seeds]
@@ -528,7 +581,9 @@ class Engine:
         pipe_guidance = guidance
         min_t = self.guidance_min_timestep
         interval = {"CFG min timestep": min_t} if cfg and min_t > 0 else {}  # recorded in every PNG of the run
-        if cfg and not draws_from_text(first) and effective_strength(first) * self._num_train_timesteps < min_t:
+        from_image = refine is not None or not draws_from_text(first)
+        run_strength = refine.strength if refine is not None else effective_strength(first)
+        if cfg and from_image and run_strength * self._num_train_timesteps < min_t:
             cfg, pipe_guidance = False, 1.0  # starts below the guidance interval: no step would be guided
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(0, first.steps)
@@ -542,7 +597,11 @@ class Engine:
         #    (or its grown canvas) and the masks, which the inpainting pipeline encodes itself
         t = time.perf_counter()
         init_latents, edit, size = None, None, (first.width, first.height)
-        if first.mode in ("inpaint", "outpaint"):
+        if refine is not None:
+            init_latents = self._encode_images(refine.images)
+            size = refine.images[0].size
+            timings["image_encode"] = time.perf_counter() - t
+        elif first.mode in ("inpaint", "outpaint"):
             edit = self._prepare_edit(first)
             size = edit.size
             timings["image_encode"] = time.perf_counter() - t
@@ -591,9 +650,8 @@ class Engine:
                 img2img = self.img2img
                 img2img.scheduler = scheduler
                 # img2img runs steps * strength steps; ask for enough steps that at least one runs.
-                strength = effective_strength(first)
-                steps = max(first.steps, math.ceil(1 / strength))
-                latents = img2img(image=init_latents, strength=strength, num_inference_steps=steps, **common)[0]
+                steps = max(first.steps, math.ceil(1 / run_strength))
+                latents = img2img(image=init_latents, strength=run_strength, num_inference_steps=steps, **common)[0]
         finally:
             if tracker is not None:
                 tracker.remove()
@@ -612,15 +670,19 @@ class Engine:
         if edit is not None:  # the kept pixels exactly as they were, the redrawn ones blended in over the soft edge
             pil = [im if flag else paste_back(im, edit.image, edit.soft) for im, flag in zip(pil, flags, strict=True)]
         timings["decode"] = time.perf_counter() - t
-
-        # 6. PNGs with parameters, 7. the timeline of x0 estimates
         frames = timeline_cb.frames if first.timeline and timeline_cb is not None else None
-        return self._results(reqs, pil, flags, timings, t_start, size, interval, frames)
+        return Drawn(pil, flags, timings, size, interval, frames)
 
     def _run_pipeline(self, reqs, first: GenerationRequest, on_progress, should_cancel) -> list[GenerationResult]:
         """The generic path: the pipeline runs stages 2-5 itself, given the prompts as text and only the inputs this
         model takes (see the card); the engine adds the seeds, the sampler, progress and cancelling, and the PNGs."""
         t_start = time.perf_counter()
+        drawn = self._draw_pipeline(reqs, first, on_progress, should_cancel)
+        return self._results(reqs, drawn.pil, drawn.flags, drawn.timings, t_start, drawn.size, {}, None)
+
+    def _draw_pipeline(self, reqs, first: GenerationRequest, on_progress, should_cancel,
+                       refine: Refine | None = None) -> Drawn:
+        """Stages 2-5 of the generic path (`refine`: as in `_draw_locked`)."""
         timings: dict[str, float] = {}
         card = self.card
         seeds = [s for r in reqs for s in r.seeds]
@@ -629,7 +691,12 @@ class Engine:
         size = (first.width, first.height)
         inputs: dict[str, Any] = {}
         edit = None
-        if draws_from_text(first):
+        if refine is not None:
+            pipe = self.img2img
+            size = refine.images[0].size
+            inputs.update(image=list(refine.images), strength=refine.strength, height=size[1], width=size[0],
+                          num_inference_steps=max(first.steps, math.ceil(1 / refine.strength)))
+        elif draws_from_text(first):
             pipe = self.pipe
             inputs.update(height=first.height, width=first.width, num_inference_steps=first.steps)
         elif first.mode in ("inpaint", "outpaint"):
@@ -673,7 +740,99 @@ class Engine:
         if edit is not None:
             pil = [im if flag else paste_back(im.resize(edit.size), edit.image, edit.soft)
                    for im, flag in zip(pil, flags, strict=True)]
-        return self._results(reqs, pil, flags, timings, t_start, size, {}, None)
+        return Drawn(pil, flags, timings, size, {}, None)
+
+    def _run_hires(self, reqs, first: GenerationRequest, on_progress, should_cancel) -> list[GenerationResult]:
+        """A hires fix: the run at the smaller size (`hires_first_size`), each image upscaled to the requested size
+        (`hires_upscaler`, else Lanczos), then refined there by img2img at STRENGTH_HIRES with the same seeds.
+        Timings of the first pass are prefixed `first_`; the timeline, when asked for, shows the first pass (where
+        the picture forms). An image the safety checker flags in either pass comes back black and flagged."""
+        t_start = time.perf_counter()
+        draw = self._draw_locked if self.sd_path else self._draw_pipeline
+        small = hires_first_size(first, self.card.multiple, self.card.min_side)
+        first_reqs = [r.with_(width=small[0], height=small[1], hires=0.0) for r in reqs]
+        refine_total = _img2img_steps(first.steps, STRENGTH_HIRES)
+        seen = {"first": 0}
+
+        def first_progress(p: Progress) -> None:
+            seen["first"] = p.total
+            if on_progress is not None:
+                on_progress(Progress(p.step, p.total + refine_total, p.preview))
+
+        def refine_progress(p: Progress) -> None:
+            if on_progress is not None:
+                on_progress(Progress(seen["first"] + p.step, seen["first"] + p.total, p.preview))
+
+        one = draw(first_reqs, first_reqs[0], first_progress, should_cancel)
+        timings = {f"first_{k}": v for k, v in one.timings.items()}
+        timeline = None
+        if first.timeline and one.frames is not None:
+            t = time.perf_counter()
+            timeline = self._timeline(one.frames, one.pil, one.flags)
+            timings["timeline"] = time.perf_counter() - t
+        t = time.perf_counter()
+        size = (first.width, first.height)
+        upscaler = self.hires_upscaler()
+        big = [Image.new("RGB", size) if flag else
+               (upscaler.to_size(im, size) if upscaler is not None else im.resize(size, Image.Resampling.LANCZOS))
+               for im, flag in zip(one.pil, one.flags, strict=True)]
+        timings["hires_upscale"] = time.perf_counter() - t
+        if should_cancel is not None and should_cancel():
+            raise GenerationCancelled(seen["first"], seen["first"] + refine_total)
+        refine_reqs = [r.with_(timeline=False) for r in reqs]  # the timeline is the first pass's
+        two = draw(refine_reqs, refine_reqs[0], refine_progress, should_cancel, refine=Refine(big, STRENGTH_HIRES))
+        timings.update(two.timings)
+        flags = [a or b for a, b in zip(one.flags, two.flags, strict=True)]
+        pil = [Image.new("RGB", im.size) if flag else im for im, flag in zip(two.pil, flags, strict=True)]
+        extra = {**two.extra, **self._hires_fields(first, upscaler)}
+        return self._results(reqs, pil, flags, timings, t_start, size, extra, None, timeline=timeline)
+
+    def hires_upscaler(self) -> Upscaler | None:
+        """The upscaler a hires fix enlarges its first pass with: the worker's first 2x one, else its first larger
+        one, else its first; None without upscalers (a Lanczos resize)."""
+        return (next((u for u in self.upscalers if u.scale == 2), None)
+                or next((u for u in self.upscalers if u.scale > 2), None)
+                or (self.upscalers[0] if self.upscalers else None))
+
+    @staticmethod
+    def _hires_fields(r: GenerationRequest, upscaler: Upscaler | None) -> dict[str, Any]:
+        """The PNG fields of a hires fix, as A1111 writes them (`Hires upscale`, `Hires upscaler`; a txt2img also
+        gets the refine pass's `Denoising strength`, an img2img keeps its own)."""
+        fields: dict[str, Any] = {"Hires upscale": f"{float(r.hires):g}",
+                                  "Hires upscaler": upscaler.name if upscaler is not None else "Lanczos"}
+        if r.mode == "txt2img":
+            fields = {"Denoising strength": f"{STRENGTH_HIRES:g}", **fields}
+        else:
+            fields["Hires denoising strength"] = f"{STRENGTH_HIRES:g}"
+        return fields
+
+    def _flagged_source(self, reqs: list[GenerationRequest], first: GenerationRequest,
+                        should_cancel: CancelFn | None) -> list[GenerationResult] | None:
+        """A member's own image (`img2img`, at any strength: strength 0 would return it as it is) is checked by the
+        model's safety checker before anything is drawn from it, as a prompt is checked before it is drawn. A
+        flagged source gives the job's images black and flagged (nsfw), drawn from nothing, which the bot shows or
+        hides by the server's NSFW policy as it does flagged outputs; None when the source passes (or the model has
+        no safety checker, or the job is not an img2img: variations, upscales and edits start from results, which
+        were checked when they were made)."""
+        if first.mode != "img2img" or not self.has_safety_checker or not hasattr(self.pipe, "run_safety_checker"):
+            return None
+        t_start = time.perf_counter()
+        if should_cancel is not None and should_cancel():
+            raise GenerationCancelled(0, first.steps)
+        image, size = self._open_init_image(first)
+        pixels = self.pipe.image_processor.preprocess(image).to(self.pipe.device, torch.float32)
+        checker_dtype = getattr(self.pipe.safety_checker, "dtype", self.dtype)
+        _, nsfw = self.pipe.run_safety_checker(pixels, self.pipe.device, checker_dtype)
+        check_s = time.perf_counter() - t_start
+        if not (nsfw and bool(nsfw[0])):
+            log.debug("img2img source passed the safety checker in %.3fs", check_s)
+            return None
+        log.info("img2img source (%dx%d) flagged by %s's safety checker; nothing drawn", image.width, image.height,
+                 self.name)
+        n = sum(r.num_images for r in reqs)
+        black = Image.new("RGB", size)
+        return self._results(reqs, [black] * n, [True] * n, {"source_check": check_s}, t_start, size,
+                             {"Source": "flagged by the safety checker"}, None)
 
     def _scheduler(self, name: str, steps: int = 0):
         """A fresh scheduler for a run (no state carried over): the sampler `name` built from the model's noise
@@ -686,8 +845,9 @@ class Engine:
 
     def _results(self, reqs: list[GenerationRequest], pil: list[Image.Image], flags: list[bool],
                  timings: dict[str, float], t_start: float, size: tuple[int, int], extra: dict[str, Any],
-                 frames: list[torch.Tensor] | None) -> list[GenerationResult]:
-        """Stages 6 and 7: one PNG per image with its parameters, the timeline when asked for, the results."""
+                 frames: list[torch.Tensor] | None, timeline: bytes | None = None) -> list[GenerationResult]:
+        """Stages 6 and 7: one PNG per image with its parameters, the timeline when asked for (from `frames`, or
+        made already: `timeline`), the results."""
         first = reqs[0]
         t = time.perf_counter()
         images: list[list[GeneratedImage]] = []
@@ -702,7 +862,6 @@ class Engine:
             images.append(mine)
         timings["png"] = time.perf_counter() - t
 
-        timeline = None
         if frames is not None:
             t = time.perf_counter()
             timeline = self._timeline(frames, pil, flags)
@@ -876,7 +1035,11 @@ class Engine:
     def _encode_init_image(self, req: GenerationRequest, n: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """Open, resize and VAE-encode the source image; return `n` copies of its scaled latent and the size."""
         image, size = self._open_init_image(req)
-        pixels = self.pipe.image_processor.preprocess(image).to(self.pipe.device, self.pipe.vae.dtype)
+        return self._encode_images([image]).repeat(n, 1, 1, 1), size
+
+    def _encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """VAE-encode images of one size into scaled latents, one per image, in order."""
+        pixels = self.pipe.image_processor.preprocess(list(images)).to(self.pipe.device, self.pipe.vae.dtype)
         latent = self.pipe.vae.encode(pixels).latent_dist.mode()
         cfg = self.pipe.vae.config
         if cfg.get("latents_mean") is not None and cfg.get("latents_std") is not None:
@@ -885,7 +1048,7 @@ class Engine:
             latent = (latent - mean) * cfg.scaling_factor / std
         else:
             latent = latent * cfg.scaling_factor
-        return latent.repeat(n, 1, 1, 1), size
+        return latent
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE-decode scaled latents to pixels in [-1, 1]."""

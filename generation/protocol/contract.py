@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import random
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -81,6 +82,12 @@ MAX_FEATHER = 128
 #: How much an upscale enlarges; and the largest side it may make (a refine pass runs only up to the model's limit).
 UPSCALE_FACTORS: tuple[int, ...] = (2, 4)
 MAX_UPSCALE_SIDE = 4096
+#: `hires` ("hires fix"): how many times smaller the first pass draws before it is upscaled to the requested size and
+#: refined (0 = off), the modes that take it, and the strength of its refine pass (enough to add detail at the new
+#: size, little enough to keep the composition the small pass found).
+HIRES_FACTORS: tuple[float, ...] = (1.5, 2.0)
+HIRES_MODES: tuple[str, ...] = ("txt2img", "variation", "img2img")
+STRENGTH_HIRES = 0.4
 #: How many prompt suggestions a `describe` job returns, and the longest one.
 DESCRIBE_SUGGESTIONS = 4
 MAX_SUGGESTION_CHARS = 300
@@ -92,6 +99,19 @@ MAX_STYLE_NAME_CHARS = 32
 #: default, so a request that does not use them has the JSON (and request digest) it always had, and a worker that
 #: predates them still reads it.
 LATER = {"omit_at_default": True}
+
+
+def hires_first_size(req: GenerationRequest, multiple: int, min_side: int) -> tuple[int, int]:
+    """The size a hires fix (`req.hires`) draws its first pass at on a model of side `multiple` and smallest side
+    `min_side`: `width` x `height` divided by `hires`, each side rounded to the nearest multiple and at least
+    `min_side` (rounded up to the multiple). The engine draws at it; the bot may price by it."""
+    factor = float(req.hires) or 1.0
+    floor = multiple * math.ceil(min_side / multiple)
+
+    def side(length: int) -> int:
+        return max(floor, multiple, int(round(length / factor / multiple)) * multiple)
+
+    return side(req.width), side(req.height)
 
 
 class RequestError(ValueError):
@@ -202,6 +222,9 @@ class GenerationRequest:
     #: The name of the style the prompt was made with (`/imagine style:`; the bot expanded it into `prompt` and
     #: `negative_prompt` already): a record for the job's info and the PNG metadata. "" = no style.
     style: str = field(default="", metadata=LATER)
+    #: "Hires fix" (`HIRES_FACTORS`, 0 = off): the images are drawn `hires` times smaller (on the model's grid), upscaled
+    #: to `width` x `height` (the worker's upscaler, else Lanczos) and refined there at STRENGTH_HIRES.
+    hires: float = field(default=0.0, metadata=LATER)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -281,6 +304,12 @@ class GenerationRequest:
         if not isinstance(self.style, str) or len(self.style) > MAX_STYLE_NAME_CHARS:
             raise RequestError("style", self.style, f"it has to be a style's name of at most {MAX_STYLE_NAME_CHARS} "
                                "characters (or empty)")
+        if isinstance(self.hires, bool) or not isinstance(self.hires, int | float) or (
+                self.hires != 0 and float(self.hires) not in HIRES_FACTORS):
+            raise RequestError("hires", self.hires, "it has to be 0 (off) or one of "
+                               f"{', '.join(f'{f:g}' for f in HIRES_FACTORS)} (how many times smaller the first pass draws)")
+        if self.hires and self.mode not in HIRES_MODES:
+            raise RequestError("hires", self.hires, f"it applies to modes {', '.join(HIRES_MODES)} only; leave it 0")
         if self.mode == "describe" and self.timeline:
             raise RequestError("timeline", self.timeline, "a `describe` job makes no images, so no timeline")
 

@@ -239,6 +239,8 @@ class FakeEngine:
         # Like the real engine's: an upscale's size comes from its source image, not from the model's sides.
         self.card.check(req if req.mode != "upscale" else req.with_(width=self.card.default_width,
                                                                    height=self.card.default_height))
+        if req.hires and not self.card.img2img:  # as the real engine: a hires fix refines by img2img
+            raise RequestError("hires", req.hires, f"{self.card.name} draws from text only (no hires fix)")
 
     def generate(
         self, req: GenerationRequest, on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None

@@ -213,7 +213,7 @@ def batch_key(req: GenerationRequest) -> tuple | None:
     except PromptSyntaxError:
         return None  # refused by the engine's check: alone, so that it fails alone
     loras = tuple(sorted((ref.name.casefold(), float(ref.weight)) for ref in refs if ref.weight != 0))
-    return (req.width, req.height, req.steps, float(req.guidance), req.scheduler, loras)
+    return (req.width, req.height, req.steps, float(req.guidance), req.scheduler, loras, float(req.hires))
 
 
 @dataclass
