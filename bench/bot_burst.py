@@ -158,11 +158,25 @@ def stalls_in(lines: list[dict], start: float, end: float) -> list[dict]:
     return [w for w in lines if "stall_ms" in w and start < w["t"] <= end]
 
 
+#: The innermost frame of a loop that waits for events: a stall caught there is the loop not getting the CPU (or the
+#: GIL) back after its wait, not the loop doing something.
+IDLE_FRAME = "asyncio/base_events.py"
+IDLE_PLACE = "select() (idle: the process waited for a core or the GIL)"
+
+
 def stall_place(stall: dict) -> str:
-    """Where a stall happened: the innermost frame of the project's code, else the innermost frame."""
+    """Where a stall happened: the innermost frame of the project's code (other than `python -m bot`'s start, which
+    runs the loop), else the innermost frame; a loop caught waiting for events in `select()` is named as such."""
     stack = stall.get("stack") or ["?"]
-    own = [f for f in stack if f.startswith(("bot/", "generation/"))]
+    if stack[-1].endswith(" in select") and any(IDLE_FRAME in f and f.endswith(" in _run_once") for f in stack[-3:]):
+        return IDLE_PLACE
+    own = [f for f in stack if f.startswith(("bot/", "generation/")) and not f.startswith("bot/__main__.py")]
     return (own or stack)[-1]
+
+
+def stall_places(stalls: list[dict], most: int = 3) -> str:
+    """The `most` places the stalls happened most often, each with its count."""
+    return ", ".join(f"{place} ({n})" for place, n in Counter(stall_place(st) for st in stalls).most_common(most))
 
 
 async def run(args) -> dict:
@@ -223,11 +237,14 @@ async def run(args) -> dict:
                 grids, last_grid = await wait_grids(world, posted, records, fd, args.stall_timeout)
                 drained_s = last_grid - t0
                 burst_to = time.time() - (time.monotonic() - last_grid)
-                await asyncio.sleep(2.5)  # the monitor writes a window a second
+                # The monitor writes a window a second; `--after-seconds` more show what the bot does once the burst
+                # is over (the full garbage collection of its first quiet spell, bot/gcpace.py), outside its figures.
+                await asyncio.sleep(2.5 + args.after_seconds)
             except BaseException:
                 await asyncio.to_thread(bot.stop)
                 print(bot.log()[-6000:], file=sys.stderr)
                 raise
+            peak_rss_mb = peak_rss(bot.process.pid)
             code = await asyncio.to_thread(bot.stop)
             log_text = bot.log()
         windows = read_lag(lag_path)
@@ -248,8 +265,19 @@ async def run(args) -> dict:
         "fired_s": fired_s, "acked_s": acked_s, "drained_s": drained_s,
         "lag_burst_ms": burst_lag, "lag_burst_windows": burst_windows, "lag_idle_ms": idle_lag,
         "lag_idle_windows": idle_windows, "gc_burst_ms": burst_gc, "gc_full": full_gcs, "exit_code": code, "load": os.getloadavg()[0], "model": model, "errors": log_text.count(" ERROR "),
-        "defer_after": defer_after(), "stalls": stalls,
+        "defer_after": defer_after(), "stalls": stalls, "peak_rss_mb": peak_rss_mb,
     }
+
+
+def peak_rss(pid: int) -> float | None:
+    """The process's peak resident memory in MiB (Linux: VmHWM of /proc/PID/status); None where unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def defer_after() -> float:
@@ -360,6 +388,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stall-timeout", type=float, default=60.0,
                    help="stop waiting for the burst's grids when none was posted for this many seconds")
     p.add_argument("--keep-logs", type=Path, default=None, metavar="DIR", help="copy the bot's log and lag file here")
+    p.add_argument("--after-seconds", type=float, default=0.0,
+                   help="keep the bot running this long after the burst (its lag file shows what it does then)")
     p.add_argument("--repeat", type=int, default=1, help="run the whole benchmark this many times in a row and report "
                    "every run's p99 and lag (the table shows the last)")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")

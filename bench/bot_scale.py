@@ -60,6 +60,7 @@ from bot_burst import (  # noqa: E402
     poll_until,
     read_lag,
     stall_place,
+    stall_places,
     stalls_in,
     summary_ms,
     wait_acked,
@@ -628,7 +629,7 @@ async def burst_part(args, out: dict) -> None:
         return
     p = argparse.Namespace(interactions=args.burst_big, single=10, seconds_per_step=args.seconds_per_step,
                            real_engine=False, max_batch=args.max_batch, idle_seconds=4.0, stall_timeout=60.0,
-                           keep_logs=(args.keep_logs / "burst") if args.keep_logs else None)
+                           keep_logs=(args.keep_logs / "burst") if args.keep_logs else None, after_seconds=0.0)
     r = await bot_burst.run(p)
     r.pop("model", None)
     out["burst"] = r
@@ -761,9 +762,11 @@ def report(args, out: dict, argv: list[str] | None) -> str:
         lines.append(f"Worst event-loop lag {burst['lag_burst_ms']:.1f} ms over the {burst['lag_burst_windows']} seconds "
                      f"of the burst; longest garbage collection {burst['gc_burst_ms']:.1f} ms, {burst['gc_full']} full "
                      f"collection(s); {len(stalls)} stop(s) of 40 ms or more caught by the watchdog"
-                     + (f" ({', '.join(sorted({stall_place(x) for x in stalls})[:3])})" if stalls else "")
+                     + (f" (most often in {stall_places(stalls)})" if stalls else "")
                      + f"; {burst['grids']:,} of {b['n']:,} grids posted, the last {burst['drained_s']:.0f} s after the "
-                     f"first interaction; {burst['late']} acknowledged after 3 s; {burst['errors']} ERROR line(s).")
+                     f"first interaction; {burst['late']} acknowledged after 3 s; {burst['errors']} ERROR line(s)"
+                     + (f"; the bot's peak memory {burst['peak_rss_mb']:.0f} MiB" if burst.get("peak_rss_mb") else "")
+                     + ".")
         lines.append("")
         goals += [
             f"- Burst of {b['n']:,}: acknowledgement p99 {b['p99']:.0f} ms = {b['p99'] / e['p99']:.2f}x the echo "

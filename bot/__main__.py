@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot")
 
-#: Middle-generation collections between two full ones (Python's default is 10); see freeze_startup_heap.
-FULL_GC_EVERY = 100
 #: The bot's files (database, images, backups, the embedded queue's store, logs it writes) are its user's alone.
 UMASK = 0o077
 
@@ -121,6 +119,7 @@ async def run_bot(settings: Settings) -> None:
 async def _run_bot(settings: Settings) -> None:
     from bot.app import ImagineBot
     from bot.deps import Deps
+    from bot.gcpace import paced_collections
     from bot.loopmon import lag_monitor
     from bot.services import open_services
 
@@ -139,7 +138,8 @@ async def _run_bot(settings: Settings) -> None:
                 log.info("reconciled unfinished jobs: %s", report)
             freeze_startup_heap()
             log.info("bot starting (commands are not synced on connect; use `python -m bot sync`)")
-            await bot.connect(reconnect=True)
+            async with paced_collections():
+                await bot.connect(reconnect=True)
 
 
 def freeze_startup_heap() -> None:
@@ -148,12 +148,15 @@ def freeze_startup_heap() -> None:
 
     Everything alive after start-up (the imported libraries, the migrations, the services) is taken out of the
     collector's view (`gc.freeze`): a full collection walks only what the bot made since. Full collections still
-    take tens of milliseconds in a burst, with hundreds of interactions in flight, so they come ten times less often
-    (FULL_GC_EVERY); the young generations, where nearly all garbage dies, are collected as before."""
+    take a hundred milliseconds and more in a burst, with thousands of interactions in flight, so Python starts one
+    itself only after FULL_GC_CEILING middle collections (its default is 10); the bot runs them in quiet seconds
+    instead (bot/gcpace.py). The young generations, where nearly all garbage dies, are collected as before."""
+    from bot.gcpace import FULL_GC_CEILING
+
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, FULL_GC_EVERY)
+    gc.set_threshold(young, middle, FULL_GC_CEILING)
 
 
 async def run_sync(settings: Settings, guild_id: int | None) -> None:

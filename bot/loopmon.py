@@ -3,10 +3,12 @@
 A task sleeps `interval` (10 ms) again and again; the overshoot of each sleep is the time the loop was busy with
 something else (a blocking call, a long callback). Every `window` seconds one JSON line is appended to the file:
 
-    {"t": 1790000000.12, "worst_ms": 3.1, "mean_ms": 0.4, "samples": 95, "gc_worst_ms": 0.8, "gc_full": 0}
+    {"t": 1790000000.12, "worst_ms": 3.1, "mean_ms": 0.4, "samples": 95, "gc_worst_ms": 0.8, "gc_full": 0,
+     "gc_young": 2}
 
-`gc_worst_ms` is the longest garbage collection in the window (it stops the loop like any other blocking call) and
-`gc_full` the number of full (oldest-generation) collections.
+`gc_worst_ms` is the longest garbage collection in the window (it stops the loop like any other blocking call),
+`gc_full` the number of full (oldest-generation) collections and `gc_young` the number of the others (how busy the
+bot is allocating: bot/gcpace.py runs full collections in seconds with few of them).
 
 `t` is the wall-clock end of the window (`time.time()`), so a benchmark can pick the windows of its burst.
 `bench/bot_burst.py` reads it; nothing else does.
@@ -41,6 +43,7 @@ class _GcTimes:
     def __init__(self) -> None:
         self.durations: list[float] = []
         self.full = 0
+        self.young = 0
         self._start = 0.0
 
     def __call__(self, phase: str, info: dict) -> None:
@@ -48,11 +51,14 @@ class _GcTimes:
             self._start = time.perf_counter()
         else:
             self.durations.append(time.perf_counter() - self._start)
-            self.full += info.get("generation") == 2
+            full = info.get("generation") == 2
+            self.full += full
+            self.young += not full
 
     def take(self) -> dict[str, float]:
-        figures = {"gc_worst_ms": round(max(self.durations, default=0.0) * 1000, 2), "gc_full": self.full}
-        self.durations, self.full = [], 0
+        figures = {"gc_worst_ms": round(max(self.durations, default=0.0) * 1000, 2), "gc_full": self.full,
+                   "gc_young": self.young}
+        self.durations, self.full, self.young = [], 0, 0
         return figures
 
 

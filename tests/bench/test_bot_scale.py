@@ -34,6 +34,22 @@ def test_plan_helpers(scale):
     assert scale.collapse(plan)[0].endswith("(x2: one per page)") and len(scale.collapse(plan)) == 3
 
 
+def test_stall_places_are_named_by_how_often_they_stopped_the_loop(scale):
+    """The report names the places that stopped the loop most often (not the first ones in alphabetical order); the
+    loop's own start is no place, and a loop caught waiting in select() is named as idle."""
+    idle = {"stack": ["bot/__main__.py:237 in main", "3.11/asyncio/runners.py:118 in run",
+                      "3.11/asyncio/base_events.py:1922 in _run_once", "3.11/selectors.py:468 in select"]}
+    view = {"stack": ["bot/__main__.py:237 in main", "bot/exts/imagine/presenter.py:299 in job_progress",
+                      "bot/services/jobs.py:466 in _view_in", ".venv/lib/sqlalchemy/orm/session.py:2054 in connection"]}
+    library = {"stack": ["bot/__main__.py:237 in main", "3.11/asyncio/events.py:80 in _run",
+                         ".venv/lib/python3.11/site-packages/aiohttp/a.py:1 in f"]}
+    assert scale.stall_place(view) == "bot/services/jobs.py:466 in _view_in"
+    assert scale.stall_place(library) == ".venv/lib/python3.11/site-packages/aiohttp/a.py:1 in f"
+    assert scale.stall_place(idle).startswith("select() (idle")
+    named = scale.stall_places([library, view, view, idle, idle, idle], most=2)
+    assert named == "select() (idle: the process waited for a core or the GIL) (3), bot/services/jobs.py:466 in _view_in (2)"
+
+
 async def test_the_hot_queries_on_a_small_history(scale, tmp_path):
     request = scale.model_request(Path(__file__).resolve().parents[2] / "generation" / "models" / "default")
     src = await asyncio.to_thread(scale.history_db, tmp_path / "cache", 300, 20, request)

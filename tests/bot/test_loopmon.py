@@ -58,3 +58,19 @@ async def test_no_path_means_no_monitor(tmp_path):
     async with lag_monitor(None):
         await asyncio.sleep(0.02)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_collections_are_counted_by_kind(tmp_path):
+    """Young collections and full ones are counted apart in the window they ran in."""
+    import gc
+
+    path = tmp_path / "lag.jsonl"
+    async with lag_monitor(path, window=0.1, stall_ms=0):
+        await asyncio.sleep(0.02)  # the monitor is running
+        gc.collect(0)
+        gc.collect(1)
+        gc.collect()
+        await asyncio.sleep(0.15)
+    windows = [json.loads(line) for line in path.read_text().splitlines() if "worst_ms" in line]
+    assert sum(w["gc_young"] for w in windows) >= 2
+    assert sum(w["gc_full"] for w in windows) >= 1

@@ -91,7 +91,7 @@ async def test_a_worker_that_can_not_start_is_retried_ever_more_slowly(settings,
     """Bad worker settings (status 2): each exit is an ERROR with the worker's own message, the delays grow to the
     cap, and the bot keeps running and taking jobs meanwhile."""
     caplog.set_level(logging.INFO, logger="bot.dispatch")
-    policy = RestartPolicy(initial_delay=0.2, max_delay=0.8, stable_after=60.0, poll_interval=0.05)
+    policy = RestartPolicy(initial_delay=0.1, max_delay=0.4, stable_after=60.0, poll_interval=0.05)
     async with open_dispatcher(settings, services, config=FAST, worker_args=[*FAKE, "--max-batch", "0"],
                                restart_policy=policy) as d:
         worker = local_worker(d)
@@ -99,7 +99,7 @@ async def test_a_worker_that_can_not_start_is_retried_ever_more_slowly(settings,
         await wait_until(lambda: len(worker.exits) >= 5, timeout=60, what="five failed starts")
         exits = list(worker.exits)[:5]
         assert [e.status for e in exits] == [2] * 5 and all(e.config_error for e in exits)
-        assert [e.delay for e in exits] == [0.2, 0.4, 0.8, 0.8, 0.8]
+        assert [e.delay for e in exits] == [0.1, 0.2, 0.4, 0.4, 0.4]
         # Each restart waited its delay (and the worker's start-up on top).
         for before, later in zip(exits, exits[1:], strict=False):
             assert later.at - before.at >= before.delay
