@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from generation.protocol.contract import MAX_SIDE, MAX_STEPS
@@ -80,9 +80,16 @@ class Settings(BaseSettings):
     #: Gateway (websocket) URL of Discord.
     discord_gateway_url: str = "wss://gateway.discord.gg/"
 
-    # Quota defaults of a guild that has not configured its own (see bot.services.quota).
-    #: Images a member may generate per rolling day.
-    default_images_per_day: int = Field(40, ge=0)
+    # Quota defaults of a guild that has not configured its own (see bot.services.quota). A credit is one image at
+    # the target model's default size and steps (bot.services.costs); budgets take up to two decimals.
+    #: Credits a member may spend per rolling day in the fast lane. DEFAULT_IMAGES_PER_DAY (before credits) is read
+    #: as the same number of credits.
+    default_credits_per_day: float = Field(
+        40, ge=0, le=10_000_000, validation_alias=AliasChoices("default_credits_per_day", "default_images_per_day")
+    )
+    #: Credits a member may spend per rolling day in the relax lane once the fast budget cannot pay a job (served
+    #: only when no fast job waits). Unset: 4 × the fast budget. 0: no relax lane.
+    default_relax_credits_per_day: float | None = Field(None, ge=0, le=10_000_000)
     #: Jobs a member may have queued or running at once.
     default_max_concurrent: int = Field(2, ge=1)
     #: Most denoising steps a member may ask for.
@@ -91,13 +98,22 @@ class Settings(BaseSettings):
     default_max_side: int = Field(1024, ge=64, le=MAX_SIDE)
     #: Seconds a member waits between two new jobs in a guild (/imagine and the U, V, 🔄, ✏️ buttons). 0: no wait.
     imagine_cooldown_seconds: float = Field(3.0, ge=0, le=3600)
+    #: Most jobs one /imagine may start through `{a, b}` permutations (bot.services.permutations); more is refused.
+    permutation_max_jobs: int = Field(8, ge=1, le=64)
+    #: Seconds the Confirm / Cancel buttons of a permutation /imagine wait before it lapses (nothing queued).
+    permutation_confirm_seconds: float = Field(120.0, ge=10, le=840)
 
     # Operator limits: what the bot's operator allows, whatever a server's moderators set (see bot.services.quota).
     #: Guilds (servers) the bot may stay in. Empty: any. The bot leaves every other guild when it joins it and at
     #: start, and refuses commands from one. In the environment: comma-separated ids.
     allowed_guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    #: Most images per day any member may be given (`/mod quota set` refuses more; larger limits are clamped).
-    max_images_per_day_cap: int = Field(1000, ge=0)
+    #: Most fast credits per day any member may be given (`/mod quota set` refuses more; larger limits are clamped).
+    #: MAX_IMAGES_PER_DAY_CAP (before credits) is read as the same number of credits.
+    max_credits_per_day_cap: float = Field(
+        1000, ge=0, le=10_000_000, validation_alias=AliasChoices("max_credits_per_day_cap", "max_images_per_day_cap")
+    )
+    #: Most relax credits per day any member may be given.
+    max_relax_credits_per_day_cap: float = Field(4000, ge=0, le=10_000_000)
     #: Most jobs at once any member may be given (`/mod quota set` refuses more; larger limits are clamped).
     max_concurrent_cap: int = Field(8, ge=1)
     #: Most jobs one guild may have queued or running; a new job beyond it is refused (nothing is charged).
@@ -192,23 +208,35 @@ class Settings(BaseSettings):
         """Whether the bot may serve guild `guild_id` (ALLOWED_GUILD_IDS empty: every guild)."""
         return not self.allowed_guild_ids or guild_id in self.allowed_guild_ids
 
-    def quota_caps(self):  # -> bot.services.quota.Caps
-        """The operator's caps on quota limits as a `Caps` value. The operator's own defaults are what they allow:
-        a DEFAULT_IMAGES_PER_DAY or DEFAULT_MAX_CONCURRENT above its cap raises the cap to it."""
-        from bot.services.quota import Caps
+    @property
+    def relax_credits_per_day(self) -> float:
+        """The default relax budget in credits (DEFAULT_RELAX_CREDITS_PER_DAY, unset: 4 × the fast budget)."""
+        if self.default_relax_credits_per_day is None:
+            return 4 * self.default_credits_per_day
+        return self.default_relax_credits_per_day
 
-        return Caps(images_per_day=max(self.max_images_per_day_cap, self.default_images_per_day),
-                    max_concurrent=max(self.max_concurrent_cap, self.default_max_concurrent))
+    def quota_caps(self):  # -> bot.services.quota.Caps
+        """The operator's caps on quota limits as a `Caps` value (budgets in units). The operator's own defaults are
+        what they allow: a DEFAULT_CREDITS_PER_DAY, DEFAULT_RELAX_CREDITS_PER_DAY or DEFAULT_MAX_CONCURRENT above its
+        cap raises the cap to it."""
+        from bot.services.quota import Caps, credits_to_units
+
+        return Caps(
+            images_per_day=credits_to_units(max(self.max_credits_per_day_cap, self.default_credits_per_day)),
+            relax_per_day=credits_to_units(max(self.max_relax_credits_per_day_cap, self.relax_credits_per_day)),
+            max_concurrent=max(self.max_concurrent_cap, self.default_max_concurrent),
+        )
 
     def default_limits(self):  # -> bot.services.quota.Limits (imported lazily to keep this module light)
-        """The quota defaults as a `Limits` value."""
-        from bot.services.quota import Limits
+        """The quota defaults as a `Limits` value (budgets in units)."""
+        from bot.services.quota import Limits, credits_to_units
 
         return Limits(
-            images_per_day=self.default_images_per_day,
+            images_per_day=credits_to_units(self.default_credits_per_day),
             max_concurrent=self.default_max_concurrent,
             max_steps=self.default_max_steps,
             max_side=self.default_max_side,
+            relax_per_day=credits_to_units(self.relax_credits_per_day),
         )
 
 

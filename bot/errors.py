@@ -30,22 +30,41 @@ class QuotaError(BotError):
 
 
 class QuotaExceeded(QuotaError):
-    """The images asked for do not fit in what is left of the member's daily allowance."""
+    """The job's cost does not fit in what is left of the member's daily budget (nor of the relax budget, when the
+    member has one). Amounts are units, hundredths of a credit (bot.services.costs); the message shows credits."""
 
-    def __init__(self, requested: int, used: int, limit: int, resets_at: datetime | None):
+    def __init__(
+        self,
+        requested: int,
+        used: int,
+        limit: int,
+        resets_at: datetime | None,
+        *,
+        relax_used: int = 0,
+        relax_limit: int = 0,
+    ):
+        from bot.services.costs import format_credits as c
+
         self.requested = requested
         self.used = used
         self.limit = limit
         self.resets_at = resets_at
+        self.relax_used = relax_used
+        self.relax_limit = relax_limit
         left = max(0, limit - used)
-        if limit <= 0:
-            super().__init__("Your roles allow no images in this server; ask a moderator if that seems wrong.")
+        if limit <= 0 and relax_limit <= 0:
+            super().__init__("Your roles allow no credits in this server; ask a moderator if that seems wrong.")
             return
-        msg = f"You asked for {requested} image(s) but have {left} of your {limit} daily images left."
-        if resets_at is not None and requested <= limit:
+        msg = f"This job costs {c(requested)} credit(s) but you have {c(left)} of your {c(limit)} daily credits left"
+        if relax_limit > 0:
+            msg += f", and {c(max(0, relax_limit - relax_used))} of your {c(relax_limit)} relax credits."
+        else:
+            msg += "."
+        most = max(limit, relax_limit)
+        if resets_at is not None and requested <= most:
             msg += f" Your allowance resets at {_when(resets_at)}."
-        elif requested > limit:
-            msg += f" At most {limit} image(s) fit in one day."
+        elif requested > most:
+            msg += f" At most {c(most)} credit(s) fit in one day: ask for fewer, smaller images or fewer steps."
         super().__init__(msg)
 
 

@@ -18,6 +18,9 @@ server_style    a guild's named styles (`/mod style`): a prompt template holding
 personal_style  a member's own named styles in a guild (`/style save`), capped in number (bot.services.styles)
 showcase_setting the ⭐ showcase of a guild: its channel and the number of ⭐ that reposts a result
 showcase_post   the jobs reposted to the showcase: one row per job, claimed before posting (exactly once)
+member_setting  a member's own defaults for /imagine in a guild (`/settings`): model, style, aspect, steps, guidance,
+                count (NULL = not set), and public or stealth mode
+channel_default a channel's defaults for /imagine (`/mod channel-defaults`), below a member's own
 job_fts         the web gallery's full-text index of posted prompts (migration 0008; an FTS5 table the models do not
                 map, kept by triggers on `job`, see `UNMAPPED_TABLES`)
 
@@ -146,7 +149,11 @@ class GuildSetting(Base):
         String(20), default=NsfwPolicy.BLOCK.value, server_default=NsfwPolicy.BLOCK.value
     )
     paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    #: The daily fast budget in units (hundredths of a credit, bot.services.costs; migration 0010 converted the
+    #: image counts it held before). NULL = the bot's settings.
     images_per_day: Mapped[int | None]
+    #: The daily relax budget in units; NULL = the bot's settings, 0 = no relax lane.
+    relax_per_day: Mapped[int | None]
     max_concurrent: Mapped[int | None]
     max_steps: Mapped[int | None]
     max_side: Mapped[int | None]
@@ -184,7 +191,9 @@ class RoleQuota(Base):
 
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
     role_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    #: Daily fast and relax budgets in units (hundredths of a credit).
     images_per_day: Mapped[int | None]
+    relax_per_day: Mapped[int | None]
     max_concurrent: Mapped[int | None]
     max_steps: Mapped[int | None]
     max_side: Mapped[int | None]
@@ -195,9 +204,11 @@ class RoleQuota(Base):
 class UserQuota(Base):
     """Usage of one member in one guild.
 
-    `used` counts images charged in the window that started at `window_started_at` (NULL: no window open); it may
-    go below zero after a moderator grant. `active` counts jobs holding a reservation (queued or running).
-    The `*_override` columns are per-user limits set by a moderator (NULL = from roles/guild/defaults).
+    `used` counts units (hundredths of a credit, bot.services.costs) charged to the fast budget in the window that
+    started at `window_started_at` (NULL: no window open), `relax_used` those charged to the relax budget in the
+    same window; `used` may go below zero after a moderator grant. `active` counts jobs holding a reservation
+    (queued or running, either lane). The `*_override` columns are per-user limits set by a moderator (NULL = from
+    roles/guild/defaults); `images_per_day_override` is the fast budget in units (the name predates migration 0010).
     """
 
     __tablename__ = "user_quota"
@@ -205,10 +216,12 @@ class UserQuota(Base):
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
     user_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
     used: Mapped[int] = mapped_column(default=0, server_default="0")
+    relax_used: Mapped[int] = mapped_column(default=0, server_default="0")
     window_started_at: Mapped[datetime | None]
     active: Mapped[int] = mapped_column(default=0, server_default="0")
     images_per_day_override: Mapped[int | None]
     max_concurrent_override: Mapped[int | None]
+    relax_per_day_override: Mapped[int | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (CheckConstraint("active >= 0", name="active_not_negative"),)
@@ -223,8 +236,11 @@ class Job(Base):
     user_id: Mapped[int] = mapped_column(Snowflake)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
 
-    # Quota ledger: images charged, the window they were charged to, and whether they were committed or refunded.
+    # Quota ledger: units charged (hundredths of a credit, bot.services.costs), the lane whose budget paid them
+    # (0 fast, 1 relax: also the lane the job waits in), the window they were charged to, and whether they were
+    # committed or refunded.
     cost: Mapped[int]
+    lane: Mapped[int] = mapped_column(default=0, server_default="0")
     charge_state: Mapped[str] = mapped_column(String(16), default=ChargeState.RESERVED.value)
     charge_window_started_at: Mapped[datetime | None]
 
@@ -266,6 +282,9 @@ class Job(Base):
     fair_round: Mapped[int | None]
     #: A moderator took the job out of the web gallery (`/mod gallery hide`, bot.gallery); Discord is unaffected.
     gallery_hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    #: Made while its member was in stealth mode (`/settings mode:stealth`, migration 0011): left out of the web
+    #: gallery and the ⭐ showcase. Set once at creation; its Discord message is posted in its channel as usual.
+    stealth: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", lazy="raise"
@@ -277,10 +296,11 @@ class Job(Base):
         CheckConstraint("cost >= 0", name="cost_not_negative"),
         Index("ix_job_status_id", "status", "id"),
         Index("ix_job_guild_id_user_id_id", "guild_id", "user_id", "id"),
-        # The line (migration 0007): dispatched jobs by dispatch time, waiting ones in fair order, each read or
-        # counted from the front without touching the rest; a member's active jobs; a guild's active jobs; the
-        # models active jobs wait for; the variations and upscales made from a job (the retention sweep's check).
-        Index("ix_job_status_dispatched_at_fair_round_id", "status", "dispatched_at", "fair_round", "id"),
+        # The line (migrations 0007, 0010): dispatched jobs by dispatch time, waiting ones in fair order (fast lane
+        # first), each read or counted from the front without touching the rest; a member's active jobs; a guild's
+        # active jobs; the models active jobs wait for; the variations and upscales made from a job (the retention
+        # sweep's check).
+        Index("ix_job_status_dispatched_at_lane_fair_round_id", "status", "dispatched_at", "lane", "fair_round", "id"),
         Index("ix_job_user_id_status_dispatched_at", "user_id", "status", "dispatched_at"),
         Index("ix_job_guild_id_status", "guild_id", "status"),
         Index("ix_job_status_model", "status", "model"),
@@ -422,3 +442,39 @@ class ShowcasePost(Base):
     message_id: Mapped[int | None] = mapped_column(Snowflake)
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
     posted_at: Mapped[datetime | None]
+
+
+class MemberSetting(Base):
+    """A member's defaults for /imagine in one guild (`/settings`; bot.services.preferences says how they rank).
+    NULL = not set. `stealth`: their new jobs stay out of the web gallery and the ⭐ showcase."""
+
+    __tablename__ = "member_setting"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    model: Mapped[str | None] = mapped_column(String(80))
+    style: Mapped[str | None] = mapped_column(String(40))
+    aspect: Mapped[str | None] = mapped_column(String(10))
+    steps: Mapped[int | None]
+    guidance: Mapped[float | None] = mapped_column(Float)
+    count: Mapped[int | None]
+    stealth: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ChannelDefault(Base):
+    """A channel's defaults for /imagine (`/mod channel-defaults`), used where neither the command nor the member's
+    own defaults give a value. NULL = not set."""
+
+    __tablename__ = "channel_default"
+
+    guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    channel_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
+    model: Mapped[str | None] = mapped_column(String(80))
+    style: Mapped[str | None] = mapped_column(String(40))
+    aspect: Mapped[str | None] = mapped_column(String(10))
+    steps: Mapped[int | None]
+    guidance: Mapped[float | None] = mapped_column(Float)
+    count: Mapped[int | None]
+    updated_by: Mapped[int] = mapped_column(Snowflake)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

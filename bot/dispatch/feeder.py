@@ -7,7 +7,9 @@
 
 Jobs are not all pushed into the stream at once: only a few more than the live workers can take (`window`: a full
 batch for each worker plus the next one ready, at least `min_window`), taken from `JobService.next_for_dispatch`,
-which orders members round-robin and skips paused guilds. Jobs for a model no live worker serves do not count
+which orders members round-robin (every pending fast job before any relax job, bot.services.quota "Lanes") and
+skips paused guilds; a relax job already in the stream is not taken back when a fast job comes (the window is small,
+so a fast job waits behind at most that many). Jobs for a model no live worker serves do not count
 against the window (they would hold everyone back). The database row is the source of truth: while NATS reconnects
 a job simply waits there.
 

@@ -9,6 +9,7 @@
 - `account`  /quota, /history, /show, /help.
 - `mod`      the /mod GroupCog; every command checked server-side again and audited.
 - `styles`   /style save|list|remove (a member's own styles) and /imagine's `style` option (bot.services.styles).
+- `settings` /settings: a member's own defaults for /imagine and public/stealth mode (bot.services.preferences).
 - `showcase` the ⭐ showcase: a result with enough ⭐ reactions is reposted once (bot.services.showcase).
 
 Cogs read input, call a service (`bot.deps`: settings, jobs, quota, moderation, audit, images, dispatcher) and
@@ -24,4 +25,5 @@ EXTENSIONS = (
     "bot.exts.mod",
     "bot.exts.styles",
     "bot.exts.showcase",
+    "bot.exts.settings",
 )

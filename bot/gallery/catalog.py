@@ -4,6 +4,7 @@ The rule (one place: `GalleryCatalog`, for the list, the search, the job page, t
 a job is shown only when
 - it was posted (`status = 'posted'`, with a message to link to) and not deleted with 🗑️ (`deleted_at`),
 - no moderator hid it from the gallery (`gallery_hidden`, `/mod gallery hide`),
+- its member was not in stealth mode when it was made (`stealth`, `/settings mode:stealth`),
 - its guild is one the operator allows (ALLOWED_GUILD_IDS, when set),
 - `channel_is_public(guild_id, channel_id)` says @everyone can view the channel it was posted in (in the bot: from
   discord.py's cache, see bot.gallery.server; a channel the bot does not know is not public),
@@ -261,6 +262,7 @@ class GalleryCatalog:
             job.status == "posted"
             and job.deleted_at is None
             and not job.gallery_hidden
+            and not job.stealth
             and job.posted_message_id is not None
             and self.public(job.guild_id, job.posted_channel_id)
         )
@@ -271,6 +273,7 @@ class GalleryCatalog:
             Job.status == _POSTED,
             Job.deleted_at.is_(None),
             Job.gallery_hidden == false(),
+            Job.stealth == false(),
             Job.posted_message_id.is_not(None),
             Job.posted_channel_id.in_(channels),
             exists().where(Image.job_id == Job.id, Image.nsfw == false(), Image.path != REMOVED),

@@ -25,13 +25,19 @@ already has in flight (running or dispatched). Jobs are taken by that "round", o
 
     A: a1 a2 a3 … a20 (made first)   B: b1 (made last)   →   a1, b1, a2, a3, …
 
-so one member's twenty jobs hold everyone else back by at most one job each. Members are told apart by user id
+so one member's twenty jobs hold everyone else back by at most one job each.
+
+Lanes: a job charged to its member's relax budget waits in the relax lane (`Job.lane` = 1, bot.services.quota,
+"Lanes"). The pending line is ordered by (lane, round, id): every pending fast job goes before every relax job, and
+the round-robin holds inside each lane (a pending job's rank is counted among its member's pending jobs of the same
+lane; the jobs in flight count in both). A relax job already dispatched or running is not pre-empted: a fast job
+made after it waits for it like for any job in flight. Members are told apart by user id
 across guilds (one GPU serves them all); jobs of paused guilds are skipped by `next_for_dispatch`.
 `queue()` shows the whole line: running jobs, then dispatched ones, then the pending ones in fair order.
 
 A pending job's round is stored with it (`Job.fair_round`) and kept up to date in the transaction of every change
 to its owner's jobs (`_renumber`: one UPDATE of that member's pending rows, a handful whatever the backlog). So the
-line is one index, (status, dispatched_at, fair_round, id): the next jobs to dispatch, the first positions and a
+line is one index, (status, dispatched_at, lane, fair_round, id): the next jobs to dispatch, the first positions and a
 job's position are read or counted from its front, and no query of the hot path touches the rest of the backlog
 (issue #20; bench/bot_scale.py measures it).
 
@@ -42,8 +48,8 @@ them as keywords and hands them to it unlisted; the row stores the checked reque
 `JobView` carries it back as `request` and shows its fields as its own attributes (`job.prompt`, `job.seed`, ...).
 So a field added to the request reaches the database and every reader of a job without a change here. The service
 only knows the few fields with a meaning of its own: `mode` (a variation/upscale needs a source image), `seed`
-(None draws one), `steps`/`width`/`height` (the member's limits), `num_images` (the default charge) and `model`
-(copied to a column for queries).
+(None draws one), `steps`/`width`/`height` (the member's limits), `num_images` (the charge when no model card is
+given; with one, bot.services.costs prices the whole request) and `model` (copied to a column for queries).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.engine import run_read, run_write
@@ -68,6 +74,7 @@ from bot.errors import (
     OnCooldown,
     SourceImageNotFound,
 )
+from bot.services.costs import UNITS_PER_CREDIT, job_units
 from bot.services.quota import QuotaService
 from generation.protocol.contract import GenerationRequest, RequestError, random_seed
 from generation.protocol.messages import model_token
@@ -178,6 +185,8 @@ class JobView:
     secret: bytes = field(default=b"", repr=False)
     #: When 🗑️ deleted the job's result (`mark_deleted`); None while it is not deleted.
     deleted_at: datetime | None = None
+    #: The lane the job was charged to and waits in: 0 fast, 1 relax (bot.services.quota, "Lanes").
+    lane: int = 0
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails, i.e. for names that are not the job's own: a field of the request
@@ -213,7 +222,7 @@ _DISPATCHED = and_(JOB.c.status == Q.value, JOB.c.dispatched_at.is_not(None))
 _PENDING = and_(JOB.c.status == Q.value, JOB.c.dispatched_at.is_(None))
 _K = JOB.alias("k")
 #: `JobService._renumber`: each pending job of :member gets as its round the member's active jobs that are in
-#: flight (running, or dispatched) or pending with an id up to its own.
+#: flight (running, or dispatched, in either lane) or pending in its lane with an id up to its own.
 _RENUMBER = (
     update(JOB)
     .where(JOB.c.user_id == bindparam("member"), _PENDING)
@@ -223,21 +232,27 @@ _RENUMBER = (
         .where(
             _K.c.user_id == JOB.c.user_id,
             _K.c.status.in_([Q.value, R.value]),
-            or_(_K.c.status == R.value, _K.c.dispatched_at.is_not(None), _K.c.id <= JOB.c.id),
+            or_(_K.c.status == R.value, _K.c.dispatched_at.is_not(None), and_(_K.c.lane == JOB.c.lane, _K.c.id <= JOB.c.id)),
         )
         .scalar_subquery()
     )
 )
-#: The round of a new job of :member: the member's active jobs, plus one (ids only grow: a new job is its member's
-#: last).
+#: The round of a new job of :member in :lane: the member's jobs in flight and pending in that lane, plus one (ids
+#: only grow: a new job is its member's last).
 _NEW_ROUND = (
     select(func.count() + 1)
     .select_from(JOB)
-    .where(JOB.c.user_id == bindparam("member"), JOB.c.status.in_([Q.value, R.value]))
+    .where(
+        JOB.c.user_id == bindparam("member"),
+        JOB.c.status.in_([Q.value, R.value]),
+        or_(JOB.c.status == R.value, JOB.c.dispatched_at.is_not(None), JOB.c.lane == bindparam("new_lane")),
+    )
     .scalar_subquery()
 )
 #: `JobService.position`: the job's state and place.
-_PLACE = select(JOB.c.status, JOB.c.dispatched_at, JOB.c.fair_round).where(JOB.c.id == bindparam("job_id"))
+_PLACE = select(JOB.c.status, JOB.c.dispatched_at, JOB.c.lane, JOB.c.fair_round).where(
+    JOB.c.id == bindparam("job_id")
+)
 _ME = JOB.alias("me")
 #: The dispatched jobs ahead of dispatched job :job_id; compared with its own row in SQL, so the order is exactly
 #: ORDER BY dispatched_at, id.
@@ -246,12 +261,17 @@ _DISPATCHED_AHEAD = (
     .select_from(JOB.join(_ME, _ME.c.id == bindparam("job_id")))
     .where(_DISPATCHED, tuple_(JOB.c.dispatched_at, JOB.c.id) < tuple_(_ME.c.dispatched_at, _ME.c.id))
 )
-#: Every dispatched job, plus the pending jobs before pending job :job_id of round :round in fair order.
+#: Every dispatched job, plus the pending jobs before pending job :job_id of lane :lane and round :round in fair
+#: order (every pending fast job is before a relax one).
 _PENDING_AHEAD = select(
     select(func.count()).select_from(JOB).where(_DISPATCHED).scalar_subquery()
     + select(func.count())
     .select_from(JOB)
-    .where(_PENDING, tuple_(JOB.c.fair_round, JOB.c.id) < tuple_(bindparam("round"), bindparam("job_id")))
+    .where(
+        _PENDING,
+        tuple_(JOB.c.lane, JOB.c.fair_round, JOB.c.id)
+        < tuple_(bindparam("lane"), bindparam("round"), bindparam("job_id")),
+    )
     .scalar_subquery()
 )
 
@@ -329,8 +349,10 @@ class JobService:
         source_job_id: int | None = None,
         source_image_index: int | None = None,
         cost: int | None = None,
+        card: Any = None,
         cooldown: float = 0.0,
         check: Callable[[GenerationRequest], None] | None = None,
+        stealth: bool = False,
         **params: Any,
     ) -> JobView:
         """Check the request, reserve its images and insert the job — one transaction. Returns the queued job.
@@ -338,7 +360,10 @@ class JobService:
         `params` are the fields of GenerationRequest (`prompt`, `negative_prompt`, `seed`, `steps`, `mode`, ...; not
         `init_image`); one left out or given as None takes the request's default, and `seed=None` draws a random
         seed. Variations and upscales name their init image as (`source_job_id`, `source_image_index`), an image of
-        a succeeded job. `cost` (images charged) defaults to `num_images`. `cooldown` (seconds, 0 = none): refuse
+        a succeeded job. `cost` is the units charged (bot.services.costs); left out, it is `job_units(request,
+        card)` on the target model's `card` (a ModelCard: its default size and steps), or one credit an image
+        without a card. The job goes to the fast lane when its cost fits the member's fast budget, else to the
+        relax lane (see bot.services.quota, "Lanes"); `JobView.lane` says which. `cooldown` (seconds, 0 = none): refuse
         the job if the member started one in this guild less than that long ago — checked inside the same write
         transaction, so a burst of simultaneous requests lets exactly one through. `check(request)`, when given, holds
         the checked request against the target model (`ModelCard.check`: its sides, steps, samplers) before anything
@@ -358,25 +383,33 @@ class JobService:
                 check(req)
         except RequestError as exc:
             raise InvalidRequest(str(exc), exc.field) from exc
-        charge = req.num_images if cost is None else cost
+        if cost is not None:
+            charge = cost
+        elif card is not None:
+            charge = job_units(req, card)
+        else:
+            charge = req.num_images * UNITS_PER_CREDIT
         if isinstance(charge, bool) or not isinstance(charge, int) or charge < 0:
-            raise InvalidRequest(f"`cost` is {charge!r}, but it has to be a whole number of 0 or more.", "cost")
+            raise InvalidRequest(f"`cost` is {charge!r}, but it has to be a whole number of units, 0 or more.", "cost")
         role_ids = list(role_ids)
 
         async def work(s: AsyncSession) -> JobView:
+            # Round trips of the hot path (issue #20): BEGIN, one SELECT (limits and the cooldown), one upsert (the
+            # reservation; a second only for the relax lane), one INSERT … RETURNING, COMMIT.
+            limits, latest = await self.quota.admission_in(s, guild_id, user_id, role_ids)
             if cooldown > 0:
-                await self._check_cooldown(s, guild_id, user_id, cooldown)
+                self._check_cooldown_of(latest, cooldown)
             if mode != "txt2img":
                 await self._check_source(s, guild_id, source_job_id, source_image_index)  # type: ignore[arg-type]
-            limits = await self.quota.limits_in(s, guild_id, user_id, role_ids)
             limits.check_request(steps=req.steps, width=req.width, height=req.height)
-            window = await self.quota.reserve_in(s, guild_id, user_id, charge, limits)
-            job = Job(
+            window, lane = await self.quota.reserve_in(s, guild_id, user_id, charge, limits)
+            row = (await s.execute(insert(JOB).values(
                 guild_id=guild_id,
                 channel_id=channel_id,
                 user_id=user_id,
                 status=Q.value,
                 cost=charge,
+                lane=lane,
                 charge_state=ChargeState.RESERVED.value,
                 charge_window_started_at=window,
                 request=req.to_json(with_image=False),
@@ -386,26 +419,18 @@ class JobService:
                 attempts=0,
                 created_at=self.clock(),
                 secret=secrets.token_bytes(JOB_SECRET_BYTES),
-                # The newest of its member's jobs (ids only grow), so its round is the member's active jobs and
-                # itself: counted in the INSERT, no other row changes.
-                fair_round=_NEW_ROUND.params(member=user_id),
-            )
-            s.add(job)
-            await s.flush()
-            return _job_view(job)
+                stealth=bool(stealth),  # its member's mode now (/settings): kept out of the gallery and showcase
+                # The newest of its member's jobs (ids only grow), so its round is the member's jobs in flight and
+                # its pending jobs of the same lane, and itself: counted in the INSERT, no other row changes.
+                fair_round=_NEW_ROUND.params(member=user_id, new_lane=lane),
+            ).returning(*JOB.c))).one()
+            return _job_view(row)
 
         return await run_write(self.sessions, work)
 
-    async def _check_cooldown(self, s: AsyncSession, guild_id: int, user_id: int, cooldown: float) -> None:
-        """Raise OnCooldown if the member's newest job in the guild was made less than `cooldown` seconds ago."""
-        latest = (
-            await s.execute(
-                select(Job.created_at)
-                .where(Job.guild_id == guild_id, Job.user_id == user_id)
-                .order_by(Job.id.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
+    def _check_cooldown_of(self, latest: datetime | None, cooldown: float) -> None:
+        """Raise OnCooldown if the member's newest job in the guild (made at `latest`, read with the limits by
+        `QuotaService.admission_in`) was made less than `cooldown` seconds ago."""
         if latest is None:
             return
         now = self.clock()
@@ -482,19 +507,14 @@ class JobService:
         async def work(s: AsyncSession) -> JobView:
             now = self.clock()
             await self._transition(s, job_id, S, finished_at=now, error=None)
-            for img in new:
-                s.add(
-                    Image(
-                        job_id=job_id,
-                        index=img.index,
-                        seed=img.seed,
-                        path=img.path,
-                        sha256=img.sha256,
-                        nsfw=bool(img.nsfw),
-                        created_at=now,
-                    )
-                )
-            await s.flush()
+            if new:
+                # One Core executemany without RETURNING: the ORM's flush would insert row by row with RETURNING id,
+                # its parameter processing on the event loop's thread (bench/bot_burst.py found it in the burst).
+                await s.execute(insert(Image.__table__), [
+                    {"job_id": job_id, "index": img.index, "seed": img.seed, "path": img.path,
+                     "sha256": img.sha256, "nsfw": bool(img.nsfw), "created_at": now}
+                    for img in new
+                ])
             await self.quota.settle_in(s, job_id, ChargeState.COMMITTED)
             return await self._view_in(s, job_id)
 
@@ -681,7 +701,7 @@ class JobService:
             q = (
                 select(Job)
                 .where(self._pending(), Job.guild_id.not_in(paused))
-                .order_by(Job.fair_round, Job.id)
+                .order_by(Job.lane, Job.fair_round, Job.id)
                 .limit(limit)
             )
             return await self._views(s, (await s.scalars(q)).all(), with_images=False)
@@ -707,7 +727,7 @@ class JobService:
                 await s.scalars(scoped(select(Job).where(self._dispatched())).order_by(Job.dispatched_at, Job.id))
             ).all()
             pending = (
-                await s.scalars(scoped(select(Job).where(self._pending())).order_by(Job.fair_round, Job.id))
+                await s.scalars(scoped(select(Job).where(self._pending())).order_by(Job.lane, Job.fair_round, Job.id))
             ).all()
             line = [*running, *dispatched, *pending]
             return await self._views(s, line if limit is None else line[:limit], with_images=False)
@@ -743,7 +763,9 @@ class JobService:
                 return 0
             if row.dispatched_at is not None:
                 return (await s.execute(_DISPATCHED_AHEAD, {"job_id": job_id})).scalar_one()
-            return (await s.execute(_PENDING_AHEAD, {"round": row.fair_round, "job_id": job_id})).scalar_one()
+            return (
+                await s.execute(_PENDING_AHEAD, {"lane": row.lane, "round": row.fair_round, "job_id": job_id})
+            ).scalar_one()
 
         return await run_read(self.sessions, work)
 
@@ -758,7 +780,7 @@ class JobService:
             ids = list((await s.execute(dispatched)).scalars())
             if limit is not None and len(ids) >= limit:
                 return ids
-            rest = select(JOB.c.id).where(self._pending()).order_by(JOB.c.fair_round, JOB.c.id)
+            rest = select(JOB.c.id).where(self._pending()).order_by(JOB.c.lane, JOB.c.fair_round, JOB.c.id)
             if limit is not None:
                 rest = rest.limit(limit - len(ids))
             return ids + list((await s.execute(rest)).scalars())

@@ -199,6 +199,8 @@ class RoleLimits:
     max_concurrent: int | None
     max_steps: int | None
     max_side: int | None
+    #: The role's relax budget in units (None: not set by this role).
+    relax_per_day: int | None = None
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,9 @@ def _check_limit(name: str, value: Any) -> None:
     if value is None or value is KEEP:
         return
     bounds = {
-        "images_per_day": (0, 100_000),
+        # Budgets are units, hundredths of a credit (bot.services.costs): up to 100,000 credits a day.
+        "images_per_day": (0, 10_000_000),
+        "relax_per_day": (0, 10_000_000),
         "max_concurrent": (0, 1_000),
         "max_steps": (1, MAX_STEPS),
         "max_side": (MIN_SIDE, MAX_SIDE),
@@ -403,10 +407,13 @@ class ModerationService:
         max_concurrent: int | None = KEEP,
         max_steps: int | None = KEEP,
         max_side: int | None = KEEP,
+        relax_per_day: int | None = KEEP,
     ) -> RoleLimits:
-        """Override limits for members with a role (None clears a field, left out = unchanged)."""
+        """Override limits for members with a role (None clears a field, left out = unchanged). The budgets
+        (`images_per_day` fast, `relax_per_day`) are units, hundredths of a credit."""
         changes = _limit_changes(
-            images_per_day=images_per_day, max_concurrent=max_concurrent, max_steps=max_steps, max_side=max_side
+            images_per_day=images_per_day, max_concurrent=max_concurrent, max_steps=max_steps, max_side=max_side,
+            relax_per_day=relax_per_day,
         )
 
         async def work(s: AsyncSession) -> RoleLimits:
@@ -420,7 +427,7 @@ class ModerationService:
             )
             await write_audit(s, guild_id, by, "role_quota.set", f"role:{role_id}", changes, now)
             row = await s.get(RoleQuota, (guild_id, role_id), populate_existing=True)
-            return RoleLimits(guild_id, role_id, *(getattr(row, f) for f in LIMIT_FIELDS))
+            return RoleLimits(guild_id, role_id, *(getattr(row, f) for f in LIMIT_FIELDS), row.relax_per_day)
 
         return await run_write(self.sessions, work)
 
@@ -441,7 +448,9 @@ class ModerationService:
             rows = (
                 await s.scalars(select(RoleQuota).where(RoleQuota.guild_id == guild_id).order_by(RoleQuota.role_id))
             ).all()
-            return [RoleLimits(r.guild_id, r.role_id, *(getattr(r, f) for f in LIMIT_FIELDS)) for r in rows]
+            return [
+                RoleLimits(r.guild_id, r.role_id, *(getattr(r, f) for f in LIMIT_FIELDS), r.relax_per_day) for r in rows
+            ]
 
         return await run_read(self.sessions, work)
 

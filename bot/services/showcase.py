@@ -103,12 +103,13 @@ class ShowcaseService:
 
     # --- reposts ----------------------------------------------------------------------------------------------
     async def job_of_message(self, guild_id: int, channel_id: int, message_id: int) -> int | None:
-        """The posted, not deleted job whose result is message `message_id` (None for any other message)."""
+        """The posted, not deleted job whose result is message `message_id` (None for any other message, and for a
+        stealth job: made in stealth mode, `/settings`, it is never reposted)."""
 
         async def work(s: AsyncSession) -> int | None:
             return await s.scalar(select(Job.id).where(
                 Job.guild_id == guild_id, Job.posted_channel_id == channel_id, Job.status == JobStatus.POSTED.value,
-                Job.posted_message_id == message_id, Job.deleted_at.is_(None)))
+                Job.posted_message_id == message_id, Job.deleted_at.is_(None), Job.stealth.is_(False)))
 
         return await run_read(self.sessions, work)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import discord
 
+from bot.services.costs import format_credits
 from bot.ui.progress import progress_bar
 from bot.ui.text import EMBED_DESCRIPTION, EMBED_FIELD_VALUE, EMBED_TITLE, fit_embed, safe_text
 from generation.protocol.contract import sampler_label
@@ -79,6 +80,11 @@ def queued_embed(job: Any, position: int | None, *, paused: bool = False) -> dis
     """The first state of a job message: waiting in the queue."""
     where = "next in line" if position in (None, 0, 1) else f"position {position} in the queue"
     desc = f"⏳ Queued — {where}."
+    if _get(job, "lane") == 1:
+        desc += "\n🐢 Relax lane: runs when no fast job waits (your fast credits for today are spent)."
+    cost = _get(job, "cost")
+    if isinstance(cost, int) and not isinstance(cost, bool) and cost > 0:
+        desc += f"\nCost: {format_credits(cost)} credit(s)."
     if paused:
         desc += "\nThe queue is paused by the moderators; your job will start when it resumes."
     embed = discord.Embed(title=job_title(job), description=desc, colour=GREY)
@@ -181,6 +187,8 @@ def parameters_embed(job: Any) -> discord.Embed:
         rows.append(("Outpaint", safe_text(_get(job, "outpaint"), 40)))
     if _get(job, "mode") == "upscale":
         rows.append(("Upscale", f"{_get(job, 'upscale_factor', 2)}x"))
+    if _get(job, "hires"):
+        rows.append(("Hires", f"{float(_get(job, 'hires')):g}× (drawn smaller, upscaled and refined)"))
     if _get(job, "source_job_id"):
         rows.append(("Source", f"job #{_get(job, 'source_job_id')}, image {(_get(job, 'source_image_index') or 0) + 1}"))
     if _get(job, "model"):
@@ -197,20 +205,36 @@ def parameters_embed(job: Any) -> discord.Embed:
     return fit_embed(embed)
 
 
-def quota_embed(status: Any) -> discord.Embed:
-    """A member's own usage (the /quota command)."""
+def quota_embed(status: Any, costs: Sequence[tuple[str, int]] = ()) -> discord.Embed:
+    """A member's own usage (the /quota command): fast and relax credits left (the status holds units), the reset,
+    and `costs`, (model, units) of a default job on each model the member may choose."""
+    c = format_credits
     used = max(0, _get(status, "used", 0))
     limit = _get(status, "limit", 0)
     left = max(0, limit - used)
-    desc = f"**{left}** of **{limit}** images left today.\n`{progress_bar(min(used, limit), limit or 1)}` used"
+    desc = f"**{c(left)}** of **{c(limit)}** fast credits left today.\n`{progress_bar(min(used, limit), limit or 1)}` used"
+    limits = _get(status, "limits")
+    relax_limit = _get(limits, "relax_per_day", 0) if limits is not None else 0
+    if relax_limit:
+        relax_used = max(0, _get(status, "relax_used", 0))
+        desc += (f"\n**{c(max(0, relax_limit - relax_used))}** of **{c(relax_limit)}** relax credits left: once the "
+                 "fast credits cannot pay a job, it waits in the relax lane and runs when no fast job waits.")
+    else:
+        desc += "\nNo relax lane here: a job the fast credits cannot pay is refused."
     resets = _get(status, "resets_at")
-    desc += f"\nResets {ts(resets, 'f')} ({ts(resets)})." if resets else "\nYour daily window starts with your next image."
+    desc += f"\nResets {ts(resets, 'f')} ({ts(resets)})." if resets else "\nYour daily window starts with your next job."
+    desc += ("\nA credit is one image at a model's default size and steps; larger images, more steps or more "
+             "images cost more, in proportion.")
     embed = discord.Embed(title="Your quota", description=desc, colour=BLUE)
     embed.add_field(name="Jobs running", value=f"{_get(status, 'active', 0)} of {_get(status, 'max_concurrent', '?')}", inline=True)
     limits = _get(status, "limits")
     if limits is not None:
         embed.add_field(name="Max steps", value=str(_get(limits, "max_steps")), inline=True)
         embed.add_field(name="Max side", value=f"{_get(limits, 'max_side')} px", inline=True)
+    if costs:
+        lines = [f"`{safe_text(name, 60, single_line=True)}`: {c(units)} credits" for name, units in costs[:15]]
+        embed.add_field(name="A default job (4 images) costs", value="\n".join(lines)[:EMBED_FIELD_VALUE],
+                        inline=False)
     return fit_embed(embed)
 
 

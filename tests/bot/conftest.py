@@ -61,7 +61,9 @@ def settings(tmp_path, db_url) -> Settings:
         _env_file=None,
         data_dir=tmp_path / "data",
         database_url=db_url,
-        default_images_per_day=20,
+        default_images_per_day=20,  # credits (the old name is an alias): 2000 units
+        # No relax lane unless a test asks for one: a member over budget is refused, as the quota tests expect.
+        default_relax_credits_per_day=0,
         default_max_concurrent=3,
         default_max_steps=50,
         default_max_side=768,

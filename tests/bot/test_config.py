@@ -35,7 +35,8 @@ def test_empty_values_in_env_file_fall_back_to_defaults(tmp_path, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     settings = Settings(_env_file=ROOT / ".env.example")
     assert (settings.discord_token, settings.dev_guild_id, settings.nats_url) == (None, None, None)
-    assert settings.default_limits().images_per_day == 40
+    # 40 credits, 4,000 units; the relax budget (empty key) 4 × that.
+    assert (settings.default_limits().images_per_day, settings.default_limits().relax_per_day) == (4000, 16000)
 
 
 def test_env_example_documents_every_setting():
@@ -62,6 +63,12 @@ def test_allowed_guild_ids_and_operator_caps(monkeypatch):
     monkeypatch.setenv("ALLOWED_GUILD_IDS", " 11, 22 ,")
     listed = Settings(_env_file=None)
     assert listed.allowed_guild_ids == [11, 22] and listed.guild_allowed(22) and not listed.guild_allowed(33)
-    assert (listed.max_images_per_day_cap, listed.max_concurrent_cap, listed.max_queued_per_guild) == (1000, 8, 200)
+    assert (listed.max_credits_per_day_cap, listed.max_concurrent_cap, listed.max_queued_per_guild) == (1000, 8, 200)
+    # The name from before credits still works, and means credits (units are hundredths).
     caps = Settings(_env_file=None, max_images_per_day_cap=50, max_concurrent_cap=3).quota_caps()
-    assert (caps.images_per_day, caps.max_concurrent) == (50, 3)
+    assert (caps.images_per_day, caps.max_concurrent, caps.relax_per_day) == (5000, 3, 400_000)
+    monkeypatch.setenv("DEFAULT_IMAGES_PER_DAY", "7")
+    monkeypatch.setenv("DEFAULT_RELAX_CREDITS_PER_DAY", "0.5")
+    old = Settings(_env_file=None)
+    assert (old.default_credits_per_day, old.default_limits().images_per_day, old.default_limits().relax_per_day) == (
+        7, 700, 50)

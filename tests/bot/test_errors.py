@@ -8,18 +8,27 @@ from bot.errors import BotError, IllegalTransition, QuotaExceeded, TooManyActive
 
 
 def test_quota_exceeded_above_the_daily_limit_says_so():
-    """Asking for more than a whole day's allowance says how many fit in a day, not to wait."""
-    err = QuotaExceeded(requested=50, used=0, limit=40, resets_at=None)
-    assert (
-        err.user_message
-        == "You asked for 50 image(s) but have 40 of your 40 daily images left. At most 40 image(s) fit in one day."
+    """Asking for more than a whole day's allowance says how many fit in a day, not to wait (amounts in units,
+    shown as credits)."""
+    err = QuotaExceeded(requested=5000, used=0, limit=4000, resets_at=None)
+    assert err.user_message == (
+        "This job costs 50 credit(s) but you have 40 of your 40 daily credits left. At most 40 credit(s) fit in "
+        "one day: ask for fewer, smaller images or fewer steps."
+    )
+
+
+def test_quota_exceeded_names_the_relax_budget_too():
+    """A member with a relax lane hears what is left of both budgets, in credits with up to two decimals."""
+    err = QuotaExceeded(requested=250, used=3900, limit=4000, resets_at=None, relax_used=15900, relax_limit=16000)
+    assert err.user_message.startswith(
+        "This job costs 2.5 credit(s) but you have 1 of your 40 daily credits left, and 1 of your 160 relax credits."
     )
 
 
 def test_quota_exceeded_shows_the_reset_as_a_discord_timestamp():
     """The reset time is rendered with Discord's <t:…> markup."""
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert f"<t:{int(at.timestamp())}:R>" in QuotaExceeded(4, 38, 40, at).user_message
+    assert f"<t:{int(at.timestamp())}:R>" in QuotaExceeded(400, 3800, 4000, at).user_message
 
 
 def test_too_many_active_jobs_names_both_numbers():
@@ -40,6 +49,6 @@ def test_every_domain_error_is_a_bot_error():
 
 
 def test_a_zero_limit_says_the_roles_allow_nothing():
-    """A member whose roles allow 0 images or 0 jobs is told so, not asked to wait."""
-    assert QuotaExceeded(1, 0, 0, None).user_message.startswith("Your roles allow no images")
+    """A member whose roles allow 0 credits (and no relax lane) or 0 jobs is told so, not asked to wait."""
+    assert QuotaExceeded(1, 0, 0, None).user_message.startswith("Your roles allow no credits")
     assert TooManyActiveJobs(0, 0).user_message.startswith("Your roles allow no image jobs")

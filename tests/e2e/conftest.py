@@ -189,8 +189,13 @@ async def running_e2e(root: Path, model: Path, kind: str, worker_args: str | Non
             print(bot.log()[-3000:])
 
 
+#: The local worker's drain on the bot's stop in the e2e module: a job the stop cuts off is handed back after a
+#: second, not the bot's 5 (test_job_running_when_the_bot_stops_is_posted_once_after_it_restarts cuts one off).
+E2E_WORKER_ARGS = "--drain-timeout 1"
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def e2e(tmp_path_factory, e2e_model):
     model, kind = e2e_model
-    async with running_e2e(tmp_path_factory.mktemp("e2e"), model, kind) as world:
+    async with running_e2e(tmp_path_factory.mktemp("e2e"), model, kind, worker_args=E2E_WORKER_ARGS) as world:
         yield world

@@ -95,10 +95,11 @@ async def test_describe_posts_four_suggestions_and_a_button_draws_one(edit_e2e):
     text = posted["embeds"][0]["description"]
     assert text.count("**") >= 8 and "red" in text.lower()
     job_id = int(ids_of(posted)[0].split(":")[1])
-    assert e2e.job_row(job_id)["mode"] == "describe" and e2e.used(bea) == 1
+    assert e2e.job_row(job_id)["mode"] == "describe" and e2e.used(bea) == 25  # a quarter of a credit, in units
     before = {m["id"] for m in e2e.grids()}
     await e2e.fd.click(bea, posted, f"job:{job_id}:p:0")
     grid = await e2e.wait_grid(before)
     drawn = int(ids_of(grid)[0].split(":")[1])
     row = e2e.job_row(drawn)
-    assert row["mode"] == "txt2img" and "red" in row["prompt"].lower() and e2e.used(bea) == 1 + 4
+    assert row["mode"] == "txt2img" and "red" in row["prompt"].lower() and e2e.used(bea) == 25 + row["cost"]
+    assert row["cost"] > 0

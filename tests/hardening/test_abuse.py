@@ -31,7 +31,7 @@ from tests.support.hostile import HostileWorld, Outcome, leaf_commands, open_tes
 from tests.support.reliability import soak_runs
 
 COOLDOWN = 5.0
-PER_DAY = 8
+PER_DAY = 4  # credits: a grid at the defaults is 4, a U or V click about 1
 AT_ONCE = 2
 
 
@@ -54,14 +54,17 @@ def reason_of(outcome: Outcome) -> str:
         return "cooldown"
     if "queued or running" in content:
         return "concurrency"
-    if "daily images" in content or "images left" in content:
+    if "daily credits" in content or "credits left" in content:
         return "quota"
     return "other: " + content[:120]
 
 
 @pytest.fixture
 def spam_world(tmp_path, migrated_template):
-    with ClockWorld(tmp_path, migrated_template, imagine_cooldown_seconds=COOLDOWN, default_images_per_day=PER_DAY,
+    # No relax lane: the quota brake is met when the fast credits are spent (tests/bot/services/test_relax_lane.py
+    # covers the relax lane).
+    with ClockWorld(tmp_path, migrated_template, imagine_cooldown_seconds=COOLDOWN, default_credits_per_day=PER_DAY,
+                    default_relax_credits_per_day=0,
                     default_max_concurrent=AT_ONCE) as hw:
         yield hw
 
@@ -119,7 +122,7 @@ def test_spam_of_imagine_and_buttons_is_held_by_cooldown_concurrency_and_quota(s
             charged = sum(j.cost for j in jobs if str(j.charge_state) in ("reserved", "committed")
                           and window is not None and j.created_at >= window)
             gaps = [(b - a).total_seconds() for a, b in zip(started_at, started_at[1:], strict=False)]
-            ok = ok and len(active) <= AT_ONCE and status.used <= PER_DAY and min(gaps, default=COOLDOWN) >= COOLDOWN
+            ok = ok and len(active) <= AT_ONCE and status.used <= PER_DAY * 100 and min(gaps, default=COOLDOWN) >= COOLDOWN
             ok = ok and status.used == charged
             if not ok:
                 failures += 1
@@ -139,6 +142,7 @@ async def test_simultaneous_requests_let_exactly_the_allowed_number_through(tmp_
     the quota as many as fit; the rest are refused and charge nothing."""
     clock = FakeClock(datetime(2026, 1, 10, 12, 0, tzinfo=UTC))
     async with open_test_services(tmp_path, migrated_template, clock=clock, default_images_per_day=20,
+                                  default_relax_credits_per_day=0,
                                   default_max_concurrent=3) as (_, services):
         await _bursts(services, reliability)
 
@@ -169,8 +173,8 @@ async def _bursts(services, reliability) -> None:
             made, errors = await burst(uid, 20, **kw)
             total += 20
             status = await services.quota.status(GUILD, uid, [])
-            want = expected if expected is not None else 20 // 4  # 20 images a day, 4 per job
-            good = made == want and all(isinstance(e, refusal) for e in errors) and status.used == made * kw["num_images"]
+            want = expected if expected is not None else 20 // 4  # 20 credits a day, 4 per job (no card: 1 an image)
+            good = made == want and all(isinstance(e, refusal) for e in errors) and status.used == made * kw["num_images"] * 100
             failures += not good
             assert good, (uid, kw, made, want, [type(e).__name__ for e in errors], status.used)
     reliability.record("abuse: simultaneous requests of one member", runs=total, failures=failures)
@@ -222,7 +226,7 @@ def test_someone_elses_delete_and_cancel_are_refused(world_hw, reliability):
         ok = ok and str(still.charge_state) == "reserved"
         by_owner = hw.run(hw.click(w.alice, progress, job_custom_id(job.id, "x")))
         cancelled = hw.run(w.services.jobs.get(job.id))
-        ok = ok and by_owner.charged == -1 and cancelled.status == JobStatus.CANCELLED
+        ok = ok and by_owner.charged == -100 and cancelled.status == JobStatus.CANCELLED  # a credit given back
 
         hw.run(hw.slash(w.alice, "imagine", {"prompt": "mine too", "count": 1}))
         other = hw.run(w.latest_job())
@@ -353,6 +357,6 @@ def test_banned_member_is_refused_for_imagine_and_every_generating_button(world_
     info = hw.run(hw.click(w.alice, grid, job_custom_id(job.id, "i")))
     assert info.replies and info.replies[0].embeds
     cancel = hw.run(hw.click(w.alice, queued.replies[0].message, job_custom_id(queued.new_jobs[0].id, "x")))
-    assert cancel.charged == -1
+    assert cancel.charged == -100  # one image at the card's defaults: a credit, given back
     reliability.record("abuse: banned member refused for /imagine and generating buttons", runs=len(attempts),
                        failures=failures)

@@ -215,7 +215,14 @@ def option_strategy(param: app_commands.Parameter, handles: dict[str, list[Any]]
     lo, hi = param.min_value, param.max_value
     if param.choices:
         choices = st.sampled_from([c.value for c in param.choices])
-        return choices if valid else st.one_of(choices, hostile_text(40))
+        if valid:
+            return choices
+        # A hand-made request may name a value off the list, but of the declared type: Discord checks types.
+        if kind is discord.AppCommandOptionType.number:
+            return st.one_of(choices, float_option(param))
+        if kind is discord.AppCommandOptionType.integer:
+            return st.one_of(choices, int_option(param))
+        return st.one_of(choices, hostile_text(40))
     if kind is discord.AppCommandOptionType.string:
         text = _valid_text(param) if valid else hostile_text(min(int(hi or 100), 200))
         return st.one_of(st.sampled_from(SIZES), text) if param.name == "size" else text
@@ -437,7 +444,7 @@ class HostileWorld:
     def __init__(self, tmp_path: Path, template: Path, **settings: Any):
         self.runner = asyncio.Runner()
         self.w = World(tmp_path, template)
-        overrides = {"default_images_per_day": 10**6, "default_max_concurrent": 10**6} | settings
+        overrides = {"default_credits_per_day": 10**6, "default_max_concurrent": 10**6} | settings
         self.w.settings = self.w.settings.model_copy(update=overrides)
         self.w.services = build_services(self.w.settings, self.w.engine, **self._service_kwargs())
         self.log = _ErrorLog()

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 from bot.errors import JobNotFound
 from bot.exts.common import JobDeleted, JobNotVisible, can_see_job, deps, guild_id_of, is_moderator, role_ids_of
 from bot.exts.imagine import models
+from bot.services.costs import default_job_units
 from bot.services.images import removed
 from bot.services.model_policy import ModelPolicy
 from bot.services.retention import expired_text
@@ -98,15 +99,33 @@ def served_line(model: ServedModel, policy: ModelPolicy) -> str:
     return " · ".join([f"`{model.name}` — {about}", *models.state_marks(model, policy)])
 
 
+#: /help's field about starting from an image and editing a result (a field value holds at most 1024 characters).
+EDITING_HELP = (
+    "`/imagine image:` start from your picture, `strength:` how far to move from it (0 keeps it, 1 ignores it) · "
+    "`hires:` 1.5×/2×: draw smaller, upscale, refine (for sizes above the model's best) · `/describe image:` four "
+    "prompts for a picture · on a message: Apps → **Describe this image** / **Imagine from this image**\n"
+    "Under one image: **Vary (subtle/strong)** · 🖌️ **Vary (Region)** redraws a part · **Zoom Out** 1.5x/2x · "
+    "**Pan** left/right/up/down · **Make square** · **Upscale** 2x/4x"
+)
+
+
 class Account(commands.Cog):
     def __init__(self, bot: commands.Bot):
         self.bot = bot
 
-    @app_commands.command(name="quota", description="How many images you have left today, and when it resets.")
+    @app_commands.command(name="quota", description="Your fast and relax credits left today, when they reset, and "
+                                                     "what a job costs on each model.")
     @app_commands.guild_only()
     async def quota(self, interaction: discord.Interaction) -> None:
-        status = await deps(interaction).quota.status(guild_id_of(interaction), interaction.user.id, role_ids_of(interaction.user))
-        await interaction.response.send_message(embed=quota_embed(status), ephemeral=True)
+        d = deps(interaction)
+        status = await d.quota.status(guild_id_of(interaction), interaction.user.id, role_ids_of(interaction.user))
+        # What a default job (DEFAULT_JOB_IMAGES images at the card's defaults) costs on each model the member may
+        # choose, from the workers' announcements in memory (it waits only in the first seconds after a start while
+        # no worker has announced itself, as /help does; none served: the field is left out).
+        served = await d.dispatcher.served_models()
+        policy = await d.model_policy.policy(guild_id_of(interaction))
+        costs = [(m.name, default_job_units(m.card)) for m in models.offered(served, policy)]
+        await interaction.response.send_message(embed=quota_embed(status, costs), ephemeral=True)
 
     @app_commands.command(name="history", description="Your most recent jobs in this server.")
     @app_commands.describe(count="How many jobs to list (1-20)")
@@ -181,6 +200,7 @@ class Account(commands.Cog):
             "`scheduler` · `count` 1–4 images · `timeline` an animation of the denoising · `lora` a LoRA of the model",
             inline=False,
         )
+        embed.add_field(name="From an image", value=EDITING_HELP, inline=False)
         embed.add_field(name="Your account", value="`/quota` what is left today · `/history` your jobs · `/show job:<id>` one job", inline=False)
         served = await d.dispatcher.served_models()
         policy = await d.model_policy.policy(interaction.guild_id or 0)

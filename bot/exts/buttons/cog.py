@@ -93,6 +93,8 @@ def same_params(job: Any) -> dict[str, Any]:
         "outpaint": job.outpaint,
         "feather": job.feather,
         "upscale_factor": job.upscale_factor,
+        # The hires fix (txt2img, variation, img2img): 🔄 and V draw the same way; an upscale or edit sets it off.
+        "hires": job.hires,
     }
 
 
@@ -158,7 +160,7 @@ class JobActions(commands.Cog):
 
     async def upscale(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
         job = await self._source(interaction, job_id, index)
-        params = same_params(job) | {"mode": "upscale", "num_images": 1, "source_job_id": job.id, "source_image_index": index, "seed": job.images[index].seed, "timeline": False}
+        params = same_params(job) | {"mode": "upscale", "num_images": 1, "source_job_id": job.id, "source_image_index": index, "seed": job.images[index].seed, "timeline": False, "hires": 0.0}
         await start_job(interaction, **params)
 
     async def vary(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
@@ -195,7 +197,8 @@ class JobActions(commands.Cog):
             width, height = fit_side(width * scale, card), fit_side(height * scale, card)
         params = same_params(job) | {"num_images": 1, "source_job_id": job.id, "source_image_index": 0,
                                      "seed": None, "timeline": False, "width": width, "height": height,
-                                     "feather": DEFAULT_FEATHER, "region": "", "outpaint": "", "upscale_factor": 2}
+                                     "feather": DEFAULT_FEATHER, "region": "", "outpaint": "", "upscale_factor": 2,
+                                     "hires": 0.0}
         return job, params
 
     async def vary_region(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
@@ -250,7 +253,8 @@ class JobActions(commands.Cog):
         params = same_params(job) | {"mode": "upscale", "upscale_factor": index, "num_images": 1,
                                      "source_job_id": job.id, "source_image_index": 0, "seed": job.images[0].seed,
                                      "timeline": False, "width": width, "height": height, "region": "",
-                                     "outpaint": "", "strength": min(STRENGTH_UPSCALE, job.strength) if refine else 0.0}
+                                     "outpaint": "", "strength": min(STRENGTH_UPSCALE, job.strength) if refine else 0.0,
+                                     "hires": 0.0}
         await start_job(interaction, **params)
 
     async def suggestion(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:

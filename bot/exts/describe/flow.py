@@ -4,7 +4,8 @@
   for a served model whose card names a captioner (the member's automatic model when it has one, else the first
   offered one that does); the result lists four prompt suggestions, each with a button that draws it with /imagine
   (`bot.exts.buttons`). Where no served model describes images, the member is told /describe is not available on
-  this server and nothing is charged. A describe job costs `DESCRIBE_COST` image(s).
+  this server and nothing is charged. A describe job costs `DESCRIBE_COST` units (bot.services.costs:
+  `DESCRIBE_CREDITS`, a quarter of a credit), computed by the job service like every job's cost.
 - "Imagine from this image": the prompt modal (`ImageModal`, its custom_id names the message and the attachment,
   so one opened before a restart still works); its submission starts an img2img job from that image, as
   `/imagine image:` does.
@@ -25,11 +26,12 @@ from bot.exts.common import deps, guild_id_of, is_moderator
 from bot.exts.imagine import models
 from bot.exts.imagine.flow import SourceUpload, start_job
 from bot.exts.imagine.options import source_size
+from bot.services.costs import DESCRIBE_CREDITS, UNITS_PER_CREDIT
 from bot.ui.text import MODAL_TITLE, plain_text
 from generation.protocol.cards import ModelCard
 
-#: Images one describe job is charged.
-DESCRIBE_COST = 1
+#: Units one describe job is charged (`job_units` of a describe request, whatever the model).
+DESCRIBE_COST = round(DESCRIBE_CREDITS * UNITS_PER_CREDIT)
 #: Attachment types taken from a message (by content type or file name).
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 _IMAGE_NAME = re.compile(r".+\.(png|jpe?g|webp)$", re.IGNORECASE)
@@ -78,7 +80,7 @@ def defaults_of(card: ModelCard, source: SourceUpload | None = None) -> dict[str
 async def start_describe(interaction: discord.Interaction, source: SourceUpload) -> Any:
     model = await describing_model(interaction)
     return await start_job(interaction, build=lambda card: defaults_of(card, source), source=source, model=model,
-                           prompt="", mode="describe", num_images=1, cost=DESCRIBE_COST, timeline=False)
+                           prompt="", mode="describe", num_images=1, timeline=False)
 
 
 async def start_from_image(interaction: discord.Interaction, source: SourceUpload, prompt: str,

@@ -1,7 +1,9 @@
 """The /imagine command: declared, validated options; the work happens in `flow.start_job`.
 
-The options a member leaves out take the defaults of the target model's card (bot.exts.imagine.models says which
-model a job targets); the size autocomplete offers the sizes of the model chosen in `model` if one is typed already,
+The options a member leaves out take their own defaults, else the channel's, else the server's, else the target
+model's card (`bot.services.preferences.resolve`, the rule /settings shows; bot.exts.imagine.models says which
+model a job targets). `{a, b}` groups in the prompt, the negative prompt or the style make one job per combination,
+started after the member confirms their count and cost (bot.exts.imagine.batch); the size autocomplete offers the sizes of the model chosen in `model` if one is typed already,
 else of the model the job would get. `lora` appends a `<lora:NAME:WEIGHT>` tag to the prompt (its autocomplete offers
 that model's LoRAs); the card checks it like a tag the member typed, before anything is charged.
 """
@@ -9,6 +11,7 @@ that model's LoRAs); the card checks it like a tag the member typed, before anyt
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -19,8 +22,8 @@ from bot.errors import InvalidRequest
 from bot.exts.common import deps
 from bot.exts.describe import flow as describe_flow
 from bot.exts.errors import report_error
-from bot.exts.imagine import models
-from bot.exts.imagine.flow import SourceUpload, start_job
+from bot.exts.imagine import batch, models
+from bot.exts.imagine.flow import SourceUpload
 from bot.exts.imagine.options import (
     ASPECTS,
     aspect_size,
@@ -32,11 +35,14 @@ from bot.exts.imagine.options import (
     source_size,
 )
 from bot.exts.imagine.presenter import JobPresenter
-from bot.exts.styles.cog import MAX_STYLE_OPTION_CHARS, apply_style, style_choices
+from bot.exts.settings.cog import gather
+from bot.exts.styles.cog import MAX_STYLE_OPTION_CHARS, style_choices
 from bot.services.images import SourceRefused, check_source_size, source_header
+from bot.services.permutations import expand_fields
+from bot.services.preferences import Source, resolve
 from bot.ui.text import CHOICE_NAME, CHOICES, plain_text
 from generation.protocol.cards import LoraInfo, ModelCard
-from generation.protocol.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from generation.protocol.contract import HIRES_FACTORS, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,20 @@ async def read_source(attachment: discord.Attachment) -> SourceUpload:
 
 #: Longest model name (a card's name has at most 80 characters).
 MAX_MODEL_CHARS = 80
+#: `/imagine hires:` choices: how many times smaller the first pass draws (generation.protocol.contract.HIRES_FACTORS).
+HIRES_CHOICES = [app_commands.Choice(name=f"{f:g}\u00d7", value=f) for f in HIRES_FACTORS]
+
+
+def check_can_read(channel: Any, member: Any) -> None:
+    """Refuse (InvalidRequest, field `image`) a member who can not view `channel` or read its message history: the
+    bot reads a message there on their behalf only when they could read it themselves."""
+    try:
+        perms = channel.permissions_for(member)
+    except (AttributeError, TypeError):
+        perms = None
+    if perms is None or not (perms.view_channel and perms.read_message_history):
+        raise InvalidRequest("You can not read the channel that image is in (you need View Channel and Read Message "
+                             "History there), so it can not be used.", "image")
 
 
 class Imagine(commands.Cog):
@@ -153,6 +173,9 @@ class Imagine(commands.Cog):
                 int(match["channel_id"]))
             if getattr(channel, "guild", None) is None or channel.guild.id != interaction.guild_id:
                 raise InvalidRequest("That image is not in this server.", "image")
+            # The modal names the channel in its custom_id, which a client can write: the member has to be able to
+            # read that channel's messages themselves, else the bot would fetch (and draw from) what they can not see.
+            check_can_read(channel, interaction.user)
             message = await channel.fetch_message(int(match["message_id"]))
             attachment = next((a for a in message.attachments if a.id == int(match["attachment_id"])), None)
             if attachment is None:
@@ -178,8 +201,9 @@ class Imagine(commands.Cog):
         style="A style of the server (or yours, my:NAME): its prompt around yours, its negative and defaults",
         image="Start from this image (PNG, JPEG or WebP; at most 10 MiB and 16 megapixels)",
         strength="With `image`: how far to move from it (0 keeps it, 1 ignores it; 0.6 if left out)",
+        hires="Hires fix: drawn 1.5x/2x smaller, upscaled to the size, refined (give a size above the default)",
     )
-    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS], hires=HIRES_CHOICES)
     @app_commands.guild_only()
     async def imagine(
         self,
@@ -192,57 +216,88 @@ class Imagine(commands.Cog):
         aspect: str | None = None,
         size: str | None = None,
         scheduler: str | None = None,
-        count: app_commands.Range[int, 1, MAX_COUNT] = 4,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
         timeline: bool = False,
         model: app_commands.Range[str, 1, MAX_MODEL_CHARS] | None = None,
         lora: app_commands.Range[str, 1, MAX_LORA_OPTION_CHARS] | None = None,
         style: app_commands.Range[str, 1, MAX_STYLE_OPTION_CHARS] | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        hires: float | None = None,
     ) -> None:
         if strength is not None and image is None:
             raise InvalidRequest("`strength` says how far to move from an image: give `image` with it.", "strength")
         # The attachment is checked (its stated size, then its header) before anything else: nothing is charged.
         source = await read_source(image) if image is not None else None
-        if style:  # the style goes around the prompt first: the checks (blocked terms, the card) see the result
-            applied = await apply_style(interaction, style, clean_prompt(prompt), negative, model=model,
-                                        scheduler=scheduler, guidance=guidance)
-            prompt, negative, model, scheduler, guidance = (applied.prompt, applied.negative, applied.model,
-                                                            applied.scheduler, applied.guidance)
         if aspect and size:
             raise InvalidRequest("Give either `aspect` or `size`, not both.", "size")
         sized = parse_size(size) if size else None
-        given = {
-            "prompt": with_lora(clean_prompt(prompt), lora),
-            "negative_prompt": clean_prompt(negative, "negative", required=False),
-            "seed": seed,
-            "num_images": count,
-            "timeline": timeline,
-            "style": applied.style if style else "",
-        }
 
-        def build(card: ModelCard) -> dict[str, Any]:
-            """The parameters that depend on the target model: what the member gave, else the card's defaults."""
-            defaults = card.defaults()
-            if sized is not None:
-                width, height = sized
-            elif source is not None:
-                width, height = source_size(source.width, source.height, card)
-            elif aspect:
-                width, height = aspect_size(aspect, card)
-            else:
-                width, height = defaults["width"], defaults["height"]
-            return {
-                "steps": steps if steps is not None else defaults["steps"],
-                "guidance": guidance if guidance is not None else defaults["guidance"],
-                "width": width,
-                "height": height,
-                "scheduler": pick_sampler(scheduler, card) if scheduler else defaults["scheduler"],
+        async def plan(combo: dict[str, Any]) -> batch.Planned:
+            """One job: the options, else the member's, the channel's, the server's defaults, else the card's
+            (bot.services.preferences.resolve; /settings shows the same). The style goes around the prompt first:
+            the checks (blocked terms, the card) see the result."""
+            option = {"model": model, "style": combo["style"], "aspect": aspect, "steps": steps,
+                      "guidance": guidance, "count": count}
+            levels = await gather(interaction, option)
+            first = resolve(levels)
+            chosen = levels.style_of(first.value("style")) if first.value("style") else None
+            text, negative_text, sampler = clean_prompt(combo["prompt"]), combo["negative_prompt"], scheduler
+            if chosen is not None:
+                text, negative_text = chosen.style.expand(text), chosen.style.negative_with(negative_text)
+                sampler = scheduler or chosen.style.sampler
+            # The server's default and the automatic choice are made by start_job (as before), not named here.
+            requested = first.value("model") if first["model"].source is not Source.SERVER else None
+            given = {
+                "prompt": with_lora(clean_prompt(text), lora),
+                "negative_prompt": clean_prompt(negative_text, "negative", required=False),
+                "seed": seed,
+                "num_images": first.value("count"),
+                "timeline": timeline,
+                "style": chosen.label if chosen is not None else "",
+                "hires": float(hires or 0.0),
             }
+            if source is not None:
+                given.update(mode="img2img", strength=DEFAULT_IMAGE_STRENGTH if strength is None else strength)
+            planned = batch.Planned(given, lambda card: {}, requested, source, list(first.notes))
 
-        if source is not None:
-            given.update(mode="img2img", strength=DEFAULT_IMAGE_STRENGTH if strength is None else strength)
-        await start_job(interaction, build=build, model=model, source=source, **given)
+            def build(card: ModelCard) -> dict[str, Any]:
+                """The parameters that depend on the target model: resolved again with its card (its steps limit
+                and defaults); the image's own shape when there is one."""
+                if hires and not card.img2img:
+                    raise InvalidRequest(f"{card.name} draws from text only, so it has no hires fix (which refines an "
+                                         "upscaled first pass); leave `hires` out.", "hires")
+                values = resolve(replace(levels, card_of=lambda name: card))
+                planned.notes[:] = values.notes
+                defaults = card.defaults()
+                if sized is not None:
+                    width, height = sized
+                elif source is not None:
+                    width, height = source_size(source.width, source.height, card)
+                elif values.value("aspect"):
+                    width, height = aspect_size(values.value("aspect"), card)
+                else:
+                    width, height = defaults["width"], defaults["height"]
+                return {
+                    "steps": values.value("steps"),
+                    "guidance": values.value("guidance"),
+                    "width": width,
+                    "height": height,
+                    "scheduler": pick_sampler(sampler, card) if sampler else defaults["scheduler"],
+                }
+
+            planned.build = build
+            return planned
+
+        # `{a, b}` groups: one job per combination (bot.services.permutations); none: the one job, as typed.
+        combos = expand_fields({"prompt": prompt, "negative_prompt": negative, "style": style},
+                               limit=deps(interaction).settings.permutation_max_jobs)
+        plans = [await plan(combo) for combo in combos]
+        if len(plans) > 1:
+            await batch.ask(interaction, plans)
+            return
+        await plans[0].start(interaction)
+        await batch.send_notes(interaction, plans[0].notes)
 
     @imagine.autocomplete("style")
     async def style_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

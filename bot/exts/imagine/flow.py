@@ -33,6 +33,7 @@ import discord
 from bot.errors import BlockedPrompt, IllegalTransition, InvalidRequest
 from bot.exts.common import BlockedNegativePrompt, QueueFull, deps, guild_id_of, role_ids_of
 from bot.exts.imagine.models import target_model
+from bot.services.preferences import PreferenceService
 from bot.ui.buttons import progress_view
 from bot.ui.embeds import failed_embed, queued_embed
 from generation.protocol.cards import ModelCard
@@ -232,8 +233,13 @@ class SourceUpload:
 
 
 async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelCard], dict[str, Any]] | None = None,
-                    source: SourceUpload | None = None, **params: Any) -> Any:
+                    source: SourceUpload | None = None, in_channel: bool = False, skip_cooldown: bool = False,
+                    **params: Any) -> Any:
     """Check, reserve and queue a job for the member of `interaction`; answer with its queued message.
+
+    `in_channel`: one of several jobs of one command (permutations, bot.exts.imagine.batch): its queued message is
+    posted in the channel with the bot's token instead of answering the interaction; `skip_cooldown` for all but
+    the first of them. The job is stealth when its member is in stealth mode (`/settings`, bot.services.preferences).
 
     `params` are the job's parameters; `params["model"]` is the model asked for (a name; "" or left out: the automatic
     choice), and the job stores the concrete model it targets. `build(card)`, when given, adds the parameters that
@@ -261,11 +267,12 @@ async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelC
                                          "an image. Choose another model.", "image")
                 job_params.update(await source.attach(interaction, model.card, job_params))
             await gate.acknowledgements_first()
-            cooldown = d.settings.imagine_cooldown_seconds
+            cooldown = 0.0 if skip_cooldown else d.settings.imagine_cooldown_seconds
+            stealth = await PreferenceService(d.sessions).stealth(guild_id, interaction.user.id)
             try:
                 job = await d.jobs.create(
                     guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user),
-                    cooldown=cooldown, check=model.card.check, **job_params
+                    cooldown=cooldown, check=model.card.check, card=model.card, stealth=stealth, **job_params
                 )
             except BaseException:
                 if source is not None:
@@ -286,15 +293,19 @@ async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelC
     )
     embed = queued_embed(job, None if position is None else position + 1, paused=paused)
     view = progress_view(job.id)
-    through_interaction = True
+    through_interaction = not in_channel
     try:
-        if interaction.response.is_done():
+        if in_channel:
+            message = await post_in_channel(interaction, job, embed=embed, view=view)
+        elif interaction.response.is_done():
             message = await interaction.edit_original_response(embed=embed, view=view, allowed_mentions=NO_PINGS)
             interaction.extras.pop(PUBLIC_DEFER, None)
         else:
             callback = await interaction.response.send_message(embed=embed, view=view, allowed_mentions=NO_PINGS)
             message = callback.resource if isinstance(callback.resource, discord.Message) else await interaction.original_response()
     except discord.HTTPException as e:
+        if in_channel:
+            raise  # the job was failed and refunded (post_in_channel)
         message = await answer_refused(interaction, job, e, embed=embed, view=view)
         if message is None:
             return job
@@ -311,6 +322,18 @@ async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelC
         failed = await d.jobs.fail(job.id, "The image queue could not be reached.")
         await message.edit(embed=failed_embed(failed, "the image queue could not be reached; please try again later"), view=None, allowed_mentions=NO_PINGS)
     return job
+
+
+async def post_in_channel(interaction: discord.Interaction, job: Any, *, embed: discord.Embed,
+                          view: discord.ui.View) -> discord.Message:
+    """Post the queued message of one job of several in the channel; when Discord refuses it the job is failed and
+    refunded (it would have no message to show its result) and the refusal is raised."""
+    try:
+        return await interaction.channel.send(embed=embed, view=view, allowed_mentions=NO_PINGS)
+    except discord.HTTPException:
+        with contextlib.suppress(IllegalTransition):
+            await deps(interaction).jobs.fail(job.id, "Discord refused its message; nothing was charged.")
+        raise
 
 
 async def answer_refused(interaction: discord.Interaction, job: Any, error: discord.HTTPException, *,

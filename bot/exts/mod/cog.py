@@ -2,7 +2,8 @@
 members get (`/mod model default|hide|show|list`; the models come from the workers, see bot.exts.imagine.models),
 which jobs the web gallery leaves out (`/mod gallery hide|unhide`, bot.gallery), the server's styles (`/mod style
 add|edit|remove|list`, bot.services.styles), per-role quotas (`/mod quota role-set|role-clear|role-list`: Discord
-nests commands two levels deep under /mod, so `role set` is spelled `role-set`) and the ⭐ showcase (`/mod showcase`).
+nests commands two levels deep under /mod, so `role set` is spelled `role-set`), the ⭐ showcase (`/mod showcase`) and
+the defaults of /imagine in a channel (`/mod channel-defaults set|show|clear`, bot.services.preferences).
 
 Every command is hidden from members by `default_permissions(manage_guild=True)` and checked again here
 (`interaction_check`), because a server's admins can change who sees a command. A refused attempt is audited; every
@@ -22,13 +23,19 @@ from bot.db.models import NsfwPolicy
 from bot.errors import InvalidSetting, JobNotFound
 from bot.exts.common import audit, deps, guild_id_of, is_moderator, require_moderator
 from bot.exts.imagine import models
+from bot.exts.imagine.options import ASPECTS
+from bot.exts.settings.cog import channel_of, check_aspect
 from bot.exts.styles.cog import styles_of
+from bot.services.costs import format_credits
 from bot.services.model_policy import check_model_name
+from bot.services.preferences import FIELDS as PREFERENCE_FIELDS
+from bot.services.preferences import MAX_COUNT, Defaults, PreferenceService
+from bot.services.quota import credits_to_units
 from bot.services.showcase import MAX_STARS, MIN_STARS, ShowcaseService
-from bot.services.styles import MAX_NEGATIVE_CHARS, MAX_TEMPLATE_CHARS
+from bot.services.styles import MAX_NEGATIVE_CHARS, MAX_TEMPLATE_CHARS, StyleNotFound, check_name
 from bot.ui.embeds import lines_embed, ts
 from bot.ui.text import CHOICE_NAME, plain_text, safe_text
-from generation.protocol.contract import MAX_GUIDANCE, MAX_STYLE_NAME_CHARS
+from generation.protocol.contract import MAX_GUIDANCE, MAX_STEPS, MAX_STYLE_NAME_CHARS
 
 #: Jobs `/mod queue list` shows (the rest are counted).
 QUEUE_PAGE = 30
@@ -42,6 +49,13 @@ POLICY_TEXT = {
     "age_restricted": "flagged images are shown only in age-restricted channels",
     "allow": "flagged images are shown everywhere",
 }
+
+
+def defaults_text(found: Defaults) -> str:
+    """A level's defaults on one line, safe to echo: `model sdxl · steps 30` (or `none`)."""
+    parts = [f"{name} {safe_text(f'{value:g}' if isinstance(value, float) else str(value), 80, single_line=True)}"
+             for name in PREFERENCE_FIELDS if (value := found.get(name)) is not None]
+    return " · ".join(parts) or "none"
 
 
 async def reply(interaction: discord.Interaction, text: str, *, embed: discord.Embed | None = None) -> None:
@@ -66,33 +80,46 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         raise app_commands.MissingPermissions(["manage_guild"])
 
     # --- quota ---------------------------------------------------------------------------------------------------
-    quota = app_commands.Group(name="quota", description="Members' image quotas")
+    quota = app_commands.Group(name="quota", description="Members' daily credits (a credit: one image at a model's "
+                                                         "defaults)")
 
-    @quota.command(name="set", description="Set a member's daily images and parallel jobs (empty: back to default)")
-    @app_commands.describe(member="The member", images_per_day="Images per day", max_concurrent="Jobs at once")
+    @quota.command(name="set", description="Set a member's daily fast and relax credits and parallel jobs (empty: "
+                                           "back to default)")
+    @app_commands.describe(member="The member", credits_per_day="Fast credits per day (a credit: one image at a "
+                           "model's defaults)", max_concurrent="Jobs at once",
+                           relax_credits_per_day="Relax credits per day (0: no relax lane)")
     async def quota_set(
         self,
         interaction: discord.Interaction,
         member: discord.Member,
-        images_per_day: app_commands.Range[int, 0, 100000] | None = None,
+        credits_per_day: app_commands.Range[float, 0.0, 100000.0] | None = None,
         max_concurrent: app_commands.Range[int, 1, 100] | None = None,
+        relax_credits_per_day: app_commands.Range[float, 0.0, 100000.0] | None = None,
     ) -> None:
         require_moderator(interaction)
         quota = deps(interaction).quota
-        # The operator's caps (MAX_IMAGES_PER_DAY_CAP, MAX_CONCURRENT_CAP): a value above one is refused, naming it.
-        quota.caps.check("images_per_day", images_per_day)
+        fast, relax = units_or_none(credits_per_day), units_or_none(relax_credits_per_day)
+        # The operator's caps (MAX_CREDITS_PER_DAY_CAP, MAX_RELAX_CREDITS_PER_DAY_CAP, MAX_CONCURRENT_CAP): a value
+        # above one is refused, naming it.
+        quota.caps.check("images_per_day", fast)
+        quota.caps.check("relax_per_day", relax)
         quota.caps.check("max_concurrent", max_concurrent)
         await quota.set_limit(
-            guild_id_of(interaction), member.id, interaction.user.id, images_per_day=images_per_day, max_concurrent=max_concurrent
+            guild_id_of(interaction), member.id, interaction.user.id, images_per_day=fast, max_concurrent=max_concurrent,
+            relax_per_day=relax,
         )
-        shown = lambda v: "default" if v is None else str(v)  # noqa: E731
-        await reply(interaction, f"{member.mention}: {shown(images_per_day)} images per day, {shown(max_concurrent)} jobs at once.")
+        shown = lambda v: "default" if v is None else format_credits(v)  # noqa: E731
+        await reply(interaction, f"{member.mention}: {shown(fast)} fast credits per day, {shown(relax)} relax credits "
+                                 f"per day, {'default' if max_concurrent is None else max_concurrent} jobs at once.")
 
-    @quota.command(name="grant", description="Give a member extra images for today")
-    async def quota_grant(self, interaction: discord.Interaction, member: discord.Member, images: app_commands.Range[int, 1, 10000]) -> None:
+    @quota.command(name="grant", description="Give a member extra fast credits for today")
+    @app_commands.describe(member="The member", credits="Extra credits (a credit: one image at a model's defaults)")
+    async def quota_grant(self, interaction: discord.Interaction, member: discord.Member,
+                          credits: app_commands.Range[float, 0.01, 100000.0]) -> None:
         require_moderator(interaction)
-        await deps(interaction).quota.grant(guild_id_of(interaction), member.id, images, interaction.user.id)
-        await reply(interaction, f"Granted {images} extra image(s) to {member.mention} for today.")
+        units = credits_to_units(credits)
+        await deps(interaction).quota.grant(guild_id_of(interaction), member.id, units, interaction.user.id)
+        await reply(interaction, f"Granted {format_credits(units)} extra credit(s) to {member.mention} for today.")
 
     @quota.command(name="reset", description="Give a member their whole daily allowance back now")
     async def quota_reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
@@ -412,27 +439,33 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         await reply(interaction, "", embed=lines_embed("Server styles", lines, empty="No server styles yet."))
 
     # --- role quotas (per-role overrides, bot.services.quota) ----------------------------------------------------
-    @quota.command(name="role-set", description="Set the daily images and parallel jobs of members with a role")
-    @app_commands.describe(role="The role", images_per_day="Images per day", max_concurrent="Jobs at once",
-                           max_steps="Most steps a job may ask for", max_side="Largest image side in pixels")
+    @quota.command(name="role-set", description="Set the daily fast and relax credits and parallel jobs of members "
+                                                "with a role")
+    @app_commands.describe(role="The role", credits_per_day="Fast credits per day (a credit: one image at a model's "
+                           "defaults)", max_concurrent="Jobs at once", max_steps="Most steps a job may ask for",
+                           max_side="Largest image side in pixels",
+                           relax_credits_per_day="Relax credits per day (0: no relax lane)")
     async def quota_role_set(
         self,
         interaction: discord.Interaction,
         role: discord.Role,
-        images_per_day: app_commands.Range[int, 0, 100000] | None = None,
+        credits_per_day: app_commands.Range[float, 0.0, 100000.0] | None = None,
         max_concurrent: app_commands.Range[int, 0, 100] | None = None,
         max_steps: app_commands.Range[int, 1, 150] | None = None,
         max_side: app_commands.Range[int, 64, 2048] | None = None,
+        relax_credits_per_day: app_commands.Range[float, 0.0, 100000.0] | None = None,
     ) -> None:
         require_moderator(interaction)
         quota = deps(interaction).quota
-        quota.caps.check("images_per_day", images_per_day)
+        fast, relax = units_or_none(credits_per_day), units_or_none(relax_credits_per_day)
+        quota.caps.check("images_per_day", fast)
+        quota.caps.check("relax_per_day", relax)
         quota.caps.check("max_concurrent", max_concurrent)
-        given = {"images_per_day": images_per_day, "max_concurrent": max_concurrent, "max_steps": max_steps,
-                 "max_side": max_side}
+        given = {"images_per_day": fast, "max_concurrent": max_concurrent, "max_steps": max_steps,
+                 "max_side": max_side, "relax_per_day": relax}
         changes = {k: v for k, v in given.items() if v is not None}
         if not changes:
-            raise InvalidSetting("images_per_day", None, "give at least one limit to set (`/mod quota role-clear` "
+            raise InvalidSetting("credits_per_day", None, "give at least one limit to set (`/mod quota role-clear` "
                                  "removes a role's limits)")
         limits = await deps(interaction).moderation.set_role_limits(
             guild_id_of(interaction), role.id, interaction.user.id, **changes)
@@ -453,8 +486,77 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         lines = [f"<@&{r.role_id}>: {_role_limits_text(r)}" for r in rows]
         caps = deps(interaction).quota.caps
         lines.append(f"Of a member's roles, the most generous value wins; the bot's operator caps every member at "
-                     f"{caps.images_per_day} images per day and {caps.max_concurrent} jobs at once.")
+                     f"{format_credits(caps.images_per_day)} fast credits per day, "
+                     f"{format_credits(caps.relax_per_day)} relax credits per day and {caps.max_concurrent} jobs at "
+                     "once.")
         await reply(interaction, "", embed=lines_embed("Role quotas", lines))
+
+    # --- a channel's defaults for /imagine (bot.services.preferences) -------------------------------------------
+    channel_defaults = app_commands.Group(name="channel-defaults",
+                                          description="Defaults of /imagine in a channel (below a member's own)")
+
+    @channel_defaults.command(name="set", description="Set defaults of /imagine in a channel (others stay as they are)")
+    @app_commands.describe(channel="The channel (left out: this one)", model="Default model",
+                           style="Default style (a server style)", aspect="Default shape", steps="Default steps",
+                           guidance="Default guidance (0-30)", count="Default number of images (1-4)")
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    async def channel_defaults_set(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel | None = None,
+        model: app_commands.Range[str, 1, 80] | None = None,
+        style: app_commands.Range[str, 1, MAX_STYLE_NAME_CHARS] | None = None,
+        aspect: str | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+    ) -> None:
+        require_moderator(interaction)
+        guild_id = guild_id_of(interaction)
+        target = channel.id if channel is not None else channel_of(interaction)
+        check_aspect(aspect)
+        if style is not None:  # a server style: a member's own would mean something else to each member
+            name = check_name(style)
+            if name not in {s.name for s in await styles_of(interaction).server_styles(guild_id)}:
+                raise StyleNotFound(name)
+            style = name
+        values = {"model": model, "style": style, "aspect": aspect, "steps": steps, "guidance": guidance,
+                  "count": count}
+        if all(v is None for v in values.values()):
+            raise InvalidSetting("channel-defaults", None, "at least one of model, style, aspect, steps, guidance, "
+                                 "count")
+        saved = await PreferenceService(deps(interaction).sessions).set_channel(guild_id, target, interaction.user.id,
+                                                                                **values)
+        await reply(interaction, f"Defaults of /imagine in <#{target}>: {defaults_text(saved)}. A member's own "
+                    "defaults (/settings) and the options of a command come first.")
+
+    @channel_defaults.command(name="show", description="The defaults of a channel (left out: every channel's)")
+    @app_commands.describe(channel="The channel (left out: every channel with defaults)")
+    async def channel_defaults_show(self, interaction: discord.Interaction,
+                                    channel: discord.TextChannel | None = None) -> None:
+        require_moderator(interaction)
+        prefs = PreferenceService(deps(interaction).sessions)
+        guild_id = guild_id_of(interaction)
+        if channel is not None:
+            found = await prefs.channel(guild_id, channel.id)
+            await reply(interaction, f"<#{channel.id}>: {defaults_text(found)}.")
+            return
+        lines = [f"<#{cid}>: {defaults_text(d)}" for cid, d in await prefs.channels(guild_id)]
+        await reply(interaction, "", embed=lines_embed("Channel defaults of /imagine", lines,
+                                                       empty="No channel has defaults."))
+
+    @channel_defaults.command(name="clear", description="Clear a channel's defaults (one, or all)")
+    @app_commands.describe(channel="The channel (left out: this one)", default="Which default (left out: all)")
+    @app_commands.choices(default=[app_commands.Choice(name=f, value=f) for f in PREFERENCE_FIELDS])
+    async def channel_defaults_clear(self, interaction: discord.Interaction,
+                                     channel: discord.TextChannel | None = None, default: str | None = None) -> None:
+        require_moderator(interaction)
+        target = channel.id if channel is not None else channel_of(interaction)
+        cleared = await PreferenceService(deps(interaction).sessions).clear_channel(
+            guild_id_of(interaction), target, interaction.user.id, default)
+        what = f"the default {default}" if default else "the defaults"
+        await reply(interaction, f"Cleared {what} of <#{target}>." if cleared
+                    else f"<#{target}> had no {default + ' ' if default else ''}default to clear.")
 
     # --- the ⭐ showcase (bot.services.showcase) ------------------------------------------------------------------
     @app_commands.command(name="showcase", description="Repost results with enough ⭐ to a channel (no options: show)")
@@ -524,10 +626,17 @@ class Mod(commands.GroupCog, group_name="mod", group_description="Moderator tool
         await reply(interaction, "", embed=lines_embed("Audit log", lines, empty="No moderator actions yet."))
 
 
+def units_or_none(credits: float | None) -> int | None:
+    """Credits a moderator typed as ledger units (None stays None: not given)."""
+    return None if credits is None else credits_to_units(credits)
+
+
 def _role_limits_text(limits) -> str:
     shown = lambda v: "default" if v is None else str(v)  # noqa: E731
-    return (f"{shown(limits.images_per_day)} images per day, {shown(limits.max_concurrent)} jobs at once, "
-            f"steps {shown(limits.max_steps)}, side {shown(limits.max_side)}")
+    credits = lambda v: "default" if v is None else format_credits(v)  # noqa: E731
+    return (f"{credits(limits.images_per_day)} fast credits per day, "
+            f"{credits(getattr(limits, 'relax_per_day', None))} relax credits per day, "
+            f"{shown(limits.max_concurrent)} jobs at once, steps {shown(limits.max_steps)}, side {shown(limits.max_side)}")
 
 
 def describe_style(style, limit: int = 300) -> str:

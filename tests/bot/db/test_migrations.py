@@ -270,7 +270,8 @@ async def test_0003_adds_the_model_policy_to_a_populated_database_and_downgrades
         policy = await services.model_policy.policy(10)
         assert (policy.default_model, policy.hidden) == (None, ())
         guild = await services.moderation.guild_settings(10)
-        assert (guild.nsfw_policy, guild.paused, guild.images_per_day, guild.max_side) == ("allow", True, 7, 512)
+        # 7 images a day are 700 units (hundredths of a credit) since migration 0010.
+        assert (guild.nsfw_policy, guild.paused, guild.images_per_day, guild.max_side) == ("allow", True, 700, 512)
         await services.model_policy.set_default(10, "sdxl", 9)
         await services.model_policy.hide(10, "tiny", 9)
         await services.model_policy.set_default(11, "tiny", 9)  # a guild with no settings row yet

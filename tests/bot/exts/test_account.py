@@ -4,11 +4,12 @@ from __future__ import annotations
 
 
 async def test_quota_shows_usage_and_reset_time(world):
-    """After one /imagine, /quota shows the images left and when the window resets."""
+    """After one /imagine (a grid at the defaults: 4 credits), /quota shows the credits left and when the window
+    resets."""
     await world.alice.slash(world.art, "imagine", prompt="a red circle")
     result = await world.alice.slash(world.art, "quota")
     embed = result.response.embeds[0]
-    assert result.ephemeral and "**36** of **40**" in embed.description and "<t:" in embed.description
+    assert result.ephemeral and "**36** of **40** fast credits" in embed.description and "<t:" in embed.description
 
 
 async def test_history_lists_own_jobs_only(world):
@@ -65,3 +66,20 @@ async def test_help_says_which_prompt_syntax_the_default_model_reads(world):
     assert "Prompt syntax" in describe_model(card("xl", architecture="sdxl"))
     flux = describe_model(card("flux", architecture="flux"))
     assert "Prompt syntax" not in flux and "reads the words without them" in flux
+
+
+async def test_help_explains_starting_from_an_image_and_the_edit_buttons_within_discords_limits(world):
+    """One compact field names /describe, the two message menus, `image:`/`strength:`/`hires:` and the edit buttons;
+    with many models served the embed still fits Discord's limits (a field at most 1024 characters, 6000 in all)."""
+    from tests.bot.exts.conftest import card
+
+    world.dispatcher.cards = [card(f"model-{i:02d}-" + "x" * 60, description="d" * 300) for i in range(30)]
+    result = await world.alice.slash(world.art, "help")
+    embed = result.response.embeds[0]
+    fields = {f.name: f.value for f in embed.fields}
+    text = fields["From an image"]
+    for words in ("/describe", "Describe this image", "Imagine from this image", "image:`", "`strength:`",
+                  "`hires:`", "Vary (Region)", "Zoom Out", "Pan", "Make square", "Upscale"):
+        assert words in text, words
+    assert len(text) <= 1024 and all(len(f.value) <= 1024 for f in embed.fields)
+    assert len(embed) <= 6000 and len(embed.fields) <= 25

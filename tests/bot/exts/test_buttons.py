@@ -89,7 +89,7 @@ async def test_cancel_refunds_and_updates_the_message(world):
     result = await world.alice.click(progress, custom_id=job_custom_id(job.id, "x"))
     after = await world.services.quota.status(world.guild.id, world.alice.id, [])
     assert (await world.services.jobs.get(job.id)).status == "cancelled"
-    assert before.used == 4 and after.used == 0
+    assert before.used == 400 and after.used == 0  # 4 credits, given back
     assert world.dispatcher.cancelled == [job.id]
     assert "Cancelled" in result.response.embeds[0].description
 

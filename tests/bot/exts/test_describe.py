@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 from bot.dispatch.recorder import SUGGESTIONS_SUFFIX
+from bot.exts.describe.flow import DESCRIBE_COST
 from bot.ui.buttons import job_custom_id
 from tests.bot.exts.conftest import SHAPES, png
 
@@ -41,8 +42,10 @@ async def test_describe_posts_escaped_suggestions_whose_buttons_start_imagine(wo
     result = await world.alice.slash(world.art, "describe", image=("a.png", png()))
     assert not result.ephemeral, result.response.content
     job = await world.latest_job()
-    assert (job.mode, job.num_images, job.prompt, job.cost) == ("describe", 1, "", 1)
-    assert job.source_job_id is not None and await used(world) == 1
+    # A describe job costs a quarter of a credit (DESCRIBE_COST units); the upload nothing.
+    assert (job.mode, job.num_images, job.prompt, job.cost) == ("describe", 1, "", DESCRIBE_COST) == (
+        "describe", 1, "", 25)
+    assert job.source_job_id is not None and await used(world) == 25
     message = await describe_posted(world, job.id)
     text = message.embeds[0].description
     assert "a red circle on white" in text and "<@123>" not in text and "@everyone" not in text
@@ -52,11 +55,11 @@ async def test_describe_posts_escaped_suggestions_whose_buttons_start_imagine(wo
     await world.alice.click(message, custom_id=job_custom_id(job.id, "p", 1))
     drawn = await world.latest_job()
     assert (drawn.mode, drawn.prompt, drawn.num_images) == ("txt2img", "a round red shape <@123>", 4)
-    assert await used(world) == 1 + 4
+    assert await used(world) == 25 + 400  # the describe job, then a grid at the defaults
     # After a restart the buttons still work.
     await world.restart()
     await world.bob.click(message, custom_id=job_custom_id(job.id, "p", 0))
-    assert (await world.latest_job()).prompt == "a red circle on white" and await used(world, world.bob) == 4
+    assert (await world.latest_job()).prompt == "a red circle on white" and await used(world, world.bob) == 400
 
 
 async def test_describe_refuses_an_attachment_that_is_not_an_image_and_charges_nothing(world):

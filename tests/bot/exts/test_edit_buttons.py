@@ -91,7 +91,11 @@ async def test_zoom_out_pan_and_make_square_make_outpaint_jobs(world):
         assert (job.mode, job.outpaint, job.source_job_id, job.num_images) == ("outpaint", kind, up.id, 1)
         assert (job.width, job.height) == (64, 128)  # the source's size; the worker grows the canvas
         await world.services.jobs.cancel(job.id, world.alice.id)  # room for the next (a member's active jobs cap)
-    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 4 + 1  # cancels refund
+    # The grid and the upscale stay charged; each cancelled outpaint is refunded.
+    status = await world.services.quota.status(world.guild.id, world.alice.id, [])
+    kept = sum(j.cost for j in (await world.services.jobs.history(world.guild.id, world.alice.id, 20))
+               if j.charge_state != "refunded")
+    assert status.used == kept and kept == (await world.services.jobs.get(up.source_job_id)).cost + up.cost
 
 
 async def test_editing_buttons_menu_and_modal_work_after_a_restart(world):

@@ -14,6 +14,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from bot.db.models import Job
+from bot.services.costs import job_units
 from bot.services.images import MAX_SOURCE_BYTES
 from bot.services.sources import UPLOAD_PROMPT
 from bot.ui.buttons import job_custom_id
@@ -50,7 +51,11 @@ async def test_imagine_with_an_image_queues_an_img2img_job_from_the_stored_image
     assert (job.mode, job.strength, job.num_images) == ("img2img", 0.4, 4)
     # Sized for the model: the aspect kept, the longer side the card's default (128), on its grid.
     assert (job.width, job.height) == (128, 96)
-    assert world.dispatcher.published == [job.id] and await used(world) == 4  # the upload itself costs nothing
+    # The upload itself costs nothing; the img2img job its work: 4 images at 3/4 of the card's default pixels,
+    # running about 0.4 of the steps (of the card's 4: one), 0.75 credits.
+    card = world.dispatcher.cards[0]
+    assert world.dispatcher.published == [job.id] and await used(world) == job.cost == job_units(job.request, card)
+    assert job.cost == 75
     upload = await world.services.jobs.get(job.source_job_id)
     assert (upload.status, upload.cost, upload.prompt, job.source_image_index) == ("posted", 0, UPLOAD_PROMPT, 0)
     stored = await world.services.jobs.get_image(job.source_job_id, 0)
@@ -140,9 +145,10 @@ async def test_strength_without_an_image_and_a_text_only_model_are_refused_free(
 
 async def test_a_refused_job_leaves_no_upload_behind(world):
     """The quota refuses the job after the upload was stored: the upload job and its file are removed again."""
-    await world.services.quota.set_limit(world.guild.id, world.alice.id, world.mod.id, images_per_day=2)
+    await world.services.quota.set_limit(world.guild.id, world.alice.id, world.mod.id, images_per_day=2,
+                                         relax_per_day=0)
     result = await world.alice.slash(world.art, "imagine", prompt="x", image=("f.png", png()))
-    await assert_refused_free(world, result, "2 of your 2")
+    await assert_refused_free(world, result, "0.02 of your 0.02")
 
 
 async def test_the_upload_does_not_trip_the_cooldown_but_the_job_does(world):
@@ -154,4 +160,5 @@ async def test_the_upload_does_not_trip_the_cooldown_but_the_job_does(world):
     files = sorted(world.settings.data_dir.rglob("*.png"))
     second = await world.alice.slash(world.art, "imagine", prompt="y", image=("g.png", png()))
     assert second.ephemeral and "a little fast" in second.response.content
-    assert await used(world) == 4 and sorted(world.settings.data_dir.rglob("*.png")) == files
+    job = await world.latest_job()
+    assert await used(world) == job.cost > 0 and sorted(world.settings.data_dir.rglob("*.png")) == files

@@ -70,12 +70,14 @@ async def test_blocked_term_is_refused_in_any_case_or_spacing(world):
 
 
 async def test_exhausted_quota_is_refused_and_nothing_is_charged(world):
-    """With 2 images left, asking for 4 is refused with the reset time and usage stays as it was."""
-    await world.services.quota.set_limit(world.guild.id, world.alice.id, world.mod.id, images_per_day=6)
+    """With 2 credits left (and no relax lane), asking for 4 images at the defaults (4 credits) is refused with the
+    reset time and usage stays as it was."""
+    await world.services.quota.set_limit(world.guild.id, world.alice.id, world.mod.id, images_per_day=600,
+                                         relax_per_day=0)
     await world.alice.slash(world.art, "imagine", prompt="a red circle")
     result = await world.alice.slash(world.art, "imagine", prompt="a blue circle")
-    assert result.ephemeral and "2 of your 6" in result.response.content
-    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 4
+    assert result.ephemeral and "2 of your 6" in result.response.content and "<t:" in result.response.content
+    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 400
     assert len(world.dispatcher.published) == 1
 
 

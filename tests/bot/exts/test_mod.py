@@ -26,21 +26,21 @@ async def test_mod_commands_require_manage_guild_by_default(world):
     assert group.default_permissions == discord.Permissions(manage_guild=True)
 
 
-async def test_quota_grant_gives_images_back(world):
-    """/mod quota grant lowers the member's usage and is audited."""
+async def test_quota_grant_gives_credits_back(world):
+    """/mod quota grant lowers the member's usage (a grid of 4 credits, 3 granted: 1 left used) and is audited."""
     await world.alice.slash(world.art, "imagine", prompt="x")
-    await world.mod.slash(world.art, "mod quota grant", member=world.alice, images=3)
-    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 1
+    await world.mod.slash(world.art, "mod quota grant", member=world.alice, credits=3)
+    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 100
     assert any(a.startswith("quota.") for a in await actions(world))
 
 
 async def test_quota_set_and_reset(world):
     """/mod quota set changes the daily limit; /mod quota reset clears usage."""
     await world.alice.slash(world.art, "imagine", prompt="x")
-    await world.mod.slash(world.art, "mod quota set", member=world.alice, images_per_day=10)
+    await world.mod.slash(world.art, "mod quota set", member=world.alice, credits_per_day=10)
     await world.mod.slash(world.art, "mod quota reset", member=world.alice)
     status = await world.services.quota.status(world.guild.id, world.alice.id, [])
-    assert (status.limit, status.used) == (10, 0)
+    assert (status.limit, status.used) == (1000, 0)  # 10 credits in units
 
 
 async def test_ban_and_unban(world):
@@ -126,8 +126,8 @@ async def test_every_moderator_action_is_audited(world):
     await world.alice.slash(world.art, "imagine", prompt="x")
     job = await world.latest_job()
     commands = [
-        ("mod quota set", {"member": world.alice, "images_per_day": 9}, "quota.set_limit"),
-        ("mod quota grant", {"member": world.alice, "images": 2}, "quota.grant"),
+        ("mod quota set", {"member": world.alice, "credits_per_day": 9}, "quota.set_limit"),
+        ("mod quota grant", {"member": world.alice, "credits": 2}, "quota.grant"),
         ("mod quota reset", {"member": world.alice}, "quota.reset"),
         ("mod ban", {"member": world.bob}, "ban.add"),
         ("mod unban", {"member": world.bob}, "ban.remove"),

@@ -36,7 +36,7 @@ async def test_a_command_from_a_guild_not_allowed_is_refused_and_the_bot_leaves_
 
     click = await world.alice.click(message, custom_id=job_custom_id(job.id, "r"))
     assert click.ephemeral and "not available in this server" in click.response.content
-    assert await used(world, world.alice) == 4 and world.dispatcher.published == [job.id]
+    assert await used(world, world.alice) == 400 and world.dispatcher.published == [job.id]  # 4 credits
     await world.restart()
     assert world.bot.get_guild(world.guild.id) is None
 
@@ -50,28 +50,29 @@ async def test_an_empty_allow_list_allows_every_guild(world):
 
 async def test_quota_set_above_a_cap_is_refused_naming_it(world):
     """/mod quota set refuses values above the operator's caps, naming the setting, and changes nothing."""
-    world.services.quota.caps = Caps(images_per_day=100, max_concurrent=3)
-    images = await world.mod.slash(world.art, "mod quota set", member=world.alice, images_per_day=101)
+    world.services.quota.caps = Caps(images_per_day=10000, max_concurrent=3)  # 100 credits
+    credits = await world.mod.slash(world.art, "mod quota set", member=world.alice, credits_per_day=100.5)
     jobs = await world.mod.slash(world.art, "mod quota set", member=world.alice, max_concurrent=4)
-    assert images.ephemeral and "MAX_IMAGES_PER_DAY_CAP" in images.response.content and "100" in images.response.content
+    assert credits.ephemeral and "MAX_CREDITS_PER_DAY_CAP" in credits.response.content
+    assert "at most 100 credits" in credits.response.content
     assert jobs.ephemeral and "MAX_CONCURRENT_CAP" in jobs.response.content
     limits = await world.services.quota.effective_limits(world.guild.id, world.alice.id, [])
-    assert (limits.images_per_day, limits.max_concurrent) == (40, 2)
-    ok = await world.mod.slash(world.art, "mod quota set", member=world.alice, images_per_day=100, max_concurrent=3)
-    assert "100 images per day" in ok.response.content
+    assert (limits.images_per_day, limits.max_concurrent) == (4000, 2)
+    ok = await world.mod.slash(world.art, "mod quota set", member=world.alice, credits_per_day=100, max_concurrent=3)
+    assert "100 fast credits per day" in ok.response.content
 
 
 async def test_effective_limits_are_clamped_to_the_caps(world):
     """Limits set before a cap was lowered (guild defaults, roles, a member's override) give no more than the cap."""
-    await world.services.moderation.set_guild_defaults(world.guild.id, world.mod.id, images_per_day=500, max_concurrent=6)
-    await world.services.quota.set_limit(world.guild.id, world.bob.id, world.mod.id, images_per_day=900)
-    world.services.quota.caps = Caps(images_per_day=10, max_concurrent=1)
+    await world.services.moderation.set_guild_defaults(world.guild.id, world.mod.id, images_per_day=50000, max_concurrent=6)
+    await world.services.quota.set_limit(world.guild.id, world.bob.id, world.mod.id, images_per_day=90000)
+    world.services.quota.caps = Caps(images_per_day=1000, max_concurrent=1)  # 10 credits
     alice = await world.services.quota.effective_limits(world.guild.id, world.alice.id, [])
     bob = await world.services.quota.effective_limits(world.guild.id, world.bob.id, [])
-    assert (alice.images_per_day, alice.max_concurrent) == (10, 1) and bob.images_per_day == 10
+    assert (alice.images_per_day, alice.max_concurrent) == (1000, 1) and bob.images_per_day == 1000
     await world.alice.slash(world.art, "imagine", prompt="a red circle")
     second = await world.alice.slash(world.art, "imagine", prompt="a red circle", count=1)
-    assert second.ephemeral and await used(world, world.alice) == 4
+    assert second.ephemeral and await used(world, world.alice) == 400
     shown = await world.alice.slash(world.art, "quota")
     assert "of **10**" in shown.response.embeds[0].description
 
@@ -87,4 +88,4 @@ async def test_the_guild_queue_cap_refuses_the_next_job(world):
     assert await used(world, world.bob) == 0 and len(world.dispatcher.published) == 2
     await world.finish((await world.latest_job()).id)
     await world.bob.slash(world.art, "imagine", prompt="a green star")
-    assert await used(world, world.bob) == 4
+    assert await used(world, world.bob) == 400

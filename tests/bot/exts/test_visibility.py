@@ -125,8 +125,8 @@ async def test_delete_removes_files_and_hides_the_job_from_all_but_moderators(wo
     assert all(m.id != message.id for m in world.art.history())
     assert not any(f.exists() for f in files) and not any(g.exists() for g in grids)
     after = await world.services.jobs.get(job.id)
-    assert after.deleted_at is not None and after.cost == 4
-    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 4
+    assert after.deleted_at is not None and after.cost == 400  # 4 credits, kept: deleting is not a refund
+    assert (await world.services.quota.status(world.guild.id, world.alice.id, [])).used == 400
     for member in (world.alice, world.bob):
         refused = await member.slash(world.art, "show", job=job.id)
         assert refused.ephemeral and "was deleted" in refused.response.content

@@ -34,8 +34,8 @@ async def finished_job(services, user=A, n=2):
 @pytest.fixture
 async def roomy(services):
     """Generous limits so ordering tests can queue many jobs (the operator's caps raised to match)."""
-    services.quota.caps = Caps(images_per_day=1000, max_concurrent=100)
-    await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=1000, max_concurrent=100)
+    services.quota.caps = Caps(images_per_day=1000 * 100, max_concurrent=100)  # 1,000 credits
+    await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=1000 * 100, max_concurrent=100)
     return services
 
 
@@ -72,7 +72,7 @@ async def test_create_stores_every_request_parameter(services):
     assert (got.status, got.charge_state, got.cost, got.guild_id, got.channel_id, got.user_id) == (
         JobStatus.QUEUED,
         ChargeState.RESERVED,
-        2,
+        200,  # without a model card: one credit (100 units) an image
         GUILD,
         CHANNEL,
         A,
@@ -416,12 +416,12 @@ async def test_cooldown_refuses_a_second_job_too_soon_and_charges_nothing(servic
         await make_job(services, cooldown=5)
     assert refused.value.retry_at == clock.now + timedelta(seconds=3)
     assert "<t:" in refused.value.user_message and ":R>" in refused.value.user_message
-    assert (await services.quota.status(GUILD, A, [])).used == 1
+    assert (await services.quota.status(GUILD, A, [])).used == 100
     await make_job(services, user=B, cooldown=5)
     await make_job(services, guild=GUILD + 1, cooldown=5)
     clock.advance(seconds=3)
     await make_job(services, cooldown=5)
-    assert (await services.quota.status(GUILD, A, [])).used == 2
+    assert (await services.quota.status(GUILD, A, [])).used == 200
 
 
 async def test_job_ids_beyond_64_bits_are_simply_not_found(services):

@@ -166,11 +166,12 @@ async def test_nsfw_policy_is_stored_and_validated(services):
 
 
 async def test_guild_defaults_apply_to_members_without_roles(services):
-    """A guild's own images_per_day replaces the bot's default; clearing it restores the default."""
-    await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=7)
-    assert (await services.quota.effective_limits(GUILD, USER, [])).images_per_day == 7
+    """A guild's own daily budget (units) replaces the bot's default; clearing it restores the default (20 credits,
+    2,000 units)."""
+    await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=700)
+    assert (await services.quota.effective_limits(GUILD, USER, [])).images_per_day == 700
     await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=None)
-    assert (await services.quota.effective_limits(GUILD, USER, [])).images_per_day == 20
+    assert (await services.quota.effective_limits(GUILD, USER, [])).images_per_day == 2000
 
 
 async def test_out_of_range_role_limit_is_refused(services):

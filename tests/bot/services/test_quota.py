@@ -20,6 +20,9 @@ USER = 42
 
 
 async def make_job(services, user=USER, n=1, roles=(), **kw):
+    """A job of `n` images costing `n` units: the ledger's numbers below are units (a job's cost from its work is
+    tested in test_costs.py); the settings' default budget of 20 credits is 2,000 units."""
+    kw.setdefault("cost", n)
     return await services.jobs.create(GUILD, CHANNEL, user, list(roles), prompt="a red fox", num_images=n, **kw)
 
 
@@ -52,7 +55,8 @@ def _reserve_in_process(db_url: str, data_dir: str, tasks: int, queue) -> None:
     async def main():
         from bot.config import Settings
 
-        settings = Settings(_env_file=None, data_dir=data_dir, database_url=db_url, max_concurrent_cap=1000)
+        settings = Settings(_env_file=None, data_dir=data_dir, database_url=db_url, max_concurrent_cap=1000,
+                            default_relax_credits_per_day=0)
         engine = create_engine(db_url, pool_size=10, max_overflow=0, pool_timeout=120)
         services = build_services(settings, engine)
         try:
@@ -170,12 +174,13 @@ async def test_refund_after_the_window_rolled_does_not_touch_the_new_window(serv
 
 # --- the window --------------------------------------------------------------------------------------------------
 async def test_quota_exceeded_names_the_numbers_and_the_reset_time(services, clock):
-    """The refusal says how many were asked, how many are left, and when the allowance resets."""
-    await make_job(services, n=8)
-    await make_job(services, n=8)
+    """The refusal says how much was asked, how much is left, and when the allowance resets (units; the message
+    says credits: 400 units are 4 credits)."""
+    await make_job(services, n=8, cost=800)
+    await make_job(services, n=8, cost=800)
     with pytest.raises(QuotaExceeded) as err:
-        await make_job(services, n=8)
-    assert (err.value.requested, err.value.used, err.value.limit) == (8, 16, 20)
+        await make_job(services, n=8, cost=800)
+    assert (err.value.requested, err.value.used, err.value.limit) == (800, 1600, 2000)
     assert err.value.resets_at == clock.now + timedelta(days=1)
     assert "4 of your 20" in err.value.user_message
 
@@ -185,27 +190,27 @@ async def test_allowance_comes_back_after_a_day(services, clock):
     first = await make_job(services, n=8)
     await services.jobs.cancel(first.id, by=USER)  # frees the slot, not relevant to the window
     for _ in range(2):
-        j = await make_job(services, n=5, cost=10)
+        j = await make_job(services, n=5, cost=1000)
         await services.jobs.start(j.id)
         await services.jobs.succeed(j.id, [])
     with pytest.raises(QuotaExceeded):
         await make_job(services, n=1)
     clock.advance(hours=24)
-    job = await make_job(services, n=8, cost=20)
-    assert job.cost == 20
-    assert (await services.quota.status(GUILD, USER, [])).used == 20
+    job = await make_job(services, n=8, cost=2000)
+    assert job.cost == 2000
+    assert (await services.quota.status(GUILD, USER, [])).used == 2000
 
 
 async def test_status_of_a_new_member_shows_the_full_allowance(services):
-    """Nothing used, no window open, the guild default limit."""
+    """Nothing used, no window open, the guild default limit (20 credits = 2,000 units)."""
     status = await services.quota.status(GUILD, USER, [])
-    assert (status.used, status.limit, status.remaining, status.active, status.resets_at) == (0, 20, 20, 0, None)
+    assert (status.used, status.limit, status.remaining, status.active, status.resets_at) == (0, 2000, 2000, 0, None)
 
 
 async def test_refused_request_charges_nothing(services):
     """A request above the allowance leaves usage untouched."""
     with pytest.raises(QuotaExceeded):
-        await make_job(services, n=8, cost=21)
+        await make_job(services, n=8, cost=2001)
     status = await services.quota.status(GUILD, USER, [])
     assert (status.used, status.active) == (0, 0)
 
@@ -223,7 +228,7 @@ async def test_a_role_can_lower_the_default(services):
     """A restricting role (5 images) applies to members who have no more generous role."""
     await services.moderation.set_role_limits(GUILD, 7, MOD, images_per_day=5)
     assert (await services.quota.effective_limits(GUILD, USER, [7])).images_per_day == 5
-    assert (await services.quota.effective_limits(GUILD, USER, [])).images_per_day == 20
+    assert (await services.quota.effective_limits(GUILD, USER, [])).images_per_day == 2000
 
 
 async def test_user_override_beats_roles(services):
@@ -253,17 +258,20 @@ async def test_side_above_the_role_limit_is_refused_unless_a_role_allows_it(serv
 
 # --- moderator actions -------------------------------------------------------------------------------------------
 async def test_grant_gives_extra_images_and_is_audited(services):
-    """A grant of 5 lets a member past the daily limit by 5, and the audit log records who granted it."""
-    await make_job(services, n=8)
-    await make_job(services, n=8)
-    assert await services.quota.grant(GUILD, USER, 5, by=MOD, reason="contest winner") == 11
-    job = await make_job(services, n=8)
-    assert job.cost == 8
+    """A grant of 5 credits lets a member past the daily limit by 5, and the audit log records who granted it (in
+    credits)."""
+    await make_job(services, n=8, cost=800)
+    await make_job(services, n=8, cost=800)
+    with pytest.raises(QuotaExceeded):
+        await make_job(services, n=8, cost=800)
+    assert await services.quota.grant(GUILD, USER, 500, by=MOD, reason="contest winner") == 1100
+    job = await make_job(services, n=8, cost=800)
+    assert job.cost == 800
     [entry] = await services.audit.recent(GUILD, action="quota.grant")
     assert (entry.actor_id, entry.target, entry.details) == (
         MOD,
         f"user:{USER}",
-        {"images": 5, "reason": "contest winner"},
+        {"credits": "5", "reason": "contest winner"},
     )
 
 
@@ -351,39 +359,43 @@ async def test_status_after_the_window_expired_shows_nothing_used(services, cloc
     await services.jobs.succeed(job.id, [])
     clock.advance(days=1)
     status = await services.quota.status(GUILD, USER, [])
-    assert (status.used, status.remaining, status.resets_at) == (0, 20, None)
+    assert (status.used, status.remaining, status.resets_at) == (0, 2000, None)
 
 
 async def test_operator_caps_clamp_every_source_of_a_limit(settings, engine, clock):
-    """MAX_IMAGES_PER_DAY_CAP and MAX_CONCURRENT_CAP bound the limits from the settings, the guild, a role and a
-    member's override alike; a role's lower value still applies."""
-    capped = settings.model_copy(update={"max_images_per_day_cap": 30, "max_concurrent_cap": 3})
+    """MAX_CREDITS_PER_DAY_CAP and MAX_CONCURRENT_CAP bound the limits from the settings, the guild, a role and a
+    member's override alike; a role's lower value still applies (budgets in units: 30 credits = 3,000)."""
+    capped = settings.model_copy(update={"max_credits_per_day_cap": 30, "max_concurrent_cap": 3})
     services = build_services(capped, engine, clock=clock)
     limits = await services.quota.effective_limits(GUILD, USER, [])
-    assert (limits.images_per_day, limits.max_concurrent) == (20, 3)  # the settings' defaults, below the caps
-    await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=400, max_concurrent=9)
-    await services.moderation.set_role_limits(GUILD, 1, MOD, images_per_day=300)
-    await services.moderation.set_role_limits(GUILD, 2, MOD, images_per_day=5)
-    assert (await services.quota.effective_limits(GUILD, USER, [1])).images_per_day == 30
-    assert (await services.quota.effective_limits(GUILD, USER, [2])).images_per_day == 5
-    await services.quota.set_limit(GUILD, USER, MOD, images_per_day=900)
+    assert (limits.images_per_day, limits.max_concurrent) == (2000, 3)  # the settings' defaults, below the caps
+    await services.moderation.set_guild_defaults(GUILD, MOD, images_per_day=40000, max_concurrent=9)
+    await services.moderation.set_role_limits(GUILD, 1, MOD, images_per_day=30000)
+    await services.moderation.set_role_limits(GUILD, 2, MOD, images_per_day=500)
+    assert (await services.quota.effective_limits(GUILD, USER, [1])).images_per_day == 3000
+    assert (await services.quota.effective_limits(GUILD, USER, [2])).images_per_day == 500
+    await services.quota.set_limit(GUILD, USER, MOD, images_per_day=90000)
     status = await services.quota.status(GUILD, USER, [1])
-    assert (status.limit, status.max_concurrent) == (30, 3)
+    assert (status.limit, status.max_concurrent) == (3000, 3)
 
 
 def test_a_value_above_a_cap_is_refused_naming_the_setting():
     """`Caps.check` (what /mod quota set asks) refuses a value above a cap and names the setting; at the cap, or
     None (clearing an override), passes."""
-    caps = Caps(images_per_day=1000, max_concurrent=8)
-    for name, value, setting in (("images_per_day", 1001, "MAX_IMAGES_PER_DAY_CAP"), ("max_concurrent", 9, "MAX_CONCURRENT_CAP")):
+    caps = Caps(images_per_day=100_000, max_concurrent=8, relax_per_day=400_000)  # units: 1,000 and 4,000 credits
+    for name, value, setting, cap in (
+        ("images_per_day", 100_001, "MAX_CREDITS_PER_DAY_CAP", "at most 1000 credits"),
+        ("relax_per_day", 400_100, "MAX_RELAX_CREDITS_PER_DAY_CAP", "at most 4000 credits"),
+        ("max_concurrent", 9, "MAX_CONCURRENT_CAP", "at most 8"),
+    ):
         with pytest.raises(InvalidSetting) as refused:
             caps.check(name, value)
-        assert setting in refused.value.user_message and str(value - 1) in refused.value.user_message
-    caps.check("images_per_day", 1000)
+        assert setting in refused.value.user_message and cap in refused.value.user_message
+    caps.check("images_per_day", 100_000)
     caps.check("max_concurrent", None)
 
 
 def test_the_operators_own_defaults_raise_the_caps(settings):
     """A DEFAULT_* above its cap is what the operator allows: the cap follows it."""
     caps = settings.model_copy(update={"default_max_concurrent": 50, "max_concurrent_cap": 8}).quota_caps()
-    assert (caps.images_per_day, caps.max_concurrent) == (1000, 50)
+    assert (caps.images_per_day, caps.max_concurrent) == (100_000, 50)
