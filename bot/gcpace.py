@@ -94,7 +94,14 @@ async def pace_full_collections(*, tick: float = TICK, quiet_after: int = QUIET_
 @contextlib.asynccontextmanager
 async def paced_collections(**kwargs: float) -> AsyncIterator[None]:
     """`pace_full_collections` for the duration of the block."""
-    task = asyncio.create_task(pace_full_collections(**kwargs))
+    async with running(pace_full_collections(**kwargs)):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def running(work: Awaitable[None]) -> AsyncIterator[None]:
+    """Run `work` as a task for the duration of the block; cancelled and awaited at its end."""
+    task = asyncio.ensure_future(work)
     try:
         yield
     finally:

@@ -36,6 +36,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from bot.gcpace import running
+
 
 class _GcTimes:
     """Durations of the garbage collections since the last `take()` (gc.callbacks; any thread may collect)."""
@@ -149,10 +151,5 @@ async def lag_monitor(path: Path | str | None, **kwargs: float) -> AsyncIterator
     if not path:
         yield
         return
-    task = asyncio.create_task(watch_lag(Path(path), **kwargs))
-    try:
+    async with running(watch_lag(Path(path), **kwargs)):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

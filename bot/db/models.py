@@ -444,7 +444,19 @@ class ShowcasePost(Base):
     posted_at: Mapped[datetime | None]
 
 
-class MemberSetting(Base):
+class ImagineDefaults:
+    """The /imagine defaults a member or a channel may set (columns shared by `MemberSetting` and `ChannelDefault`).
+    NULL = not set."""
+
+    model: Mapped[str | None] = mapped_column(String(80))
+    style: Mapped[str | None] = mapped_column(String(40))
+    aspect: Mapped[str | None] = mapped_column(String(10))
+    steps: Mapped[int | None]
+    guidance: Mapped[float | None] = mapped_column(Float)
+    count: Mapped[int | None]
+
+
+class MemberSetting(ImagineDefaults, Base):
     """A member's defaults for /imagine in one guild (`/settings`; bot.services.preferences says how they rank).
     NULL = not set. `stealth`: their new jobs stay out of the web gallery and the ⭐ showcase."""
 
@@ -452,17 +464,11 @@ class MemberSetting(Base):
 
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
     user_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
-    model: Mapped[str | None] = mapped_column(String(80))
-    style: Mapped[str | None] = mapped_column(String(40))
-    aspect: Mapped[str | None] = mapped_column(String(10))
-    steps: Mapped[int | None]
-    guidance: Mapped[float | None] = mapped_column(Float)
-    count: Mapped[int | None]
     stealth: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-class ChannelDefault(Base):
+class ChannelDefault(ImagineDefaults, Base):
     """A channel's defaults for /imagine (`/mod channel-defaults`), used where neither the command nor the member's
     own defaults give a value. NULL = not set."""
 
@@ -470,11 +476,5 @@ class ChannelDefault(Base):
 
     guild_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
     channel_id: Mapped[int] = mapped_column(Snowflake, primary_key=True, autoincrement=False)
-    model: Mapped[str | None] = mapped_column(String(80))
-    style: Mapped[str | None] = mapped_column(String(40))
-    aspect: Mapped[str | None] = mapped_column(String(10))
-    steps: Mapped[int | None]
-    guidance: Mapped[float | None] = mapped_column(Float)
-    count: Mapped[int | None]
     updated_by: Mapped[int] = mapped_column(Snowflake)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
