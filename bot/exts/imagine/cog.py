@@ -32,6 +32,7 @@ from bot.exts.imagine.options import (
     pick_sampler,
     sampler_suggestions,
     size_suggestions,
+    hires_size,
     source_size,
 )
 from bot.exts.imagine.presenter import JobPresenter
@@ -201,7 +202,7 @@ class Imagine(commands.Cog):
         style="A style of the server (or yours, my:NAME): its prompt around yours, its negative and defaults",
         image="Start from this image (PNG, JPEG or WebP; at most 10 MiB and 16 megapixels)",
         strength="With `image`: how far to move from it (0 keeps it, 1 ignores it; 0.6 if left out)",
-        hires="Hires fix: drawn 1.5x/2x smaller, upscaled to the size, refined (give a size above the default)",
+        hires="Hires fix: drawn at the usual size, upscaled 1.5x/2x and refined (with `size`: that is the result)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS], hires=HIRES_CHOICES)
     @app_commands.guild_only()
@@ -278,6 +279,8 @@ class Imagine(commands.Cog):
                     width, height = aspect_size(values.value("aspect"), card)
                 else:
                     width, height = defaults["width"], defaults["height"]
+                if hires and sized is None:  # A1111's hires fix: the usual size drawn first, the result `hires` x it
+                    width, height = hires_size(width, height, hires, card)
                 return {
                     "steps": values.value("steps"),
                     "guidance": values.value("guidance"),

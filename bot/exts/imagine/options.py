@@ -83,6 +83,13 @@ def source_size(width: int, height: int, card: ModelCard) -> tuple[int, int]:
     return fit_side(width * scale, card), fit_side(height * scale, card)
 
 
+def hires_size(width: int, height: int, factor: float, card: ModelCard) -> tuple[int, int]:
+    """The result size of a hires fix whose first pass draws `width` x `height`: `factor` times it, the factor
+    lowered where a side would pass the model's largest (the aspect kept), both sides on the model's grid."""
+    factor = min(factor, card.max_side / max(width, height, 1))
+    return fit_side(width * factor, card), fit_side(height * factor, card)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """`512x768` (or `512×768`, `512*768`) into (512, 768); names the rule when it does not fit."""
     m = _SIZE.match(text or "")

@@ -63,6 +63,23 @@ async def test_without_hires_nothing_is_recorded_or_shown(world):
     assert "Hires" not in fields_of(await world.alice.click(message, custom_id=job_custom_id(job.id, "i")))
 
 
+async def test_hires_without_a_size_makes_the_usual_size_larger_within_the_models_sides(world):
+    # The shapes card draws 64x64 by default and at most 256 a side: 2x gives 128x128, its first pass the usual 64.
+    await world.alice.slash(world.art, "imagine", prompt="a red circle", hires=2.0)
+    assert ((job := await world.latest_job()).width, job.height) == (128, 128)
+    await world.alice.slash(world.art, "imagine", prompt="a red circle", hires=1.5, aspect="16:9")
+    wide = await world.latest_job()
+    assert wide.width > wide.height and (wide.width, wide.height) != (SHAPES.default_width, SHAPES.default_height)
+    assert wide.width <= SHAPES.max_side and wide.width % SHAPES.multiple == 0
+
+
+def test_hires_size_keeps_the_aspect_where_the_model_s_largest_side_stops_it():
+    from bot.exts.imagine.options import hires_size
+
+    assert hires_size(64, 64, 2.0, SHAPES) == (128, 128)
+    assert hires_size(192, 96, 2.0, SHAPES) == (256, 128)  # 384 would pass 256: the factor becomes 4/3
+
+
 async def test_hires_on_a_text_only_model_is_refused_free(world):
     world.dispatcher.cards = [dataclasses.replace(SHAPES, img2img=False)]
     result = await world.alice.slash(world.art, "imagine", prompt="a red circle", hires=2.0)
