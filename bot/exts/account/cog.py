@@ -197,11 +197,14 @@ class Account(commands.Cog):
             name="Options",
             value="`model` which model draws it · `negative` what to avoid · `seed` repeat a result · "
             "`steps` more is finer but slower · `guidance` how closely to follow the prompt · `aspect` or `size` · "
-            "`scheduler` · `count` 1–4 images · `timeline` an animation of the denoising · `lora` a LoRA of the model",
+            "`scheduler` · `count` 1–4 images · `timeline` an animation of the denoising · `lora` a LoRA of the model · "
+            "`style` a server style or yours · `{a, b}` in the prompt: one job per option (you confirm count and cost)",
             inline=False,
         )
         embed.add_field(name="From an image", value=EDITING_HELP, inline=False)
-        embed.add_field(name="Your account", value="`/quota` what is left today · `/history` your jobs · `/show job:<id>` one job", inline=False)
+        embed.add_field(name="Your account", value="`/quota` credits left today (fast and relax) · `/settings` your defaults and stealth mode · "
+                        "`/style save|list|remove` your styles · `/history` your jobs · `/show job:<id>` one job",
+                        inline=False)
         served = await d.dispatcher.served_models()
         policy = await d.model_policy.policy(interaction.guild_id or 0)
         shown = models.offered(served, policy, moderator=moderator)
@@ -221,7 +224,8 @@ class Account(commands.Cog):
                             inline=False)
         if moderator:
             mod_text = ("`/mod …` quotas, bans, blocked terms, channels, NSFW policy, queue, pause/resume, stats, log · "
-                        "`/mod model default|hide|show|list` which models members get")
+                        "`/mod model default|hide|show|list` which models members get · `/mod style` the server's styles "
+                        "· `/mod channel-defaults` a channel's defaults · `/mod showcase` · `/mod gallery`")
             if len(models.offered(served, policy)) > 1 and not policy.default_model:
                 mod_text += (f"\nNo default model is set: members who name no model get `{target.name}`, the first by "
                              "name, which changes as workers come and go. Set one with `/mod model default`."

@@ -83,3 +83,14 @@ async def test_help_explains_starting_from_an_image_and_the_edit_buttons_within_
         assert words in text, words
     assert len(text) <= 1024 and all(len(f.value) <= 1024 for f in embed.fields)
     assert len(embed) <= 6000 and len(embed.fields) <= 25
+
+
+async def test_help_names_the_community_commands_and_moderators_see_theirs(world):
+    member = {f.name: f.value for f in (await world.alice.slash(world.art, "help")).response.embeds[0].fields}
+    for words in ("`/settings`", "`/style save", "credits", "relax"):
+        assert words in member["Your account"], words
+    assert "`style`" in member["Options"] and "`{a, b}`" in member["Options"]
+    assert "Moderators" not in member
+    mod = {f.name: f.value for f in (await world.mod.slash(world.art, "help")).response.embeds[0].fields}
+    for words in ("`/mod style`", "`/mod channel-defaults`", "`/mod showcase`", "`/mod gallery`"):
+        assert words in mod["Moderators"], words
