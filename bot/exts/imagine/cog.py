@@ -28,11 +28,11 @@ from bot.exts.imagine.options import (
     ASPECTS,
     aspect_size,
     clean_prompt,
+    hires_size,
     parse_size,
     pick_sampler,
     sampler_suggestions,
     size_suggestions,
-    hires_size,
     source_size,
 )
 from bot.exts.imagine.presenter import JobPresenter
