@@ -62,18 +62,30 @@ def user_message_for(error: BaseException) -> str | None:
     return None
 
 
+async def send_private(interaction: discord.Interaction, text: str, **kwargs: Any) -> None:
+    """Answer `interaction` with a message only its member sees, whether or not it was answered or deferred already
+    (`kwargs`: a view, ...). Raises discord.HTTPException when Discord refuses it.
+
+    A command deferred in public ("thinking…", see bot.exts.imagine.flow.defer) is the exception: Discord turns the
+    first follow-up of a deferred interaction into that public message, keeping its flags. So that message is
+    completed first, the private answer goes out as a message of its own, and the public one is removed."""
+    quiet = discord.AllowedMentions.none()
+    if interaction.extras.pop("public_defer", False):
+        await interaction.edit_original_response(content="(answered privately)")
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=quiet, **kwargs)
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.delete_original_response()
+    elif interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=quiet, **kwargs)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=quiet, **kwargs)
+
+
 async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
-    """Answer ephemerally whether or not the interaction was already answered/deferred."""
-    text = safe_text(text, CONTENT, markdown=True)
+    """Answer ephemerally whether or not the interaction was already answered/deferred (`send_private`); a refusal
+    by Discord is logged."""
     try:
-        if interaction.extras.pop("public_defer", False):
-            # The command was deferred publicly ("thinking…"); a refusal must not stay visible to everyone.
-            with contextlib.suppress(discord.HTTPException):
-                await interaction.delete_original_response()
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
-        else:
-            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+        await send_private(interaction, safe_text(text, CONTENT, markdown=True))
     except discord.HTTPException:
         log.warning("could not deliver an error message to interaction %s", interaction.id, exc_info=True)
 

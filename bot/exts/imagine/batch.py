@@ -23,7 +23,7 @@ import discord
 
 from bot.errors import InvalidRequest
 from bot.exts.common import deps, guild_id_of, role_ids_of
-from bot.exts.errors.handler import report_error, user_message_for
+from bot.exts.errors.handler import report_error, send_private, user_message_for
 from bot.exts.imagine.flow import SourceUpload, answer_in_time, start_job
 from bot.exts.imagine.models import target_model
 from bot.services.costs import format_credits, job_units
@@ -87,10 +87,7 @@ async def ask(interaction: discord.Interaction, plans: list[Planned]) -> None:
     (ephemerally) when working them out takes long."""
     text = await answer_in_time(interaction, question(interaction, plans), ephemeral=True)
     view = ConfirmJobs(interaction, plans, timeout=deps(interaction).settings.permutation_confirm_seconds)
-    if interaction.response.is_done():
-        await interaction.followup.send(text, view=view, ephemeral=True, allowed_mentions=NO_PINGS)
-    else:
-        await interaction.response.send_message(text, view=view, ephemeral=True, allowed_mentions=NO_PINGS)
+    await send_private(interaction, text, view=view)  # also after a public deferral in a burst
 
 
 async def question(interaction: discord.Interaction, plans: list[Planned]) -> str:

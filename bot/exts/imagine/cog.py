@@ -23,7 +23,7 @@ from bot.exts.common import deps
 from bot.exts.describe import flow as describe_flow
 from bot.exts.errors import report_error
 from bot.exts.imagine import batch, models
-from bot.exts.imagine.flow import SourceUpload
+from bot.exts.imagine.flow import SourceUpload, admission, answer_in_time, defer
 from bot.exts.imagine.options import (
     ASPECTS,
     aspect_size,
@@ -228,11 +228,18 @@ class Imagine(commands.Cog):
     ) -> None:
         if strength is not None and image is None:
             raise InvalidRequest("`strength` says how far to move from an image: give `image` with it.", "strength")
-        # The attachment is checked (its stated size, then its header) before anything else: nothing is charged.
-        source = await read_source(image) if image is not None else None
         if aspect and size:
             raise InvalidRequest("Give either `aspect` or `size`, not both.", "size")
         sized = parse_size(size) if size else None
+        # Everything before the first answer runs under Discord's deadline, as in flow.start_job: when other
+        # interactions are being admitted it is acknowledged at once, else after DEFER_AFTER seconds of work (reading
+        # the attachment, the member's and the channel's defaults); a burst must not wait for its acknowledgements
+        # behind those reads.
+        gate = admission(interaction.client)
+        if gate.busy:
+            async with gate.deferring():
+                await defer(interaction)
+        source: SourceUpload | None = None
 
         async def plan(combo: dict[str, Any]) -> batch.Planned:
             """One job: the options, else the member's, the channel's, the server's defaults, else the card's
@@ -292,10 +299,16 @@ class Imagine(commands.Cog):
             planned.build = build
             return planned
 
-        # `{a, b}` groups: one job per combination (bot.services.permutations); none: the one job, as typed.
-        combos = expand_fields({"prompt": prompt, "negative_prompt": negative, "style": style},
-                               limit=deps(interaction).settings.permutation_max_jobs)
-        plans = [await plan(combo) for combo in combos]
+        async def planned() -> list[batch.Planned]:
+            nonlocal source
+            # The attachment is checked (its stated size, then its header) before anything else: nothing is charged.
+            source = await read_source(image) if image is not None else None
+            # `{a, b}` groups: one job per combination (bot.services.permutations); none: the one job, as typed.
+            combos = expand_fields({"prompt": prompt, "negative_prompt": negative, "style": style},
+                                   limit=deps(interaction).settings.permutation_max_jobs)
+            return [await plan(combo) for combo in combos]
+
+        plans = await answer_in_time(interaction, planned())
         if len(plans) > 1:
             await batch.ask(interaction, plans)
             return

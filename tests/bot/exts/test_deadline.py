@@ -35,12 +35,16 @@ def stub_interaction():
     async def delete_original_response():
         calls.append(("delete_original",))
 
+    async def edit_original_response(**kwargs):
+        calls.append(("edit_original", kwargs))
+
     async def followup_send(content, **kwargs):
         calls.append(("followup", content, kwargs))
 
     return SimpleNamespace(
         id=1, user=SimpleNamespace(id=2), extras={}, response=StubResponse(), calls=calls, command=None, data={},
-        delete_original_response=delete_original_response, followup=SimpleNamespace(send=followup_send),
+        delete_original_response=delete_original_response, edit_original_response=edit_original_response,
+        followup=SimpleNamespace(send=followup_send),
     )
 
 
@@ -62,14 +66,16 @@ async def test_slow_work_is_deferred_publicly(monkeypatch):
 
 
 async def test_refusal_after_public_defer_is_made_private():
-    """A domain error after a public defer deletes the thinking message and answers ephemerally."""
+    """A domain error after a public defer completes the thinking message (Discord would turn the first follow-up
+    into it, public), answers in a private follow-up of its own, then deletes the public message."""
     interaction = stub_interaction()
     interaction.response._done = True
     interaction.extras[flow.PUBLIC_DEFER] = True
     await report_error(interaction, NotArtChannel([42]))
-    assert interaction.calls[0] == ("delete_original",)
+    assert interaction.calls[0][0] == "edit_original" and "<#42>" not in str(interaction.calls[0])
     kind, content, kwargs = interaction.calls[1]
     assert kind == "followup" and "<#42>" in content and kwargs["ephemeral"]
+    assert interaction.calls[2] == ("delete_original",)
 
 
 async def test_a_full_database_disk_is_explained_and_logged_as_an_error(caplog):

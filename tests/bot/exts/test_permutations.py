@@ -120,3 +120,58 @@ async def test_more_jobs_than_the_members_free_slots_are_refused_before_the_ques
     await roomy(world)
     asked = await ask(world, prompt="a {red, blue} square")
     assert "**2 jobs**" in asked.response.content
+
+
+async def test_in_a_burst_the_command_is_acknowledged_first_and_the_question_stays_private(world):
+    """While other interactions are being admitted /imagine is deferred before any of its reads (the member's and
+    the channel's defaults, the costs); the question then comes as an ephemeral follow-up and the public
+    "thinking…" message is removed."""
+    from bot.exts.imagine import flow
+
+    await roomy(world)
+    with flow.admission(world.bot).entering():  # another interaction is being admitted
+        result = await world.alice.slash(world.art, "imagine", prompt="a {red, blue} circle")
+    assert result.response is None  # the public "thinking…" is gone
+    (question,) = result.followups
+    assert question.ephemeral and "**2 jobs**" in question.content
+    await world.alice.click(question, label="Confirm")
+    assert len(await jobs(world)) == 2
+
+
+async def test_in_a_burst_a_single_job_is_acknowledged_before_any_read_and_then_shown(world, monkeypatch):
+    from bot.exts.imagine import cog, flow
+
+    order: list[str] = []
+    real_defer, real_gather = cog.defer, cog.gather
+
+    async def defer(interaction, **kwargs):
+        order.append("defer")
+        await real_defer(interaction, **kwargs)
+
+    async def gather(interaction, option):
+        order.append("defaults read")
+        return await real_gather(interaction, option)
+
+    monkeypatch.setattr(cog, "defer", defer)
+    monkeypatch.setattr(cog, "gather", gather)
+    with flow.admission(world.bot).entering():
+        result = await world.alice.slash(world.art, "imagine", prompt="a red circle")
+    assert order == ["defer", "defaults read"]
+    assert not result.ephemeral
+    assert result.response is not None and result.response.embeds  # the queued message replaced "thinking…"
+    assert len(await jobs(world)) == 1
+    # Not busy: no deferral, the queued message is the answer.
+    order.clear()
+    await world.alice.slash(world.art, "imagine", prompt="a blue circle")
+    assert order == ["defaults read"]
+
+
+async def test_in_a_burst_a_refusal_is_private_and_nothing_public_stays(world):
+    from bot.exts.imagine import flow
+
+    with flow.admission(world.bot).entering():
+        result = await world.alice.slash(world.art, "imagine", prompt="a {red, blue, green} circle")
+    assert result.response is None  # no public message left, "thinking…" or refusal
+    (refusal,) = result.followups
+    assert refusal.ephemeral and "3 jobs" in refusal.content and "Nothing was charged" in refusal.content
+    assert await jobs(world) == [] and await used(world) == 0
