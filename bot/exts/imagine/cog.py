@@ -23,7 +23,7 @@ from bot.exts.common import deps
 from bot.exts.describe import flow as describe_flow
 from bot.exts.errors import report_error
 from bot.exts.imagine import batch, models
-from bot.exts.imagine.flow import SourceUpload, admission, answer_in_time, defer
+from bot.exts.imagine.flow import SourceUpload, admitting, answer_in_time
 from bot.exts.imagine.options import (
     ASPECTS,
     aspect_size,
@@ -231,14 +231,6 @@ class Imagine(commands.Cog):
         if aspect and size:
             raise InvalidRequest("Give either `aspect` or `size`, not both.", "size")
         sized = parse_size(size) if size else None
-        # Everything before the first answer runs under Discord's deadline, as in flow.start_job: when other
-        # interactions are being admitted it is acknowledged at once, else after DEFER_AFTER seconds of work (reading
-        # the attachment, the member's and the channel's defaults); a burst must not wait for its acknowledgements
-        # behind those reads.
-        gate = admission(interaction.client)
-        if gate.busy:
-            async with gate.deferring():
-                await defer(interaction)
         source: SourceUpload | None = None
 
         async def plan(combo: dict[str, Any]) -> batch.Planned:
@@ -308,11 +300,16 @@ class Imagine(commands.Cog):
                                    limit=deps(interaction).settings.permutation_max_jobs)
             return [await plan(combo) for combo in combos]
 
-        plans = await answer_in_time(interaction, planned())
-        if len(plans) > 1:
-            await batch.ask(interaction, plans)
-            return
-        await plans[0].start(interaction)
+        # Everything before the first answer runs under Discord's deadline and counts as an admission, as in
+        # flow.start_job: acknowledged at once when other interactions are being admitted, else after DEFER_AFTER
+        # seconds of work (reading the attachment, the member's and the channel's defaults). In a burst the
+        # acknowledgements must not wait behind those reads.
+        async with admitting(interaction):
+            plans = await answer_in_time(interaction, planned())
+            if len(plans) > 1:
+                await batch.ask(interaction, plans)
+                return
+            await plans[0].start(interaction)
         await batch.send_notes(interaction, plans[0].notes)
 
     @imagine.autocomplete("style")

@@ -120,6 +120,31 @@ class Admission:
             self._last_deferral = asyncio.get_running_loop().time()
 
 
+#: `interaction.extras` key: the interaction is counted as being admitted already (`admitting`).
+ADMITTING = "admitting"
+
+
+@contextlib.asynccontextmanager
+async def admitting(interaction: discord.Interaction) -> AsyncIterator[None]:
+    """Count `interaction` as being admitted (`Admission.entering`) for the block, acknowledging it at once when
+    other interactions are ahead. Nested blocks of the same interaction (/imagine reading its defaults, then
+    `start_job`) count it once: the outermost decided about its deferral, and an inner block must not see the
+    interaction itself as the one ahead of it."""
+    if interaction.extras.get(ADMITTING):
+        yield
+        return
+    gate = admission(interaction.client)
+    with gate.entering() as busy:
+        interaction.extras[ADMITTING] = True
+        try:
+            if busy:  # other interactions are ahead: acknowledge at once
+                async with gate.deferring():
+                    await defer(interaction)
+            yield
+        finally:
+            interaction.extras.pop(ADMITTING, None)
+
+
 def admission(client: Any) -> Admission:
     """The client's admission gate (made on first use, in the client's event loop)."""
     gate = getattr(client, "imagine_admission", None)
@@ -281,10 +306,7 @@ async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelC
             await gate.acknowledgements_first()
             return job, await d.moderation.is_paused(guild_id), await d.jobs.position(job.id)
 
-    with gate.entering() as busy:
-        if busy:  # other interactions are ahead: acknowledge at once
-            async with gate.deferring():
-                await defer(interaction)
+    async with admitting(interaction):
         # Everything before the first answer runs under the deadline (deferred if it gets slow).
         job, paused, position = await answer_in_time(interaction, admit())
     log.info(

@@ -156,3 +156,21 @@ async def test_admission_lets_a_few_in_at_a_time_and_says_when_it_is_busy():
     release.set()
     await asyncio.gather(*tasks)
     assert most == 2 and order == [0, 1, 2, 3, 4] and not gate.busy
+
+
+async def test_admitting_counts_an_interaction_once_and_defers_those_behind_it():
+    """/imagine reads the member's defaults inside `admitting` and then calls start_job, which enters again: the
+    inner block must not defer the interaction because of itself; another interaction arriving meanwhile is
+    acknowledged at once."""
+    client = SimpleNamespace()
+    first, second = stub_interaction(), stub_interaction()
+    first.client = second.client = client
+    async with flow.admitting(first):
+        assert flow.admission(client).busy
+        async with flow.admitting(first):  # start_job inside /imagine
+            pass
+        assert first.response.calls == []  # not deferred because of itself
+        async with flow.admitting(second):
+            pass
+        assert second.response.calls == [("defer", {"thinking": True, "ephemeral": False})]
+    assert not flow.admission(client).busy and first.extras == {}

@@ -142,7 +142,7 @@ async def test_in_a_burst_a_single_job_is_acknowledged_before_any_read_and_then_
     from bot.exts.imagine import cog, flow
 
     order: list[str] = []
-    real_defer, real_gather = cog.defer, cog.gather
+    real_defer, real_gather = flow.defer, cog.gather
 
     async def defer(interaction, **kwargs):
         order.append("defer")
@@ -152,7 +152,7 @@ async def test_in_a_burst_a_single_job_is_acknowledged_before_any_read_and_then_
         order.append("defaults read")
         return await real_gather(interaction, option)
 
-    monkeypatch.setattr(cog, "defer", defer)
+    monkeypatch.setattr(flow, "defer", defer)
     monkeypatch.setattr(cog, "gather", gather)
     with flow.admission(world.bot).entering():
         result = await world.alice.slash(world.art, "imagine", prompt="a red circle")
