@@ -18,6 +18,9 @@ the credentials and TLS files of the settings (`Settings.nats_auth()`): workers 
 Both children live in their own session, so a Ctrl-C in the terminal reaches the bot alone, which then stops them in
 order: the worker (SIGTERM: it hands back what it holds and lets the running job finish for a few seconds, else hands
 it back too), the dispatcher, then the server (SIGTERM: it flushes its store). On Linux the children also get SIGTERM if the bot dies abruptly.
+The worker then exits within its drain timeout even with its server gone too (at the latest
+`generation.worker.worker.STOP_EXIT_AFTER` seconds after it, forced); a child whose bot died before the child
+could ask for that signal exits before it starts.
 
 The local worker is supervised. In the default mode it is the only worker, so a worker that died (killed for memory,
 crashed) would stop all generation until the bot restarts, and every job would wait out the registry's "no worker"

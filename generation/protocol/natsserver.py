@@ -15,6 +15,7 @@ This module imports neither torch nor any NATS client; the bot may import it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -75,8 +76,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to send SIGTERM to this child when the process that started it dies (even by kill -9)."""
+def _die_with_parent(parent: int | None = None) -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to send SIGTERM to this child when the process that started it dies (even by kill -9). `parent`: the
+    pid of that process; when it is no longer this child's parent, it died before the request was made (between the
+    fork and here) and the signal will never come: the child exits at once instead of starting."""
     os.setsid()
     try:
         import ctypes
@@ -86,6 +89,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except Exception:
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(128 + signal.SIGTERM)  # as if the signal had come (a signal sent to itself here may only be noted)
 
 
 def child_process_kwargs() -> dict:
@@ -95,7 +100,7 @@ def child_process_kwargs() -> dict:
     order; and on Linux the child is sent SIGTERM when the bot dies without cleaning up.
     """
     if sys.platform.startswith("linux"):
-        return {"preexec_fn": _die_with_parent}
+        return {"preexec_fn": functools.partial(_die_with_parent, os.getpid())}
     return {"start_new_session": True}
 
 

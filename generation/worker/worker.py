@@ -50,6 +50,10 @@ loaded once, with the first model, and given to every model's engine (`SharedExt
 A failure that is not the request's fault is retried (nak) until the consumer's delivery limit; the last attempt
 publishes a `failed` outcome. SIGTERM/SIGINT: stop pulling, hand back (nak) jobs not started, let the running job
 finish for up to `--drain-timeout` seconds, then interrupt it and hand it back too. A second signal does that at once.
+A worker asked to stop never stays: `STOP_GIVE_UP` seconds past the drain timeout it stops waiting for its server
+(gone with a bot killed by kill -9, say), and `STOP_EXIT_AFTER` seconds past it the process exits at once with status
+`FORCED_EXIT_STATUS` (3), whatever still runs: a model load in its thread, or a task that outlived its cancellation
+(`end_other_tasks`).
 """
 
 from __future__ import annotations
@@ -112,6 +116,18 @@ PROGRESS_MIN_INTERVAL = 0.25
 FAILED_ANNOUNCE_SECONDS = 3.0
 #: Batches in a row from one consumer before another one with waiting jobs gets a turn.
 STREAK = 8
+#: Seconds past the drain timeout after which a stopping worker gives up on its server (calls to a server that is
+#: gone may hang): the run is cancelled, the worker closes its connection and exits.
+STOP_GIVE_UP = 10.0
+#: Seconds past the drain timeout after the first SIGTERM/SIGINT (or after the worker began to shut down on its own)
+#: at which the process exits at once, whatever it still waits for: a model load cannot be interrupted in its thread,
+#: and asyncio.run waits without limit for the loop's tasks and threads. Before the bot's SIGKILL (`LocalWorker.stop`
+#: allows the drain timeout plus 15 s).
+STOP_EXIT_AFTER = 12.0
+#: The exit status of that forced exit (1 and 2 are taken: a model that did not load, bad settings).
+FORCED_EXIT_STATUS = 3
+#: Seconds the shutdown spends cancelling the tasks left on the loop (`end_other_tasks`) before it leaves them.
+END_TASKS_TIMEOUT = 5.0
 #: A Hugging Face model id, `org/name` with an optional `@revision`: the engine's rule
 #: (`generation.engine.loading.resolve_source`), repeated so that a missing path is reported before torch loads.
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
@@ -440,7 +456,7 @@ class Worker:
             loop.call_later(self.drain_timeout, self._release.set)
             if self._main_task is not None:
                 # Last resort when the server is gone and calls hang: give up after a further grace period.
-                loop.call_later(self.drain_timeout + 10.0, self._main_task.cancel)
+                loop.call_later(self.drain_timeout + STOP_GIVE_UP, self._main_task.cancel)
 
     async def run(self) -> None:
         self._main_task = asyncio.current_task()
@@ -958,8 +974,14 @@ async def amain(settings: WorkerSettings) -> int:
     worker = Worker(queue, model_sources(settings), name=settings.name, serve_default=settings.serve_default,
                     max_batch=settings.max_batch, max_loaded=settings.max_loaded, drain_timeout=settings.drain_timeout)
     loop = asyncio.get_running_loop()
+    deadline = ExitDeadline(settings.drain_timeout + STOP_EXIT_AFTER, settings.name)
+
+    def on_signal() -> None:
+        deadline.arm()
+        worker.request_stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await worker.run()
     except ModelLoadFailed:
@@ -967,8 +989,72 @@ async def amain(settings: WorkerSettings) -> int:
     except asyncio.CancelledError:
         log.warning("worker %s: gave up waiting for the server while stopping", settings.name)
     finally:
+        deadline.arm()  # stopping on its own (a failed load, a lost server): the same bound
         await queue.close()
+        left = await end_other_tasks(END_TASKS_TIMEOUT)
+        if left:
+            log.error("worker %s: %d task(s) did not end on cancellation (%s); exiting anyway", settings.name,
+                      len(left), ", ".join(sorted(_task_name(t) for t in left)))
+            deadline.fire()
     return 0
+
+
+async def end_other_tasks(timeout: float, every: float = 0.05) -> list[asyncio.Task]:
+    """Cancel the loop's other tasks until every one has ended, again every `every` seconds: a cancellation can be
+    lost. nats.py's reconnect loop is one that loses it: under Python 3.11 `asyncio.wait_for` turns a cancel that
+    meets a connect attempt failing in the same loop step into that connect error, which the loop catches and retries,
+    for ever, while the server is gone (`Client.close()` cancels it once, then waits half a second and returns). And
+    asyncio.run cancels what is left once, then waits for it without limit: a worker whose server died with its bot
+    stayed behind for good. Returns the tasks still running after `timeout` seconds."""
+    me = asyncio.current_task()
+    end = time.monotonic() + timeout
+    rounds = 0
+    found = ""
+    await asyncio.sleep(0)  # a task cancelled just now (by the client's close) ends in this step
+    while True:
+        left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if not rounds:
+            found = ", ".join(sorted(_task_name(t) for t in left))
+        if not left or time.monotonic() >= end:
+            if found and not left:  # worth a word when one of them outlived a cancellation
+                log.log(logging.INFO if rounds > 1 else logging.DEBUG,
+                        "tasks left at the end, cancelled until they ended: %s (%d round(s))", found, rounds)
+            return left
+        for t in left:
+            t.cancel()
+        rounds += 1
+        await asyncio.wait(left, timeout=every)
+
+
+def _task_name(task: asyncio.Task) -> str:
+    """What a task runs (`Client._attempt_reconnect`), else its name."""
+    return getattr(task.get_coro(), "__qualname__", None) or task.get_name()
+
+
+class ExitDeadline:
+    """Once armed, exits the process (`os._exit`, status `FORCED_EXIT_STATUS`) `seconds` later unless it ended first.
+    A daemon thread, not the event loop: the loop may be what is stuck. For the worker's process alone (`amain`)."""
+
+    def __init__(self, seconds: float, name: str):
+        self.seconds = seconds
+        self.name = name
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        """Start the countdown (the first call does; later calls keep it)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self.fire)
+            self._timer.daemon = True
+            self._timer.name = "worker-exit-deadline"
+            self._timer.start()
+
+    def fire(self) -> None:
+        with contextlib.suppress(Exception):
+            log.error("worker %s: still running %.0f s after it was asked to stop; exiting now (status %d)",
+                      self.name, self.seconds, FORCED_EXIT_STATUS)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+        os._exit(FORCED_EXIT_STATUS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from generation.protocol.queue import QueueConfig
 from tests.bot.dispatch.conftest import wait_until
 from tests.conftest import sqlite_url
 from tests.e2e.conftest import BotProcess as E2EBotProcess
-from tests.support.natsutil import WorkerProcess, pid_alive  # noqa: F401 - pid_alive for the tests
+from tests.support.natsutil import WorkerProcess, child_pids, pid_alive, reap  # noqa: F401 - pid_alive for the tests
 
 GUILD = 1000
 CHANNEL = 2000
@@ -231,6 +231,11 @@ def fake_model_dir(root: Path) -> Path:
     return folder
 
 
+#: Seconds the children of a killed bot (embedded server, local worker) may take to exit before they are killed: the
+#: local worker's drain timeout and exit deadline (`generation.worker.worker.STOP_EXIT_AFTER`), plus a margin.
+REAP_TIMEOUT = 25.0
+
+
 class BotProcess(E2EBotProcess):
     """`python -m bot` (embedded nats-server, local fake-engine worker) pointed at a FakeDiscord, own data folder;
     it can be killed and started again on the same data."""
@@ -249,6 +254,7 @@ class BotProcess(E2EBotProcess):
         })
         self.starts = 0
         self._offset = 0
+        self._orphans: list[int] = []  # the children of runs killed by `kill9()`, reaped by `stop()`
 
     def start(self) -> None:
         self.starts += 1
@@ -285,9 +291,20 @@ class BotProcess(E2EBotProcess):
     def kill9(self) -> None:
         """SIGKILL the bot process alone (its children get SIGTERM from the kernel, as in production)."""
         assert self.process is not None
+        self._orphans += child_pids(self.process.pid)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         self._log.close()
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """Stop the bot (SIGINT, SIGKILL after `timeout`), then make sure no child of any of its runs outlives the
+        test: those still running `REAP_TIMEOUT` seconds on are killed."""
+        if self.process is not None and self.process.poll() is None:
+            self._orphans += child_pids(self.process.pid)  # a stop that ends in SIGKILL leaves them too
+        code = super().stop(timeout)
+        orphans, self._orphans = self._orphans, []
+        reap(orphans, REAP_TIMEOUT)
+        return code
 
     def rows(self) -> dict[int, dict[str, Any]]:
         with sqlite3.connect(self.data_dir / "bot.db", timeout=30) as con:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,15 +58,44 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def child_pids(pid: int) -> list[int]:
+    """The pids of the running processes whose parent is `pid` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def reap(pids: list[int], timeout: float) -> list[int]:
+    """Wait up to `timeout` seconds for the processes `pids` to exit (children a killed bot left: the kernel sends
+    them SIGTERM); SIGKILL those still running then, so that no test leaves processes behind. Returns their pids."""
+    deadline = time.monotonic() + timeout
+    left = [pid for pid in pids if pid_alive(pid)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if pid_alive(pid)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
 class WorkerProcess:
     """`python -m generation.worker --fake-engine ...` as a real child process, with its log in a file."""
 
     def __init__(self, url: str, log_dir: Path, name: str, *args: str, config: QueueConfig = FAST,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, module: str = "generation.worker"):
         self.name = name
         self.log_path = log_dir / f"worker-{name}.log"
         cmd = [
-            sys.executable, "-m", "generation.worker", "--nats-url", url, "--name", name,
+            sys.executable, "-m", module, "--nats-url", url, "--name", name,
             "--ack-wait", str(config.ack_wait), "--max-deliver", str(config.max_deliver),
             "--prefix", config.prefix, *args,
         ]

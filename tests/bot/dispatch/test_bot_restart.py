@@ -13,10 +13,23 @@ from pathlib import Path
 
 import pytest
 
+from bot.dispatch.local import LOCAL_DRAIN_TIMEOUT
 from generation.protocol.queue import QueueConfig
-from tests.support.natsutil import REPO, WorkerProcess, nats_server_fixture, pid_alive  # noqa: F401
+from generation.worker.worker import STOP_EXIT_AFTER
+from tests.support.natsutil import (  # noqa: F401
+    REPO,
+    WorkerProcess,
+    child_pids,
+    nats_server_fixture,
+    pid_alive,
+    reap,
+)
 
 pytestmark = pytest.mark.slow
+
+#: Seconds the children of a killed bot may take to exit: at worst the local worker's drain timeout and its exit
+#: deadline (`STOP_EXIT_AFTER`), plus a margin for a loaded machine.
+REAP_TIMEOUT = LOCAL_DRAIN_TIMEOUT + STOP_EXIT_AFTER + 5.0
 
 
 class BotProcess:
@@ -29,6 +42,7 @@ class BotProcess:
             [sys.executable, "-m", "tests.support.botproc", str(data_dir), *args],
             cwd=REPO, stdout=self._out, stderr=self._err, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         )
+        self._children: list[int] = []
 
     def lines(self) -> list[str]:
         return self.out_path.read_text().splitlines()
@@ -44,12 +58,21 @@ class BotProcess:
             time.sleep(0.05)
         raise AssertionError(f"bot did not print {prefix!r}; stderr:\n{self.err_path.read_text()[-4000:]}")
 
-    def close(self) -> None:
+    def kill9(self) -> None:
+        """SIGKILL the bot alone (the kernel sends its server and worker SIGTERM); `close()` reaps them."""
         if self.proc.poll() is None:
+            self._children += child_pids(self.proc.pid)
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
+
+    def close(self, reap_timeout: float = REAP_TIMEOUT) -> list[int]:
+        """SIGKILL the bot if it still runs, then wait for the children it left to exit: SIGKILL those still running
+        after `reap_timeout` seconds and return their pids (a bot's children must not outlive it)."""
+        self.kill9()
         self._out.close()
         self._err.close()
+        children, self._children = self._children, []
+        return reap(children, reap_timeout)
 
 
 def posted(*bots: BotProcess) -> list[int]:
@@ -76,8 +99,7 @@ def test_bot_killed_with_jobs_queued_delivers_every_job_once(mode, tmp_path, req
         created = json.loads(first.wait_for("CREATED ").split(" ", 1)[1])
         assert len(created) == n
         first.wait_for("POSTED ")
-        first.proc.send_signal(signal.SIGKILL)
-        first.proc.wait()
+        first.kill9()
         before = posted(first)
         assert len(before) < n, "all jobs finished before the kill; the test proves nothing"
         time.sleep(0.5)
@@ -125,6 +147,14 @@ def test_ctrl_c_stops_bot_worker_and_server_and_loses_nothing(tmp_path):
         done = json.loads(second.wait_for("DONE ", timeout=60).split(" ", 1)[1])
         assert set(done.values()) == {"posted"}
         assert sorted(posted(first, second)) == sorted(created)
+        # Killed now with SIGKILL (mostly while it stops its worker): the kernel sends the worker and the server
+        # SIGTERM, and neither outlives the bot (a worker whose client lost a cancellation to a server that went with
+        # the bot once stayed behind for good).
+        server_pid, worker_pid = map(int, second.wait_for("PIDS ").split()[1:])
+        t0 = time.monotonic()
+        assert second.close() == [], f"still running {REAP_TIMEOUT:.0f} s after the bot was killed (killed now)"
+        assert not pid_alive(server_pid) and not pid_alive(worker_pid)
+        assert time.monotonic() - t0 < REAP_TIMEOUT
     finally:
         first.close()
         if second is not None:

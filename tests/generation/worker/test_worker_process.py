@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 import time
+
+import pytest
 
 from generation.protocol.contract import GenerationRequest
 from generation.protocol.queue import ProgressEvent
-from tests.support.natsutil import FAST, WorkerProcess, connect, nats_server_fixture  # noqa: F401
+from generation.worker.worker import END_TASKS_TIMEOUT, FORCED_EXIT_STATUS
+from tests.support.natsutil import FAST, REPO, WorkerProcess, connect, nats_server_fixture  # noqa: F401
 
 
 async def wait_started(q, job_id: int, timeout: float = 20.0) -> ProgressEvent:
@@ -119,3 +125,46 @@ async def test_sigterm_stops_a_worker_whose_server_is_gone_idle_or_mid_job(nats_
     finally:
         idle.stop()
         busy.stop()
+
+
+@pytest.mark.parametrize("lost", ["2", "all"])
+async def test_sigterm_stops_a_worker_whose_nats_client_loses_cancellations(nats_server, tmp_path, lost):
+    """The state a bot killed with kill -9 left its worker in, for good: the server gone, the NATS client
+    reconnecting, and the cancellations of its reconnect loop lost (nats.py under Python 3.11 loses one that meets a
+    failing connect attempt; this worker's client loses the first two, those of `close()` and of asyncio.run, or every
+    one). SIGTERM still ends it: the tasks left are cancelled again until they end (status 0), and a task that never
+    ends does not keep the process (status 3, `FORCED_EXIT_STATUS`)."""
+    w = WorkerProcess(nats_server.url, tmp_path, f"lossy-{lost}", "--fake-engine", "0.05", "--drain-timeout", "1",
+                      module="tests.support.lossy_worker", env={"LOSE_CANCELS": lost})
+    try:
+        w.wait_for("ready")
+        nats_server.kill()
+        w.wait_for("disconnected", timeout=10)
+        t0 = time.monotonic()
+        code = w.stop(timeout=20)
+        took = time.monotonic() - t0
+        # stop() kills with SIGKILL after its timeout: a negative code means the worker did not exit on SIGTERM.
+        assert code == (0 if lost == "2" else FORCED_EXIT_STATUS), (code, w.log()[-2000:])
+        assert took < 1 + END_TASKS_TIMEOUT + 3, (took, w.log()[-2000:])
+        if lost == "all":
+            assert "1 task(s) did not end on cancellation (Client._attempt_reconnect); exiting anyway" in w.log()
+        else:  # close() lost one, the first round of end_other_tasks the other
+            [line] = [x for x in w.log().splitlines() if "tasks left at the end, cancelled until they ended" in x]
+            rounds = int(re.search(r"\((\d+) round\(s\)\)$", line)[1])
+            assert "Client._attempt_reconnect" in line and rounds >= 2, line
+    finally:
+        w.stop()
+
+
+def test_the_exit_deadline_ends_a_process_that_a_stuck_thread_keeps_alive():
+    """Once armed, `ExitDeadline` ends the process after its seconds even while a thread that cannot be interrupted
+    (a model load) would keep it for a minute: the status says it was a forced exit."""
+    script = ("import threading, time\n"
+              "from generation.worker.worker import ExitDeadline\n"
+              "threading.Thread(target=time.sleep, args=(60,)).start()\n"  # not a daemon: the interpreter waits for it
+              "ExitDeadline(1.0, 'stuck').arm()\n")
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert p.returncode == FORCED_EXIT_STATUS, p.stderr[-2000:]
+    assert time.monotonic() - t0 < 20
+    assert "worker stuck: still running 1 s after it was asked to stop; exiting now (status 3)" in p.stderr
