@@ -23,7 +23,7 @@ from bot.exts.common import deps
 from bot.exts.describe import flow as describe_flow
 from bot.exts.errors import report_error
 from bot.exts.imagine import batch, models
-from bot.exts.imagine.flow import SourceUpload, admitting, answer_in_time
+from bot.exts.imagine.flow import SourceUpload, admission, admitting, answer_in_time
 from bot.exts.imagine.options import (
     ASPECTS,
     aspect_size,
@@ -298,7 +298,10 @@ class Imagine(commands.Cog):
             # `{a, b}` groups: one job per combination (bot.services.permutations); none: the one job, as typed.
             combos = expand_fields({"prompt": prompt, "negative_prompt": negative, "style": style},
                                    limit=deps(interaction).settings.permutation_max_jobs)
-            return [await plan(combo) for combo in combos]
+            # The defaults are read like an admission's database work: a few at a time, after the deferrals in
+            # progress went out (Admission.slot); start_job takes a slot of its own afterwards.
+            async with admission(interaction.client).slot():
+                return [await plan(combo) for combo in combos]
 
         # Everything before the first answer runs under Discord's deadline and counts as an admission, as in
         # flow.start_job: acknowledged at once when other interactions are being admitted, else after DEFER_AFTER
