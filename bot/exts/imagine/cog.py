@@ -307,12 +307,13 @@ class Imagine(commands.Cog):
         # flow.start_job: acknowledged at once when other interactions are being admitted, else after DEFER_AFTER
         # seconds of work (reading the attachment, the member's and the channel's defaults). In a burst the
         # acknowledgements must not wait behind those reads.
+        # The block ends with the plans: start_job counts its own admission, up to its first answer, as before.
         async with admitting(interaction):
             plans = await answer_in_time(interaction, planned())
-            if len(plans) > 1:
-                await batch.ask(interaction, plans)
-                return
-            await plans[0].start(interaction)
+        if len(plans) > 1:
+            await batch.ask(interaction, plans)
+            return
+        await plans[0].start(interaction)
         await batch.send_notes(interaction, plans[0].notes)
 
     @imagine.autocomplete("style")

@@ -156,7 +156,7 @@ async def test_in_a_burst_a_single_job_is_acknowledged_before_any_read_and_then_
     monkeypatch.setattr(cog, "gather", gather)
     with flow.admission(world.bot).entering():
         result = await world.alice.slash(world.art, "imagine", prompt="a red circle")
-    assert order == ["defer", "defaults read"]
+    assert order[:2] == ["defer", "defaults read"]  # (start_job's own admission may defer again: a no-op)
     assert not result.ephemeral
     assert result.response is not None and result.response.embeds  # the queued message replaced "thinking…"
     assert len(await jobs(world)) == 1
