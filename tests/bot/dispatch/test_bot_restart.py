@@ -107,7 +107,11 @@ def test_bot_killed_with_jobs_queued_delivers_every_job_once(mode, tmp_path, req
         done = json.loads(second.wait_for("DONE ", timeout=60).split(" ", 1)[1])
         assert set(done.values()) == {"posted"} and len(done) == n
         all_posted = posted(first, second)
-        assert sorted(all_posted) == sorted(created)  # each job posted exactly once across both bot processes
+        # Each job posted exactly once across both bot processes: no job printed twice, every job marked posted
+        # (`done`). A job's POSTED line is printed after its mark is committed, so the kill may fall between the two
+        # for the one job the first bot was posting: at most that one is missing from the lines, never re-posted.
+        assert len(all_posted) == len(set(all_posted)) and set(all_posted) <= set(created)
+        assert len(set(created) - set(all_posted)) <= 1, (sorted(all_posted), sorted(created))
         runs = [line.split("\t")[0] for line in journal.read_text().splitlines()]
         assert set(runs) == {f"job-{i}" for i in range(n)}
         if mode == "external":
