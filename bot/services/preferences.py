@@ -289,17 +289,24 @@ class PreferenceService:
         checked = check_values(values)
 
         async def work(s: AsyncSession) -> Defaults:
-            row = await s.get(MemberSetting, (guild_id, user_id))
-            if row is None:
-                row = MemberSetting(guild_id=guild_id, user_id=user_id, stealth=False)
-                s.add(row)
-            for name, value in checked.items():
-                setattr(row, name, value)
-            row.updated_at = self.clock()
-            await s.flush()
+            row = await self._store(s, MemberSetting(guild_id=guild_id, user_id=user_id, stealth=False), checked)
             return _defaults(row)
 
         return await run_write(self.sessions, work)
+
+    async def _store(self, s: AsyncSession, new: Any, values: dict[str, Any]) -> Any:
+        """The row with `new`'s primary key (`new` itself when there is none yet) with `values` set and stamped."""
+        mapper = type(new).__mapper__
+        key = tuple(getattr(new, c.key) for c in mapper.primary_key)
+        row = await s.get(type(new), key)
+        if row is None:
+            row = new
+            s.add(row)
+        for name, value in values.items():
+            setattr(row, name, value)
+        row.updated_at = self.clock()
+        await s.flush()
+        return row
 
     async def reset_member(self, guild_id: int, user_id: int, name: str | None = None) -> Defaults:
         """Clear one default (`name`, "mode" = back to public) or all of them (None)."""
@@ -340,15 +347,8 @@ class PreferenceService:
             raise TypeError("a channel has no mode")
 
         async def work(s: AsyncSession) -> Defaults:
-            row = await s.get(ChannelDefault, (guild_id, channel_id))
-            if row is None:
-                row = ChannelDefault(guild_id=guild_id, channel_id=channel_id, updated_by=by)
-                s.add(row)
-            for name, value in checked.items():
-                setattr(row, name, value)
-            row.updated_by = by
-            row.updated_at = self.clock()
-            await s.flush()
+            row = await self._store(s, ChannelDefault(guild_id=guild_id, channel_id=channel_id, updated_by=by),
+                                    {**checked, "updated_by": by})
             await write_audit(s, guild_id, by, "channel_defaults.set", f"channel:{channel_id}", checked)
             return _defaults(row)
 
