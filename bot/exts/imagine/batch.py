@@ -48,10 +48,12 @@ class Planned:
     model: str | None
     source: SourceUpload | None = None
     notes: list[str] = field(default_factory=list)
+    #: The member's stealth mode, read with their defaults (None: `start_job` reads it).
+    stealth: bool | None = None
 
     async def start(self, interaction: discord.Interaction, **how: Any) -> Any:
-        return await start_job(interaction, build=self.build, model=self.model, source=self.source, **how,
-                               **self.given)
+        return await start_job(interaction, build=self.build, model=self.model, source=self.source,
+                               stealth=self.stealth, **how, **self.given)
 
 
 async def units_of(interaction: discord.Interaction, plan: Planned) -> int:

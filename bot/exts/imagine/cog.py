@@ -259,7 +259,8 @@ class Imagine(commands.Cog):
             }
             if source is not None:
                 given.update(mode="img2img", strength=DEFAULT_IMAGE_STRENGTH if strength is None else strength)
-            planned = batch.Planned(given, lambda card: {}, requested, source, list(first.notes))
+            planned = batch.Planned(given, lambda card: {}, requested, source, list(first.notes),
+                                    stealth=levels.member.stealth)
 
             def build(card: ModelCard) -> dict[str, Any]:
                 """The parameters that depend on the target model: resolved again with its card (its steps limit

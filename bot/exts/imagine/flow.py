@@ -259,12 +259,13 @@ class SourceUpload:
 
 async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelCard], dict[str, Any]] | None = None,
                     source: SourceUpload | None = None, in_channel: bool = False, skip_cooldown: bool = False,
-                    **params: Any) -> Any:
+                    stealth: bool | None = None, **params: Any) -> Any:
     """Check, reserve and queue a job for the member of `interaction`; answer with its queued message.
 
     `in_channel`: one of several jobs of one command (permutations, bot.exts.imagine.batch): its queued message is
     posted in the channel with the bot's token instead of answering the interaction; `skip_cooldown` for all but
-    the first of them. The job is stealth when its member is in stealth mode (`/settings`, bot.services.preferences).
+    the first of them. The job is stealth when its member is in stealth mode (`/settings`, bot.services.preferences):
+    `stealth` when the caller read the member's settings already (/imagine), else read here (the buttons).
 
     `params` are the job's parameters; `params["model"]` is the model asked for (a name; "" or left out: the automatic
     choice), and the job stores the concrete model it targets. `build(card)`, when given, adds the parameters that
@@ -293,11 +294,13 @@ async def start_job(interaction: discord.Interaction, *, build: Callable[[ModelC
                 job_params.update(await source.attach(interaction, model.card, job_params))
             await gate.acknowledgements_first()
             cooldown = 0.0 if skip_cooldown else d.settings.imagine_cooldown_seconds
-            stealth = await PreferenceService(d.sessions).stealth(guild_id, interaction.user.id)
+            hidden = stealth
+            if hidden is None:
+                hidden = await PreferenceService(d.sessions).stealth(guild_id, interaction.user.id)
             try:
                 job = await d.jobs.create(
                     guild_id, interaction.channel_id, interaction.user.id, role_ids_of(interaction.user),
-                    cooldown=cooldown, check=model.card.check, card=model.card, stealth=stealth, **job_params
+                    cooldown=cooldown, check=model.card.check, card=model.card, stealth=hidden, **job_params
                 )
             except BaseException:
                 if source is not None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import pytest
 
+from bot.db.models import Job
 from bot.gallery.catalog import Filters, GalleryCatalog
 from bot.services.preferences import Defaults, PreferenceService
+from bot.ui.buttons import job_custom_id
 from tests.bot.exts.conftest import SHAPES, card
 
 
 def prefs(world) -> PreferenceService:
     return PreferenceService(world.services.sessions)
+
+
+async def stealth_of(world, job_id: int) -> bool:
+    async with world.services.sessions() as s:
+        return (await s.get(Job, job_id)).stealth
 
 
 def shown(result) -> str:
@@ -171,6 +178,28 @@ async def test_a_stealth_job_is_posted_but_left_out_of_the_gallery_and_the_showc
     await world.bob.react(public_message, "⭐")  # the same star on a public job reposts it
     (repost,) = showcase.history()
     assert repost.embeds[0].title == f"⭐ Job #{public.id}"
+
+
+async def test_imagine_reads_the_member_settings_once_and_a_button_reads_stealth_itself(world, monkeypatch):
+    """/imagine hands the stealth mode it read with the member's defaults to the job (no second read); 🔄 reads it."""
+    await world.alice.slash(world.art, "settings", mode="stealth")
+    reads = []
+    member = PreferenceService.member
+
+    async def counted(self, guild_id, user_id):
+        reads.append(user_id)
+        return await member(self, guild_id, user_id)
+
+    monkeypatch.setattr(PreferenceService, "member", counted)
+    await world.alice.slash(world.art, "imagine", prompt="a secret circle")
+    secret = await world.latest_job()
+    assert reads == [world.alice.id]
+    assert await stealth_of(world, secret.id)
+    message = await world.finish(secret.id)
+    reads.clear()
+    await world.alice.click(message, custom_id=job_custom_id(secret.id, "r"))
+    again = await world.latest_job()
+    assert again.id != secret.id and await stealth_of(world, again.id) and reads == [world.alice.id]
 
 
 async def test_a_channel_default_style_must_be_a_server_style(world):
