@@ -276,6 +276,30 @@ class QueueConfig:
 
 
 # --- the client ----------------------------------------------------------------------------------------------------
+#: Longest `JobQueue.close` keeps cancelling the client's reconnect loop (`end_reconnecting`).
+RECONNECT_END_TIMEOUT = 5.0
+
+
+async def end_reconnecting(nc: Any, timeout: float = RECONNECT_END_TIMEOUT, every: float = 0.05) -> bool:
+    """Cancel the client's reconnect loop until it has ended, at most `timeout` seconds; returns whether it ended.
+
+    nats.py's `Client.close()` cancels that loop once, waits half a second and returns; under Python 3.11 the
+    cancellation is lost when it meets a connect attempt failing in the same loop step (`asyncio.wait_for` raises the
+    connect error instead, which the loop catches and retries), so with its server gone the loop went on for ever and
+    the process could not end (`asyncio.run` waits for it). The worker also cancels every task left at its end
+    (generation.worker.worker.end_other_tasks); this is the bot's part."""
+    task = getattr(nc, "_reconnection_task", None)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while task is not None and not task.done():
+        if loop.time() >= end:
+            log.error("NATS: the client's reconnect loop did not end on cancellation within %.0f s", timeout)
+            return False
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    return True
+
+
 class JobQueue:
     """A connection to NATS with everything both sides need. Create with `await JobQueue.connect(url)`."""
 
@@ -376,6 +400,7 @@ class JobQueue:
                 await self.nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self.nc.close()
+        await end_reconnecting(self.nc)
 
     async def setup(self, *, update: bool = True) -> None:
         """Create the streams, the object store and the cancel bucket, with their limits. With `update` (the bot) a
