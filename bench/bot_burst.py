@@ -310,11 +310,15 @@ def repeat_lines(runs: list[dict]) -> list[str]:
     if len(runs) < 2:
         return []
     p99s = [r["burst"]["p99"] for r in runs]
+    echoes = [r["echo"]["p99"] for r in runs]
+    ratios = [b / e for b, e in zip(p99s, echoes, strict=True)]
     lags = [r["lag_burst_ms"] for r in runs]
     return [
         f"- Over {len(runs)} runs of the same command in a row (`--repeat {len(runs)}`; the table and the lines above "
         f"are the last): ack p99 {', '.join(f'{v:.0f}' for v in p99s)} ms (median {statistics.median(p99s):.0f}, goal "
-        f"met in {sum(v <= ACK_GOAL_MS for v in p99s)} of {len(runs)}); worst loop lag "
+        f"met in {sum(v <= ACK_GOAL_MS for v in p99s)} of {len(runs)}); against each run's echo p99 "
+        f"({', '.join(f'{v:.0f}' for v in echoes)} ms): {', '.join(f'{v:.2f}x' for v in ratios)} "
+        f"(median {statistics.median(ratios):.2f}x); worst loop lag "
         f"{', '.join(f'{v:.1f}' for v in lags)} ms (median {statistics.median(lags):.1f}, goal met in "
         f"{sum(v <= LAG_GOAL_MS for v in lags)} of {len(runs)}).",
     ]

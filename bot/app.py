@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord.ext import commands
@@ -36,6 +37,10 @@ log = logging.getLogger("bot.app")
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
+#: Most connections the bot keeps open to Discord's API (and its CDN) at once; more requests wait for a free one.
+#: discord.py's own pool has no limit: in a burst of 2,000 /imagine it opened a connection for every deferral that
+#: found none free, 376 of them, each a TLS handshake with the real Discord (docs/benchmarks.md, "Bot scale").
+HTTP_CONNECTIONS = 100
 
 
 def point_at_discord(api_base: str | None, gateway_url: str | None) -> None:
@@ -107,6 +112,20 @@ class ImagineBot(commands.Bot):
         if isinstance(value, discord.gateway.DiscordWebSocket):
             value.poll_event = _yield_after(value.poll_event)  # type: ignore[method-assign]
         self.__dict__["_gateway_ws"] = value
+
+    def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
+        # A modal submission is also dispatched as `modal_submit`, which the extensions listen to (the remix, region
+        # and image modals, matched by custom_id), so that no extension listens to every `interaction`: each
+        # listener is a task per interaction, slash commands and clicks included, and in a burst of /imagine those
+        # tasks took loop time from the acknowledgements.
+        if event_name == "interaction" and args and getattr(args[0], "type", None) is discord.InteractionType.modal_submit:
+            super().dispatch("modal_submit", *args, **kwargs)
+        super().dispatch(event_name, *args, **kwargs)
+
+    async def login(self, token: str) -> None:
+        if self.http.connector is discord.utils.MISSING:  # none given by the caller: a pool with a limit
+            self.http.connector = aiohttp.TCPConnector(limit=HTTP_CONNECTIONS)
+        await super().login(token)
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(JobButton)

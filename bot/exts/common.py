@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import discord
@@ -109,13 +110,27 @@ def _num(x: float | int | None) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
+#: Each command's declared options by name, made once (`Command.parameters` builds a new wrapper per option per call,
+#: on the path every interaction takes before its first answer).
+_declared: weakref.WeakKeyDictionary[app_commands.Command, tuple[tuple[str, app_commands.Parameter], ...]] = (
+    weakref.WeakKeyDictionary())
+
+
+def declared_options(command: app_commands.Command) -> tuple[tuple[str, app_commands.Parameter], ...]:
+    found = _declared.get(command)
+    if found is None:
+        found = _declared[command] = tuple((p.display_name, p) for p in command.parameters)
+    return found
+
+
 async def check_declared_options(interaction: discord.Interaction) -> bool:
     """A command check: every option value within what the command declares (see OptionOutOfRange)."""
     command = interaction.command
     if not isinstance(command, app_commands.Command):
         return True
-    for param in command.parameters:
-        value = getattr(interaction.namespace, param.display_name, None)
+    given = vars(interaction.namespace)
+    for name, param in declared_options(command):
+        value = given.get(name)
         if value is None:
             continue
         problem = option_problem(param, value)

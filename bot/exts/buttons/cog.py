@@ -285,10 +285,8 @@ class JobActions(commands.Cog):
         await interaction.response.send_modal(b.RemixModal(job.id, prompt, negative))
 
     @commands.Cog.listener()
-    async def on_interaction(self, interaction: discord.Interaction) -> None:
+    async def on_modal_submit(self, interaction: discord.Interaction) -> None:
         """Remix modal submissions, matched by custom_id so they work even across a restart."""
-        if interaction.type is not discord.InteractionType.modal_submit:
-            return
         custom_id = str((interaction.data or {}).get("custom_id", ""))
         region = b.REGION_MODAL.fullmatch(custom_id)
         if region is not None:

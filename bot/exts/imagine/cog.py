@@ -157,11 +157,9 @@ class Imagine(commands.Cog):
         await interaction.response.send_modal(describe_flow.ImageModal(message.channel.id, message.id, attachment.id))
 
     @commands.Cog.listener()
-    async def on_interaction(self, interaction: discord.Interaction) -> None:
+    async def on_modal_submit(self, interaction: discord.Interaction) -> None:
         """The "Imagine from this image" modal, matched by custom_id (it works across a restart): the image is read
         from the message again, then checked and used like `/imagine image:`."""
-        if interaction.type is not discord.InteractionType.modal_submit:
-            return
         match = describe_flow.IMAGE_MODAL.fullmatch(str((interaction.data or {}).get("custom_id", "")))
         if match is None:
             return
@@ -296,12 +294,13 @@ class Imagine(commands.Cog):
             nonlocal source
             # The attachment is checked (its stated size, then its header) before anything else: nothing is charged.
             source = await read_source(image) if image is not None else None
-            # `{a, b}` groups: one job per combination (bot.services.permutations); none: the one job, as typed.
-            combos = expand_fields({"prompt": prompt, "negative_prompt": negative, "style": style},
-                                   limit=deps(interaction).settings.permutation_max_jobs)
             # The defaults are read like an admission's database work: a few at a time, after the deferrals in
-            # progress went out (Admission.slot); start_job takes a slot of its own afterwards.
+            # progress went out (Admission.slot); start_job takes a slot of its own afterwards. The prompt's groups
+            # are expanded there too: in a burst, nothing but the deferrals runs before them.
             async with admission(interaction.client).slot():
+                # `{a, b}` groups: one job per combination (bot.services.permutations); none: the one job, as typed.
+                combos = expand_fields({"prompt": prompt, "negative_prompt": negative, "style": style},
+                                       limit=deps(interaction).settings.permutation_max_jobs)
                 return [await plan(combo) for combo in combos]
 
         # Everything before the first answer runs under Discord's deadline and counts as an admission, as in

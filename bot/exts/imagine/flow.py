@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -48,9 +49,13 @@ T = TypeVar("T")
 DEFER_AFTER = 0.5
 #: How many admissions (the database work of starting a job) run at once; well below the database pool (5 + 10).
 ADMISSION_SLOTS = 4
-#: Longest an admission waits for the deferrals in progress to go out first, and the pause in deferrals it waits for.
-ACKS_FIRST_MAX = 1.0
+#: Longest an admission (one slot, all its waits together) waits for the deferrals in progress to go out first, and
+#: the pause in deferrals it waits for. A burst of 2,000 /imagine is deferred in under 2 s on a 2-core machine
+#: (docs/benchmarks.md, "Bot burst"): admissions that began sooner took loop time from the last deferrals.
+ACKS_FIRST_MAX = 2.0
 ACKS_QUIET = 0.05
+#: The loop time until which the admission in this slot may still wait for deferrals (`Admission.slot`).
+_ACKS_UNTIL: contextvars.ContextVar[float | None] = contextvars.ContextVar("acks_until", default=None)
 #: Longest a new job waits for a worker that is still loading its first model (the local worker restarts with the
 #: bot) before it is refused for want of a model; the interaction shows "thinking…" meanwhile.
 LOADING_WAIT = 60.0
@@ -68,8 +73,9 @@ class Admission:
     - `busy`: another interaction is being admitted (`entering()`, from its arrival to its job's creation or its
       refusal) or every slot is taken, so a new interaction can not be answered at once: defer it.
     - Acknowledgements first: an admission whose turn has come still waits while deferrals are going out
-      (`deferring()`) and until none went out for `ACKS_QUIET` seconds, at most `ACKS_FIRST_MAX` seconds, so in a
-      burst every member sees "thinking…" before the bot gets on with the jobs.
+      (`deferring()`) and until none went out for `ACKS_QUIET` seconds, so in a burst every member sees "thinking…"
+      before the bot gets on with the jobs. Its waits in one slot, at its turn and between its steps, come to at most
+      `ACKS_FIRST_MAX` seconds together, so admissions keep moving under a stream of interactions that never pauses.
     """
 
     def __init__(self, slots: int = ADMISSION_SLOTS):
@@ -95,15 +101,22 @@ class Admission:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         async with self._slots:
-            await self.acknowledgements_first()
-            yield
+            until = _ACKS_UNTIL.set(asyncio.get_running_loop().time() + ACKS_FIRST_MAX)
+            try:
+                await self.acknowledgements_first()
+                yield
+            finally:
+                _ACKS_UNTIL.reset(until)
 
     async def acknowledgements_first(self) -> None:
-        """Return once no deferral is going out and none went out for ACKS_QUIET seconds, or ACKS_FIRST_MAX
-        seconds from now; at once on a quiet bot. Slots wait here before their turn; an admission also between its
-        steps, so one that began just before a burst does not slow down the burst's deferrals."""
+        """Return once no deferral is going out and none went out for ACKS_QUIET seconds, or when the slot's
+        ACKS_FIRST_MAX seconds are spent (outside a slot: ACKS_FIRST_MAX from now); at once on a quiet bot. Slots
+        wait here before their turn; an admission also between its steps, so one that began just before a burst
+        does not slow down the burst's deferrals."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ACKS_FIRST_MAX
+        deadline = _ACKS_UNTIL.get()
+        if deadline is None:
+            deadline = loop.time() + ACKS_FIRST_MAX
         while (now := loop.time()) < deadline:
             quiet = now - self._last_deferral
             if not self._deferring and quiet >= ACKS_QUIET:

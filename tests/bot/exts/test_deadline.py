@@ -128,6 +128,37 @@ async def test_admissions_wait_for_the_deferrals_in_progress():
     assert events == ["deferred", "admitted"]
 
 
+async def test_an_admission_waits_for_deferrals_at_most_acks_first_max_in_all(monkeypatch):
+    """Under deferrals that never pause, an admission still goes on: its waits in one slot (at its turn and between
+    its steps) come to ACKS_FIRST_MAX together, not each."""
+    monkeypatch.setattr(flow, "ACKS_FIRST_MAX", 0.3)
+    gate = flow.Admission(1)
+    stop = asyncio.Event()
+
+    async def endless():
+        while not stop.is_set():
+            async with gate.deferring():
+                await asyncio.sleep(0.01)
+
+    stream = asyncio.create_task(endless())
+    await asyncio.sleep(0.02)  # the deferrals have begun
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with gate.slot():
+        entered = loop.time() - start
+        await gate.acknowledgements_first()
+        await gate.acknowledgements_first()
+    total = loop.time() - start
+    outside = loop.time()
+    await gate.acknowledgements_first()  # outside a slot: a bound of its own
+    alone = loop.time() - outside
+    stop.set()
+    await stream
+    assert entered >= 0.25  # it did wait for the deferrals
+    assert total < 0.6  # three waits of ACKS_FIRST_MAX each would be 0.9 s
+    assert alone >= 0.25
+
+
 async def test_admission_lets_a_few_in_at_a_time_and_says_when_it_is_busy():
     """The gate runs at most its slots' admissions together, in arrival order; it is busy while an interaction is
     being admitted or every slot is taken."""
