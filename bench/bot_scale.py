@@ -22,7 +22,9 @@ process `python -m bot` with its embedded nats-server and a local worker running
    client, as in bot_burst.py), the worst event-loop lag and garbage collection (LOOP_LAG_LOG), and the bot
    process's CPU seconds (psutil; its own process, not the worker's or nats-server's) per admitted job (from the
    burst to the last queued message) and per job through the queue (`--drain` grids posted after that).
-3. `burst`: bench/bot_burst.py's burst of `--burst-big` (2,000) interactions, for the issue's goals.
+3. `burst`: bench/bot_burst.py's burst of `--burst-big` (2,000) interactions, for the issue's goals, `--burst-runs`
+   (3) times in a row: the echo baseline moves a lot from run to run on a shared machine, so each run's p99 is read
+   against its own echo and the goal from the median of those ratios; the table shows the median run.
 
 Progress goes to stdout; `--out FILE` writes every figure as JSON after each part (a rerun with `--resume` skips the
 parts and sizes already in that file).
@@ -625,17 +627,39 @@ def median_run(runs: list[dict]) -> dict:
 async def burst_part(args, out: dict) -> None:
     import bot_burst
 
-    if "burst" in out and args.resume:
-        return
-    p = argparse.Namespace(interactions=args.burst_big, single=10, seconds_per_step=args.seconds_per_step,
-                           real_engine=False, max_batch=args.max_batch, idle_seconds=4.0, stall_timeout=60.0,
-                           keep_logs=(args.keep_logs / "burst") if args.keep_logs else None, after_seconds=0.0)
-    r = await bot_burst.run(p)
-    r.pop("model", None)
-    out["burst"] = r
-    print(f"  burst of {args.burst_big}: ack p99 {r['burst']['p99']:.0f} ms (echo {r['echo']['p99']:.0f}), lag "
-          f"{r['lag_burst_ms']:.1f} ms, {r['late']} late, {r['grids']} grids", flush=True)
-    save(args, out)
+    runs = burst_runs(out) if args.resume else []
+    while len(runs) < args.burst_runs:
+        p = argparse.Namespace(interactions=args.burst_big, single=10, seconds_per_step=args.seconds_per_step,
+                               real_engine=False, max_batch=args.max_batch, idle_seconds=4.0, stall_timeout=60.0,
+                               keep_logs=(args.keep_logs / f"burst-{len(runs) + 1}") if args.keep_logs else None,
+                               after_seconds=0.0)
+        r = await bot_burst.run(p)
+        r.pop("model", None)
+        runs.append(r)
+        out["burst_runs"] = runs
+        out["burst"] = median_burst(runs)
+        print(f"  burst of {args.burst_big} ({len(runs)} of {args.burst_runs}): ack p99 {r['burst']['p99']:.0f} ms "
+              f"(echo {r['echo']['p99']:.0f}), lag {r['lag_burst_ms']:.1f} ms, {r['late']} late, {r['grids']} grids",
+              flush=True)
+        save(args, out)
+
+
+def burst_runs(out: dict) -> list[dict]:
+    """The runs of the burst part in `out` (a file from before `--burst-runs` holds one, as `burst`)."""
+    if out.get("burst_runs"):
+        return list(out["burst_runs"])
+    return [out["burst"]] if out.get("burst") else []
+
+
+def p99_ratio(run: dict) -> float:
+    return run["burst"]["p99"] / run["echo"]["p99"]
+
+
+def median_burst(runs: list[dict]) -> dict:
+    """The run whose acknowledgement p99 against its own echo's is the median of the runs (the lower middle one of
+    an even count): the one the section's table shows."""
+    ordered = sorted(runs, key=p99_ratio)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 # --- the report ------------------------------------------------------------------------------------------------------
@@ -713,8 +737,7 @@ def load_line(out: dict) -> str:
     """The 1-minute load averages the bot runs ended with (the machine's other work shows in them)."""
     loads = [r["load"] for runs in (out.get("backlog") or {}).values()
              for r in (runs if isinstance(runs, list) else [runs])]
-    if out.get("burst"):
-        loads.append(out["burst"]["load"])
+    loads += [r["load"] for r in burst_runs(out)]
     if not loads:
         return f"1-minute load average now {os.getloadavg()[0]:.2f}"
     return f"1-minute load average at the end of each bot run {min(loads):.1f} to {max(loads):.1f}"
@@ -768,12 +791,28 @@ def report(args, out: dict, argv: list[str] | None) -> str:
                      + (f"; the bot's peak memory {burst['peak_rss_mb']:.0f} MiB" if burst.get("peak_rss_mb") else "")
                      + ".")
         lines.append("")
+        runs = burst_runs(out)
+        ratios = [p99_ratio(r) for r in runs]
+        middle = statistics.median(ratios)
+        worst_lag = max(r["lag_burst_ms"] for r in runs)
+        late = sum(r["late"] for r in runs)
+        every_grid = all(r["grids"] == r["burst"]["n"] for r in runs)
+        if len(runs) > 1:
+            lines.append(f"The table is the median one of {len(runs)} runs in a row (by p99 against its own echo). "
+                         "Every run: ack p99 / echo p99 "
+                         + ", ".join(f"{r['burst']['p99']:.0f} / {r['echo']['p99']:.0f} ms ({p99_ratio(r):.2f}x)"
+                                     for r in runs)
+                         + "; worst loop lag " + ", ".join(f"{r['lag_burst_ms']:.1f}" for r in runs) + " ms; "
+                         + ", ".join(f"{r['grids']:,}" for r in runs) + " grids.")
+            lines.append("")
         goals += [
-            f"- Burst of {b['n']:,}: acknowledgement p99 {b['p99']:.0f} ms = {b['p99'] / e['p99']:.2f}x the echo "
-            f"baseline's {e['p99']:.0f} ms (goal <= 2x: {verdict(b['p99'] <= 2 * e['p99'])}); worst loop lag "
-            f"{burst['lag_burst_ms']:.1f} ms (goal <= 50 ms: {verdict(burst['lag_burst_ms'] <= 50)}); "
-            f"{burst['late']} acknowledged after 3 s (goal 0: {verdict(burst['late'] == 0)}); {burst['grids']:,} of "
-            f"{b['n']:,} grids posted (goal: all, once: {verdict(burst['grids'] == b['n'])}).",
+            f"- Burst of {b['n']:,}: acknowledgement p99 against the echo baseline's p99 of the same run "
+            + (f"{ratios[0]:.2f}x" if len(runs) == 1 else
+               f"{', '.join(f'{v:.2f}x' for v in ratios)} over {len(runs)} runs (median {middle:.2f}x, within 2x in "
+               f"{sum(v <= 2 for v in ratios)} of {len(runs)})")
+            + f" (goal <= 2x: {verdict(middle <= 2)}); worst loop lag {worst_lag:.1f} ms (goal <= 50 ms: "
+            f"{verdict(worst_lag <= 50)}); {late} acknowledged after 3 s (goal 0: {verdict(late == 0)}); every grid "
+            f"posted once in every run: {verdict(every_grid)}.",
         ]
     back = out.get("backlog") or {}
     if back:
@@ -883,6 +922,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--drain", type=int, default=100, help="grids posted after the burst, for the CPU per job")
     p.add_argument("--rounds", type=int, default=3, help="runs of each backlog size (the sizes in turn)")
     p.add_argument("--burst-big", type=int, default=2000, help="interactions of the `burst` part")
+    p.add_argument("--burst-runs", type=int, default=3,
+                   help="runs of the `burst` part (the echo baseline moves from run to run: each run is compared "
+                        "with its own, and the goal is read from the median)")
     p.add_argument("--seconds-per-step", type=float, default=0.05, help="fake engine: seconds per denoising step")
     p.add_argument("--max-batch", type=int, default=4, help="worker: most same-shape jobs per batch")
     p.add_argument("--idle-seconds", type=float, default=5.0,
@@ -901,6 +943,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--backlogs needs at least one size of 1 or more, got {args.backlogs}")
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.burst_runs < 1:
+        p.error(f"--burst-runs must be at least 1, got {args.burst_runs}")
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     unknown = sorted(set(parts) - {"queries", "backlog", "burst"})
     if unknown:

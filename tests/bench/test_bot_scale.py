@@ -90,3 +90,28 @@ async def test_the_hot_queries_on_a_small_history(scale, tmp_path):
     args = argparse.Namespace(repeats=1, history=300, backlogs=[30], burst=200, drain=100)
     text = scale.report(args, out, [])
     assert text.startswith(scale.SECTION) and scale.RECONCILE_PAGE in text and "### Goals (issue #20)" in text
+
+
+def test_the_burst_goal_is_read_from_each_run_against_its_own_echo(scale):
+    """Several runs of the burst: the table shows the median run by p99 against its own echo, every run is listed,
+    the goal's verdict follows the median ratio, and a file from before `--burst-runs` (one `burst`) still reads."""
+
+    def run(p99, echo, lag=10.0, late=0, grids=2000):
+        return {"echo": {"n": 2000, "p50": echo / 2, "p99": echo, "max": echo}, "load": 0.5,
+                "burst": {"n": 2000, "p50": p99 / 2, "p99": p99, "max": p99}, "late": late, "grids": grids,
+                "lag_burst_ms": lag, "lag_burst_windows": 300, "gc_burst_ms": 5.0, "gc_full": 0, "stalls": [],
+                "drained_s": 300.0, "errors": 0}
+
+    runs = [run(1500, 500), run(900, 600), run(1000, 400)]  # 3.0x, 1.5x, 2.5x
+    assert scale.median_burst(runs) is runs[2]
+    args = argparse.Namespace(repeats=1, history=300, backlogs=[30], burst=200, drain=100)
+    text = scale.report(args, {"burst": scale.median_burst(runs), "burst_runs": runs}, [])
+    assert "3.00x, 1.50x, 2.50x over 3 runs (median 2.50x, within 2x in 1 of 3) (goal <= 2x: **missed**)" in text
+    assert "1500 / 500 ms (3.00x), 900 / 600 ms (1.50x), 1000 / 400 ms (2.50x)" in text
+    runs[0] = run(700, 500)
+    text = scale.report(args, {"burst": scale.median_burst(runs), "burst_runs": runs}, [])
+    assert "(median 1.50x, within 2x in 2 of 3) (goal <= 2x: met)" in text
+    runs[1] = run(900, 600, late=1)
+    assert "1 acknowledged after 3 s (goal 0: **missed**)" in scale.report(args, {"burst_runs": runs, "burst": runs[0]}, [])
+    old = scale.report(args, {"burst": run(900, 600)}, [])
+    assert "1.50x (goal <= 2x: met)" in old and scale.burst_runs({"burst": run(900, 600)})[0]["late"] == 0

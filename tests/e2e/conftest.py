@@ -24,12 +24,15 @@ import pytest
 import pytest_asyncio
 
 from tests.support.fakediscord import FakeDiscord
+from tests.support.natsutil import child_pids, reap
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "generation" / "models" / "default"
 TINY_INFO = {"description": "A tiny random-weight test model.", "default_width": 64, "default_height": 64, "default_steps": 4}
 #: How long a test waits for a grid (worker start-up plus a CPU run).
 GRID_TIMEOUT = 180.0
+#: How long a stopped bot's children get to end on their own before they are killed (a worker exits by drain + 12 s).
+CHILDREN_TIMEOUT = 20.0
 
 
 def model_in_use(tmp_root: Path) -> tuple[Path, str]:
@@ -85,12 +88,15 @@ class BotProcess:
         if p is None:
             return None
         if p.poll() is None:
+            # Its children (nats-server, the local worker) run in sessions of their own, out of reach of killpg.
+            children = child_pids(p.pid)
             p.send_signal(signal.SIGINT)
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+            reap(children, CHILDREN_TIMEOUT)
         self._log.close()
         return p.returncode
 

@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import discord
+from discord.http import Route
+from discord.webhook.async_ import async_context
 
 from bot.errors import BlockedPrompt, IllegalTransition, InvalidRequest
 from bot.exts.common import BlockedNegativePrompt, QueueFull, deps, guild_id_of, role_ids_of
@@ -173,7 +175,10 @@ async def defer(interaction: discord.Interaction, *, ephemeral: bool = False) ->
     if interaction.response.is_done():
         return
     try:
-        await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+        if isinstance(interaction.response, discord.InteractionResponse):
+            await send_deferral(interaction, ephemeral=ephemeral)
+        else:  # a stand-in for the response (tests): its own defer
+            await interaction.response.defer(thinking=True, ephemeral=ephemeral)
     except discord.HTTPException as e:
         log.warning("interaction %s: Discord refused the deferral (%s %s)", interaction.id, e.status, e.code)
     else:
@@ -181,8 +186,35 @@ async def defer(interaction: discord.Interaction, *, ephemeral: bool = False) ->
             interaction.extras[PUBLIC_DEFER] = True
 
 
+#: The route of an interaction's first answer (discord.py's own, without `?with_response`: see `send_deferral`).
+_CALLBACK = "/interactions/{webhook_id}/{webhook_token}/callback"
+
+
+async def send_deferral(interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
+    """`InteractionResponse.defer(thinking=True)`, less what nothing here reads: discord.py asks Discord for the
+    "thinking…" message back (`?with_response`) and builds a Message of it, a third of a deferral's time on the
+    bot's loop in a burst of /imagine (docs/benchmarks.md, "Bot scale"). The request goes through discord.py's
+    webhook adapter as discord.py's does (its retries, its errors), and the response is marked deferred the same
+    way, so everything after it (`edit_original_response`, follow-ups) works as after `defer()`."""
+    response = interaction.response
+    if response._response_type:  # discord.py's own check, as in defer()
+        raise discord.InteractionResponded(interaction)
+    # A command, a button or a modal alike: "thinking…", as defer(thinking=True) does.
+    kind = discord.InteractionResponseType.deferred_channel_message
+    payload: dict[str, Any] = {"type": kind.value}
+    if ephemeral:
+        payload["data"] = {"flags": 64}
+    http = interaction._state.http
+    route = Route("POST", _CALLBACK, webhook_id=interaction.id, webhook_token=interaction.token)
+    await async_context.get().request(route, session=interaction._session, payload=payload,
+                                      proxy=http.proxy, proxy_auth=http.proxy_auth)
+    response._response_type = kind
+
+
 async def answer_in_time(interaction: discord.Interaction, work: Awaitable[T], *, ephemeral: bool = False) -> T:
     """Run `work`; if it is not done within DEFER_AFTER seconds, defer the interaction meanwhile."""
+    if interaction.response.is_done():  # acknowledged already (in a burst, at once): no deadline left to keep
+        return await work
     task = asyncio.ensure_future(work)
     await asyncio.wait({task}, timeout=DEFER_AFTER)
     if not task.done():
