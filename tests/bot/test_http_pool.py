@@ -4,25 +4,13 @@ keep-alive connection instead of opening one per request (discord.py's own pool 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import aiohttp
-import discord
 
-from bot.app import HTTP_CONNECTIONS, ImagineBot, point_at_discord
+from bot.app import HTTP_CONNECTIONS, ImagineBot
 from bot.config import Settings
 from bot.deps import Deps
-from tests.support.fakediscord import FakeDiscord
-
-
-@contextlib.contextmanager
-def pointed_at(fd: FakeDiscord):
-    old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    point_at_discord(fd.api_base, fd.gateway_url)
-    try:
-        yield
-    finally:
-        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_base, old_gateway
+from tests.support.fakediscord import FakeDiscord, pointed_at
 
 
 async def test_a_burst_of_requests_shares_at_most_http_connections_connections():

@@ -14,10 +14,10 @@ from pathlib import Path
 import discord
 import pytest
 
-from bot.app import Deps, ImagineBot, point_at_discord, sync_commands
+from bot.app import Deps, ImagineBot, sync_commands
 from bot.config import Settings
 from tests.bot.exts.conftest import RecordingDispatcher
-from tests.support.fakediscord import FakeDiscord
+from tests.support.fakediscord import FakeDiscord, pointed_at
 from tests.support.hostile import open_test_services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,16 +59,6 @@ def debug_log() -> io.StringIO:
         root.removeHandler(handler)
         for n, level in levels.items():
             logging.getLogger(n).setLevel(level)
-
-
-@contextlib.contextmanager
-def pointed_at(fd: FakeDiscord):
-    old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    point_at_discord(fd.api_base, fd.gateway_url)
-    try:
-        yield
-    finally:
-        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_base, old_gateway
 
 
 async def test_a_whole_session_at_debug_level_never_logs_the_token(tmp_path, migrated_template, capfd, reliability):

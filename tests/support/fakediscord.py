@@ -26,7 +26,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -928,3 +928,19 @@ def _content_type(name: str) -> str:
         if lower.endswith(ext):
             return kind
     return "application/octet-stream"
+
+
+@contextlib.contextmanager
+def pointed_at(fd: FakeDiscord) -> Iterator[FakeDiscord]:
+    """discord.py's API base and gateway set to `fd` (bot.app.point_at_discord) for the block, then put back: for a
+    bot run in this process."""
+    import discord
+
+    from bot.app import point_at_discord
+
+    old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    point_at_discord(fd.api_base, fd.gateway_url)
+    try:
+        yield fd
+    finally:
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_base, old_gateway
