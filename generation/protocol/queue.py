@@ -393,14 +393,18 @@ class JobQueue:
                 raise
         return q
 
-    async def close(self) -> None:
+    async def close(self, *, end_reconnect: bool = True) -> None:
+        """Flush and close the connection; with `end_reconnect`, also see the client's reconnect loop end
+        (`end_reconnecting`). The worker passes False: it cancels every task left at its end, that one included
+        (generation.worker.worker.end_other_tasks), within its own bound."""
         self._closing["closing"] = True
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self.nc.close()
-        await end_reconnecting(self.nc)
+        if end_reconnect:
+            await end_reconnecting(self.nc)
 
     async def setup(self, *, update: bool = True) -> None:
         """Create the streams, the object store and the cancel bucket, with their limits. With `update` (the bot) a

@@ -990,7 +990,7 @@ async def amain(settings: WorkerSettings) -> int:
         log.warning("worker %s: gave up waiting for the server while stopping", settings.name)
     finally:
         deadline.arm()  # stopping on its own (a failed load, a lost server): the same bound
-        await queue.close()
+        await queue.close(end_reconnect=False)  # end_other_tasks below cancels the reconnect loop with the rest
         left = await end_other_tasks(END_TASKS_TIMEOUT)
         if left:
             log.error("worker %s: %d task(s) did not end on cancellation (%s); exiting anyway", settings.name,
