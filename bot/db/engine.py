@@ -24,6 +24,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from bot.db import onestep
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -50,11 +52,15 @@ def create_engine(url: str, *, foreign_keys: bool = True, echo: bool = False, **
     """An async engine for `url` (normally `sqlite+aiosqlite:///path`). For SQLite files the folder is created.
 
     Every new connection gets `journal_mode=WAL`, `busy_timeout`, `foreign_keys=ON` (unless `foreign_keys=False`,
-    which migrations use because batch mode rebuilds tables) and `synchronous=NORMAL`.
+    which migrations use because batch mode rebuilds tables) and `synchronous=NORMAL`. With aiosqlite each statement
+    is one hand-off to the database thread (bot.db.onestep).
     """
-    is_sqlite = make_url(url).get_backend_name() == "sqlite"
+    parsed = make_url(url)
+    is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite:
         _ensure_sqlite_folder(url)
+        if parsed.get_driver_name() == "aiosqlite":
+            onestep.install()  # one hand-off to the database thread per statement (bot/db/onestep.py)
     engine = create_async_engine(url, echo=echo, **kwargs)
     if is_sqlite:
         _install_sqlite_listeners(engine, foreign_keys=foreign_keys)
