@@ -671,31 +671,46 @@ def save(args, out: dict) -> None:
         tmp.replace(args.out)
 
 
-#: What the run of 2026-12-02 showed beyond the tables (kept in the section when it is written again).
+#: What the runs of session 8 (2026-12-02) showed beyond the tables (kept in the section when it is written again).
 NOTES = [
-    "### What the figures say (the run of 2026-12-02)", "",
-    "- Loop lag: of the 2,000 burst's worst seconds (167, 129, 121 ms), one was a full garbage collection (129 ms, "
-    "the only one of the burst); in the others the collector took under 4 ms and the watchdog found the loop thread "
-    "in short, ordinary calls (a commit, the JSON of a gateway message, `select()` itself): the bot waiting for a "
-    "core, on a machine whose other work kept the load average at 2 to 4 on its 2 cores. The 50 ms goal is not met "
-    "here; the one thing the bot still does in one piece for that long is a full collection.",
-    "- Garbage collection: tuned and frozen at start as before (bot/__main__.py: `gc.freeze()` after start-up, a full "
-    "collection every 100 middle ones). Before: 26 full collections in the 2,000 burst, up to 632 ms; now one of "
-    "129 ms, and none in the nine backlog runs (longest collection 3 to 7 ms; their worst loop lag 5 to 32 ms). A census of the collector's objects every "
-    "20 s during a burst of 1,000 (`gc.get_objects()`, a diagnostic run, not in this table): 80,000 to 180,000 beyond "
-    "the 122,000 frozen at start, most of them the interactions in flight (their coroutines, tasks, futures and "
-    "cells; discord.py's Interaction, Member and Message objects); nothing in it grows with the backlog. The "
-    "statements the per-job path gained are built once (a statement built per call allocates its clauses, and an "
-    "alias its columns, each time).",
-    "- `admission: create` is a write transaction: five statements (the member's limits, the quota reservation, the "
-    "insert with its round counted in it) between BEGIN IMMEDIATE and COMMIT. SQLite's own time is 0.05 ms; the rest "
-    "is the async driver's round trips (a thread hand-off each) and SQLAlchemy, the same at every backlog and "
-    "history, and above 5 ms on this loaded machine.",
-    "- A job's position is counted over the index entries ahead of it: a small cost per job ahead (SQLite 0.75 ms "
+    "### What the figures say (session 8, 2026-12-02)", "",
+    "- Where an acknowledgement's time goes in the 2,000 burst (a bench clone that stamped each interaction in the "
+    "bot, at f639d9a): from the gateway event reaching discord.py to the deferral's request, 0.5 ms at the median; "
+    "the deferral's round trip, 3 ms at the median; everything else (736 ms at the median, 1,664 ms at p99) was the "
+    "interaction waiting in the gateway socket for the bot's loop to reach it. The loop took one interaction every "
+    "0.7 to 0.9 ms, with the bot at a full core (measured after the first two steps below: 1.45 CPU s for the 2,000 "
+    "in 1.47 s), so the p99 is the loop's cost per interaction times the burst. A py-spy profile of the bot in the burst: 41% of the loop in discord.py's "
+    "`InteractionResponse.defer` (30% its webhook adapter and aiohttp, 7% a Message built from the \"thinking…\" "
+    "message that `?with_response` asks Discord to send back), 14% reading and parsing gateway events, 8% the "
+    "command tree, 12% the rest of /imagine.",
+    "- What was cut, and what each step gave (`python bench/bot_burst.py --interactions 2000 --seconds-per-step "
+    "0.005 --stall-timeout 2 --repeat 3 --no-write`: the acknowledgements only, three runs each, the machine quiet "
+    "otherwise; ack p99 median of the three, and each run's p99 against its own echo): before, 1,493 ms (2.45x, "
+    "3.79x, 2.31x); with orjson for discord.py's JSON, modal submissions dispatched as `modal_submit` (no listener "
+    "task per interaction), each command's options read once, the prompt's groups expanded inside the admission "
+    "slot and an admission's waits for deferrals bounded per slot (2 s, `ACKS_FIRST_MAX`) so that no admission starts "
+    "before the burst's deferrals are out: 1,166 ms (1.57x, 2.63x, 2.33x); with the bot's HTTP pool held to 100 "
+    "connections (discord.py's has no limit: the bot had opened 376 connections in the burst, the echo client 100): "
+    "1,106 ms (1.86x, 2.56x, 2.12x); with the deferral sent without `?with_response` (no Message built; the same "
+    "webhook adapter, its retries and errors): 1,048 ms (1.60x, 2.98x, 1.77x); that last step took the bot's CPU "
+    "over the acknowledgements from 1.45 s (one run) to 1.04 to 1.39 s (four runs).",
+    "- The echo baseline moves more than the bot does: its p99 ran from 413 to 741 ms over those twelve runs, the bot's "
+    "from 1,024 to 1,564 ms; so the burst part runs three times and reads the goal from the median of the ratios.",
+    "- The hot queries: SQLite's own share of each is a tenth of a millisecond or less; the rest was the hand-offs to "
+    "aiosqlite's thread. SQLAlchemy's aiosqlite dialect made every statement four of them (open a cursor, execute, "
+    "fetch, close); bot/db/onestep.py makes it one. At history 0 and a backlog of 100, on the quiet machine, "
+    "before and after (`--parts queries --history 0 --backlogs 100`): create 5.68 -> 3.49 ms, queue room 1.99 -> "
+    "0.82 ms, position of the new job 2.07 -> 1.16 ms, /quota 1.67 -> 1.09 ms, /history (10) 1.45 -> 1.07 ms.",
+    "- Found on the way in session 7 (the first run at 90f2240): /imagine had come to read the member's and the "
+    "channel's defaults (`/settings`, issue #19) before its first answer, with nothing throttling the reads; in the "
+    "2,000 burst 1,992 interactions were answered after Discord's 3 s and only 8 grids were posted. Those reads run "
+    "under the deadline (`flow.admitting`) and in an admission slot since b1b6593.",
+    "- A job's position is counted over the index entries ahead of it: a small cost per job ahead (SQLite 1.0 ms "
     "for about 5,000), not a pass over the line; the first positions are read, not counted. The reconcile at start "
     "is a walk over every unfinished job by nature: in pages of 500 read through an index, never the history.",
     "",
 ]
+
 #: What the figures were before issue #20's changes (kept in the section when it is written again).
 HISTORY = [
     "### Before (the code of 2026-12-02, before issue #20)", "",
