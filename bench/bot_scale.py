@@ -431,6 +431,9 @@ async def queries_part(args, model: Path, out: dict) -> None:
                         continue
                     print(f"  {key} (backlog made in {time.monotonic() - t0:.0f} s):", flush=True)
                     await engine.dispose()
+                    # The copied history and the backlog just written are flushed to the disk first, so that the
+                    # kernel's write-back of them does not run during the timings.
+                    await asyncio.to_thread(os.sync)
                     rows[key] = {"history": history, "backlog": size,
                                  "queries": await time_queries(work, work.parent, users, history_user, args.repeats,
                                                                request, HISTORY_GUILD)}
