@@ -697,6 +697,16 @@ NOTES = [
     "1,106 ms (1.86x, 2.56x, 2.12x); with the deferral sent without `?with_response` (no Message built; the same "
     "webhook adapter, its retries and errors): 1,048 ms (1.60x, 2.98x, 1.77x); that last step took the bot's CPU "
     "over the acknowledgements from 1.45 s (one run) to 1.04 to 1.39 s (four runs).",
+    "- The 2,000 burst of the tables (three runs at 39f3b92, the fake engine at the benchmark's 0.05 s a step, "
+    "bot/db/onestep.py in): ack p99 652, 665 and 823 ms against echo p99s of 540, 540 and 1,123 ms (1.21x, 1.23x, "
+    "0.73x); p50 354, 312 and 462 ms (echo 428, 359, 1,026); worst loop lag 19.9, 12.8 and 12.5 ms; longest "
+    "collection 6.4 to 14.9 ms, no full one; no stop of 40 ms or more; 0 late; 2,000 grids posted once in each, "
+    "drained in about 385 s; the bot's peak memory 168 to 170 MiB. The acknowledgement-only runs above are the "
+    "code before bot/db/onestep.py and the fake engine at 0.005 s a step.",
+    "- The backlog table's bursts of 200 (not a goal of the issue) have a median ack p99 of 238 to 286 ms (single runs "
+    "102 to 373 ms), 3.1 to 4.2x their echo's small p99 (median 68 to 75 ms); the bot's CPU per job is 1.09x at 10,000 what it is at 100. The second run at "
+    "100 had one stop of the loop of 78 ms, the watchdog's stack in `send_deferral` (the only one of the six runs): "
+    "the median of the worst seconds, 46.4 ms, is that run's 85 ms and the other's 8 ms.",
     "- The echo baseline moves more than the bot does: its p99 ran from 413 to 741 ms over those twelve runs, the bot's "
     "from 1,024 to 1,564 ms; so the burst part runs three times and reads the goal from the median of the ratios.",
     "- The hot queries: SQLite's own share of each is a tenth of a millisecond or less; the rest was the hand-offs to "
@@ -704,6 +714,11 @@ NOTES = [
     "fetch, close); bot/db/onestep.py makes it one. At history 0 and a backlog of 100, on the quiet machine, "
     "before and after (`--parts queries --history 0 --backlogs 100`): create 5.68 -> 3.49 ms, queue room 1.99 -> "
     "0.82 ms, position of the new job 2.07 -> 1.16 ms, /quota 1.67 -> 1.09 ms, /history (10) 1.45 -> 1.07 ms.",
+    "- The first run of the queries part this session (at 39f3b92) had every query of the 1,000,000 / 10,000 row 1.5 "
+    "to 2x slower than in the other rows (create 6.52 ms, /history 4.34 ms). That row ran right after 1.6 GB of "
+    "history had been copied and 9,000 jobs written. With the disk flushed before each timing (6d34e1e) the row is in "
+    "line with the others (create 2.45 ms, /history 2.08 ms). In that first run the other rows' create was 2.75 to "
+    "4.29 ms.",
     "- Found on the way in session 7 (the first run at 90f2240): /imagine had come to read the member's and the "
     "channel's defaults (`/settings`, issue #19) before its first answer, with nothing throttling the reads; in the "
     "2,000 burst 1,992 interactions were answered after Discord's 3 s and only 8 grids were posted. Those reads run "
