@@ -53,7 +53,7 @@ DEFER_AFTER = 0.5
 ADMISSION_SLOTS = 4
 #: Longest an admission (one slot, all its waits together) waits for the deferrals in progress to go out first, and
 #: the pause in deferrals it waits for. A burst of 2,000 /imagine is deferred in under 2 s on a 2-core machine
-#: (docs/benchmarks.md, "Bot burst"): admissions that began sooner took loop time from the last deferrals.
+#: (docs/benchmarks.md, "Bot scale"): admissions that began sooner took loop time from the last deferrals.
 ACKS_FIRST_MAX = 2.0
 ACKS_QUIET = 0.05
 #: The loop time until which the admission in this slot may still wait for deferrals (`Admission.slot`).
@@ -192,7 +192,7 @@ _CALLBACK = "/interactions/{webhook_id}/{webhook_token}/callback"
 
 async def send_deferral(interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
     """`InteractionResponse.defer(thinking=True)`, less what nothing here reads: discord.py asks Discord for the
-    "thinking…" message back (`?with_response`) and builds a Message of it, a third of a deferral's time on the
+    "thinking…" message back (`?with_response`) and builds a Message of it, about a fifth of a deferral's time on the
     bot's loop in a burst of /imagine (docs/benchmarks.md, "Bot scale"). The request goes through discord.py's
     webhook adapter as discord.py's does (its retries, its errors), and the response is marked deferred the same
     way, so everything after it (`edit_original_response`, follow-ups) works as after `defer()`."""
