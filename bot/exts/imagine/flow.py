@@ -175,10 +175,7 @@ async def defer(interaction: discord.Interaction, *, ephemeral: bool = False) ->
     if interaction.response.is_done():
         return
     try:
-        if isinstance(interaction.response, discord.InteractionResponse):
-            await send_deferral(interaction, ephemeral=ephemeral)
-        else:  # a stand-in for the response (tests): its own defer
-            await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+        await send_deferral(interaction, ephemeral=ephemeral)
     except discord.HTTPException as e:
         log.warning("interaction %s: Discord refused the deferral (%s %s)", interaction.id, e.status, e.code)
     else:

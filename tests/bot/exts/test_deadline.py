@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import pytest
+
 from bot.errors import NotArtChannel
 from bot.exts.errors.handler import report_error
 from bot.exts.imagine import flow
@@ -27,6 +29,16 @@ class StubResponse:
         self.calls.append(("send_message", kwargs))
         self.texts.append(args[0] if args else kwargs.get("content"))
         self._done = True
+
+
+@pytest.fixture(autouse=True)
+def stub_deferral(monkeypatch):
+    """The stub interactions have no HTTP behind them: `flow.send_deferral` goes to their response's `defer`."""
+
+    async def send_deferral(interaction, *, ephemeral=False):
+        await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+
+    monkeypatch.setattr(flow, "send_deferral", send_deferral)
 
 
 def stub_interaction():

@@ -78,14 +78,20 @@ async def test_member_defaults_fill_imagine_and_options_still_win(world):
 ])
 async def test_each_level_wins_over_the_ones_below_and_settings_names_it(world, option, member, channel, expected,
                                                                         label):
+    await imagine_with_levels(world, "steps", option, member, channel, expected, label)
+
+
+async def imagine_with_levels(world, name, option, member, channel, expected, label):
+    """`name` set at the levels given (None: not set), /settings names the winner's level (`label`, when given), and
+    the /imagine that follows takes `expected`."""
     if channel is not None:
-        await world.mod.slash(world.art, "mod channel-defaults set", steps=channel)
+        await world.mod.slash(world.art, "mod channel-defaults set", **{name: channel})
     if member is not None:
-        await world.alice.slash(world.art, "settings", steps=member)
+        await world.alice.slash(world.art, "settings", **{name: member})
     if label is not None:
-        assert f"**steps**: {expected} — {label}" in shown(await world.alice.slash(world.art, "settings"))
-    await world.alice.slash(world.art, "imagine", prompt="a red circle", **({"steps": option} if option else {}))
-    assert (await world.latest_job()).steps == expected
+        assert f"**{name}**: {expected} — {label}" in shown(await world.alice.slash(world.art, "settings"))
+    await world.alice.slash(world.art, "imagine", prompt="a red circle", **({name: option} if option else {}))
+    assert getattr(await world.latest_job(), name) == expected
 
 
 @pytest.mark.parametrize("option,member,channel,expected,label", [
@@ -97,14 +103,7 @@ async def test_each_level_wins_over_the_ones_below_and_settings_names_it(world, 
 async def test_the_model_ranks_option_member_channel_server(world, option, member, channel, expected, label):
     world.dispatcher.cards = [SHAPES, card("alpha"), card("beta"), card("gamma")]
     await world.mod.slash(world.art, "mod model default", name="shapes")
-    if channel is not None:
-        await world.mod.slash(world.art, "mod channel-defaults set", model=channel)
-    if member is not None:
-        await world.alice.slash(world.art, "settings", model=member)
-    if label is not None:
-        assert f"**model**: {expected} — {label}" in shown(await world.alice.slash(world.art, "settings"))
-    await world.alice.slash(world.art, "imagine", prompt="a red circle", **({"model": option} if option else {}))
-    assert (await world.latest_job()).model == expected
+    await imagine_with_levels(world, "model", option, member, channel, expected, label)
 
 
 async def test_channel_defaults_apply_in_their_channel_only_and_are_shown_and_cleared(world):
